@@ -1,0 +1,246 @@
+//! The job's configuration: the `database` section and the aggregation service's own
+//! `provisionClientsConfig` section, read from the same YAML the service uses (every
+//! other key of that file is ignored).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use platform::{config::Validate, secret::SecretUrl};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment overrides: `PROVISIONER__DATABASE__URL`, ...
+pub const ENV_PREFIX: &str = "PROVISIONER";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Config {
+    /// The aggregation database.
+    pub database: DatabaseConfig,
+    /// The clients to provision (the aggregation service's `provisionClientsConfig`).
+    #[serde(rename = "provisionClientsConfig", alias = "provisionclientsconfig")]
+    pub provision: ProvisionConfig,
+}
+
+/// Where the aggregation database is and how the job uses it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user:password@host:5432/db` or `sqlite://file.db` (created if missing).
+    pub url: SecretUrl,
+    /// How long to wait for the database to answer at start, in seconds.
+    pub connect_timeout_secs: u64,
+    /// How long to wait for another run's lock before giving up (exit 0), in seconds.
+    pub lock_wait_secs: u64,
+    /// Clients written per transaction.
+    pub batch_size: usize,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretUrl::from_static("sqlite://provisioner.db"),
+            connect_timeout_secs: 10,
+            lock_wait_secs: 60,
+            batch_size: 500,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// [`DatabaseConfig::connect_timeout_secs`] as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// [`DatabaseConfig::lock_wait_secs`] as a duration.
+    pub fn lock_wait(&self) -> Duration {
+        Duration::from_secs(self.lock_wait_secs)
+    }
+}
+
+/// `provisionClientsConfig`: which clients must exist, and on which cluster.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ProvisionConfig {
+    /// `false` opts this cluster out: the job logs it and exits 0 without touching the database.
+    pub enabled: bool,
+    /// Cluster of every client that does not name its own.
+    #[serde(rename = "clusterId", alias = "clusterid")]
+    pub cluster_id: String,
+    /// `clientName -> { aggregatorIdentifier, clusterId? }`.
+    pub clients: BTreeMap<String, ClientSpec>,
+}
+
+impl Default for ProvisionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cluster_id: "oxford-production".into(),
+            clients: BTreeMap::new(),
+        }
+    }
+}
+
+impl ProvisionConfig {
+    /// The cluster a client belongs on: its own `clusterId`, else the default.
+    pub fn cluster_of<'a>(&'a self, spec: &'a ClientSpec) -> &'a str {
+        spec.cluster_id.as_deref().unwrap_or(&self.cluster_id)
+    }
+}
+
+/// One declared client.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSpec {
+    /// Stored as the client's `aggregator_configurations.aggregator_info`.
+    #[serde(rename = "aggregatorIdentifier", alias = "aggregatoridentifier")]
+    pub aggregator_identifier: String,
+    /// Overrides the default cluster for this client.
+    #[serde(
+        rename = "clusterId",
+        alias = "clusterid",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cluster_id: Option<String>,
+}
+
+/// Largest batch: keeps one multi-row INSERT under SQLite's and PostgreSQL's bind limits.
+pub const MAX_BATCH_SIZE: usize = 5000;
+
+/// `[a-z0-9][a-z0-9._-]{0,127}`: also a valid key of a Kubernetes Secret.
+pub fn check_client_name(name: &str) -> Result<(), String> {
+    let bytes = name.as_bytes();
+    let Some(first) = bytes.first() else {
+        return Err("client name must not be empty".into());
+    };
+    if bytes.len() > 128 {
+        return Err(format!(
+            "client name {name:?} is longer than 128 characters"
+        ));
+    }
+    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+        return Err(format!(
+            "client name {name:?} must start with a lowercase letter or a digit"
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "client name {name:?} contains {bad:?}: only a-z, 0-9, '.', '_' and '-' are allowed"
+        ));
+    }
+    Ok(())
+}
+
+impl Validate for Config {
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let scheme = self.database.url.scheme();
+        if !matches!(scheme.as_str(), "postgres" | "postgresql" | "sqlite") {
+            problems.push(format!(
+                "database.url: unsupported scheme {scheme:?}: use postgres:// or sqlite://"
+            ));
+        }
+        if self.database.batch_size == 0 || self.database.batch_size > MAX_BATCH_SIZE {
+            problems.push(format!(
+                "database.batch_size: {} is out of range 1..={MAX_BATCH_SIZE}",
+                self.database.batch_size
+            ));
+        }
+        if self.database.connect_timeout_secs == 0 {
+            problems.push("database.connect_timeout_secs: must be at least 1".into());
+        }
+        if !self.provision.enabled {
+            // An opted-out cluster is not checked further: its clients are never read.
+            return problems;
+        }
+        if self.provision.cluster_id.trim().is_empty() {
+            problems.push("provisionClientsConfig.clusterId: must not be empty".into());
+        }
+        for (name, spec) in &self.provision.clients {
+            if let Err(problem) = check_client_name(name) {
+                problems.push(format!("provisionClientsConfig.clients: {problem}"));
+            }
+            if spec.aggregator_identifier.trim().is_empty() {
+                problems.push(format!(
+                    "provisionClientsConfig.clients.{name}.aggregatorIdentifier: must not be empty"
+                ));
+            }
+            if spec
+                .cluster_id
+                .as_deref()
+                .is_some_and(|c| c.trim().is_empty())
+            {
+                problems.push(format!(
+                    "provisionClientsConfig.clients.{name}.clusterId: must not be empty when given"
+                ));
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_names_follow_the_documented_pattern() {
+        for good in [
+            "a",
+            "company-inc-testing",
+            "0day",
+            "a.b_c-d",
+            &"x".repeat(128),
+        ] {
+            assert!(check_client_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "-lead",
+            ".dot",
+            "Upper",
+            "sp ace",
+            "ümlaut",
+            &"x".repeat(129),
+        ] {
+            assert!(check_client_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let mut config = Config::default();
+        config.database.batch_size = 0;
+        config.provision.clients.insert(
+            "Bad Name".into(),
+            ClientSpec {
+                aggregator_identifier: " ".into(),
+                cluster_id: Some(String::new()),
+            },
+        );
+        let problems = config.problems();
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(problems[0].starts_with("database.batch_size"));
+        assert!(problems[1].contains("\"Bad Name\""));
+        assert!(problems[2].ends_with("aggregatorIdentifier: must not be empty"));
+        assert!(problems[3].ends_with("clusterId: must not be empty when given"));
+    }
+
+    #[test]
+    fn a_disabled_cluster_is_not_checked_further() {
+        let mut config = Config::default();
+        config.provision.enabled = false;
+        config.provision.clients.insert(
+            "Bad Name".into(),
+            ClientSpec {
+                aggregator_identifier: String::new(),
+                cluster_id: None,
+            },
+        );
+        assert!(config.problems().is_empty());
+    }
+}

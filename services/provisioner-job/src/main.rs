@@ -1,0 +1,62 @@
+//! provisioner-job's entry point: parse the command line, load the config (errors go to
+//! stderr before telemetry exists), start telemetry, run, flush, exit with the job's code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use platform::job::JobExit;
+use provisioner_job::{
+    Cli,
+    config::{Config, ENV_PREFIX},
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            // --help and --version are not errors; a bad flag is a fatal run (exit 1).
+            return if err.use_stderr() {
+                JobExit::Fatal.into()
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    if let Some(problem) = cli.usage_problem() {
+        eprintln!("error: {problem}");
+        return JobExit::Fatal.into();
+    }
+    let config: Config = match cli.config.load(ENV_PREFIX) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return JobExit::Fatal.into();
+        }
+    };
+    if let Some(printed) = cli.config.printed(&config) {
+        return match printed {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                JobExit::Fatal.into()
+            }
+        };
+    }
+    let telemetry = match platform::telemetry::init("provisioner-job") {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return JobExit::Fatal.into();
+        }
+    };
+
+    let shutdown = platform::shutdown::on_signal();
+    let exit = provisioner_job::run(&cli, &config, shutdown).await;
+    telemetry.shutdown().await;
+    exit.into()
+}

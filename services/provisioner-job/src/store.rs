@@ -1,0 +1,492 @@
+//! The aggregation database, PostgreSQL or SQLite.
+//!
+//! The SQL is the same for both backends; [`each_backend!`] writes a block once and
+//! compiles it once per backend. What differs is how one run at a time is enforced:
+//!
+//! - PostgreSQL: a session advisory lock held on the run's own connection; each batch is
+//!   a transaction on that connection.
+//! - SQLite: the run is one `BEGIN IMMEDIATE` transaction (SQLite's writer lock, waited
+//!   for up to the busy timeout); each batch is a savepoint inside it, so a failed batch
+//!   still rolls back alone.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    str::FromStr,
+    time::{Duration, Instant},
+};
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::{
+    Acquire, Connection, Executor, QueryBuilder, Row, Sqlite, Transaction,
+    migrate::Migrator,
+    pool::PoolConnection,
+    postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, Postgres},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions},
+};
+use time::OffsetDateTime;
+
+use crate::config::DatabaseConfig;
+
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// Key of the PostgreSQL advisory lock that serialises runs ("provisio" in ASCII).
+pub const RUN_LOCK_KEY: i64 = 0x7072_6f76_6973_696f;
+
+/// Database failures, worded for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot connect to the database {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the database schema is not initialised ({0}); run `provisioner-job migrate` or an apply first"
+    )]
+    NotMigrated(String),
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+/// A client row as it is in the database (never its API key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingClient {
+    pub cluster_id: String,
+    pub aggregator_id: String,
+    /// `None` when the aggregator row is missing.
+    pub aggregator_info: Option<String>,
+    pub has_crypto: bool,
+}
+
+/// Everything the job needs to know about the database, read in one go.
+#[derive(Debug, Clone, Default)]
+pub struct DbState {
+    pub clusters: BTreeSet<String>,
+    pub clients: BTreeMap<String, ExistingClient>,
+}
+
+/// A client to create: its three rows commit together.
+#[derive(Debug)]
+pub struct NewClient {
+    pub name: String,
+    pub cluster_id: String,
+    pub aggregator_id: String,
+    pub aggregator_info: String,
+    pub api_key: SecretString,
+    pub crypto_key: SecretString,
+}
+
+/// The changes that bring a drifted client back to its declaration. The API key is never
+/// part of it.
+#[derive(Debug)]
+pub struct Repair {
+    pub name: String,
+    pub aggregator_id: String,
+    pub aggregator_info: Option<String>,
+    pub cluster_id: Option<String>,
+    pub crypto_key: Option<SecretString>,
+}
+
+/// One row of `provisioning_runs`.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub started_at: OffsetDateTime,
+    pub config_sha256: String,
+}
+
+/// A connection pool to the aggregation database.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// A run holding the database's run lock. Call [`RunSession::finish`] to release it;
+/// dropping it (on an error) releases it too, by closing the connection or rolling back.
+pub enum RunSession {
+    Postgres(PoolConnection<Postgres>),
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+/// Writes `$body` once and compiles it for each backend, with `$conn` bound to that
+/// backend's pool, connection or transaction.
+macro_rules! each_backend {
+    ($value:expr, $ty:ident, |$conn:ident| $body:block) => {
+        match $value {
+            $ty::Postgres($conn) => $body,
+            $ty::Sqlite($conn) => $body,
+        }
+    };
+}
+
+/// The state query, for any executor.
+macro_rules! read_state {
+    ($conn:expr) => {{
+        let conn = $conn;
+        let clusters: Vec<String> =
+            sqlx::query_scalar("SELECT cluster_id FROM cluster_configurations")
+                .fetch_all(&mut *conn)
+                .await?;
+        let rows = sqlx::query(
+            "SELECT c.client_name, c.cluster_id, c.aggregator_id, a.aggregator_info, \
+                    CASE WHEN EXISTS (SELECT 1 FROM crypto_configurations k \
+                                      WHERE k.client_name = c.client_name) \
+                         THEN 1 ELSE 0 END AS has_crypto \
+             FROM client_configurations c \
+             LEFT JOIN aggregator_configurations a ON a.aggregator_id = c.aggregator_id",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut clients = BTreeMap::new();
+        for row in rows {
+            let has_crypto: i32 = row.try_get("has_crypto")?;
+            clients.insert(
+                row.try_get::<String, _>("client_name")?,
+                ExistingClient {
+                    cluster_id: row.try_get("cluster_id")?,
+                    aggregator_id: row.try_get("aggregator_id")?,
+                    aggregator_info: row.try_get("aggregator_info")?,
+                    has_crypto: has_crypto != 0,
+                },
+            );
+        }
+        Ok(DbState {
+            clusters: clusters.into_iter().collect(),
+            clients,
+        })
+    }};
+}
+
+impl Store {
+    /// Connects, waiting at most `database.connect_timeout_secs`.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
+        let url = config.url.expose();
+        let connect_error = |reason: String| StoreError::Connect {
+            url: config.url.redacted(),
+            reason,
+        };
+        if config.url.scheme() == "sqlite" {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|e| connect_error(e.to_string()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(config.lock_wait());
+            let pool = SqlitePoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(config.connect_timeout())
+                .connect_with(options)
+                .await
+                .map_err(|e| connect_error(e.to_string()))?;
+            return Ok(Self::Sqlite(pool));
+        }
+        let options = PgConnectOptions::from_str(url).map_err(|e| connect_error(e.to_string()))?;
+        // One direct attempt first: a pool only says "timed out", this says why.
+        match tokio::time::timeout(
+            config.connect_timeout(),
+            PgConnection::connect_with(&options),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+            }
+            Ok(Err(err)) => return Err(connect_error(err.to_string())),
+            Err(_) => {
+                return Err(connect_error(format!(
+                    "no answer within {}s",
+                    config.connect_timeout_secs
+                )));
+            }
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(config.connect_timeout())
+            .connect_with(options)
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        Ok(Self::Postgres(pool))
+    }
+
+    /// How this backend keeps runs apart, for the logs.
+    pub fn lock_kind(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "advisory lock",
+            Self::Sqlite(_) => "BEGIN IMMEDIATE",
+        }
+    }
+
+    /// `postgres` or `sqlite`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Applies pending migrations. PostgreSQL's migrator serialises concurrent runs with
+    /// its own advisory lock; SQLite migrates inside the writer lock.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+            Self::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                SQLITE_MIGRATIONS.run(&mut *tx).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails with [`StoreError::NotMigrated`] unless every migration has been applied
+    /// (read-only: a dry run never changes the schema).
+    pub async fn check_migrated(&self) -> Result<(), StoreError> {
+        let migrator = match self {
+            Self::Postgres(_) => &POSTGRES_MIGRATIONS,
+            Self::Sqlite(_) => &SQLITE_MIGRATIONS,
+        };
+        let applied: Result<Vec<i64>, sqlx::Error> = each_backend!(self, Self, |pool| {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(pool)
+                .await
+        });
+        let applied: BTreeSet<i64> = match applied {
+            Ok(versions) => versions.into_iter().collect(),
+            Err(sqlx::Error::Database(_)) => BTreeSet::new(),
+            Err(err) => return Err(err.into()),
+        };
+        let pending = migrator
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .count();
+        if pending > 0 {
+            return Err(StoreError::NotMigrated(format!(
+                "{pending} migration(s) pending"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads the current state without any lock (dry runs).
+    pub async fn read_state(&self) -> Result<DbState, StoreError> {
+        each_backend!(self, Self, |pool| {
+            let mut conn = pool.acquire().await?;
+            read_state!(&mut *conn)
+        })
+    }
+
+    /// Takes the run lock, waiting up to `wait`. `None`: another run holds it.
+    pub async fn begin_run(&self, wait: Duration) -> Result<Option<RunSession>, StoreError> {
+        match self {
+            Self::Postgres(pool) => {
+                let mut conn = pool.acquire().await?;
+                // Closing instead of pooling this connection on drop releases the lock
+                // however the run ends.
+                conn.close_on_drop();
+                let deadline = Instant::now() + wait;
+                let mut announced = false;
+                loop {
+                    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                        .bind(RUN_LOCK_KEY)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    if locked {
+                        return Ok(Some(RunSession::Postgres(conn)));
+                    }
+                    if Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                    if !announced {
+                        tracing::info!(
+                            wait_secs = wait.as_secs(),
+                            "another run holds the lock; waiting"
+                        );
+                        announced = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            Self::Sqlite(pool) => match pool.begin_with("BEGIN IMMEDIATE").await {
+                Ok(tx) => Ok(Some(RunSession::Sqlite(tx))),
+                Err(sqlx::Error::Database(err))
+                    if err.code().is_some_and(|c| c == "5" || c == "6")
+                        || err.message().contains("locked") =>
+                {
+                    Ok(None)
+                }
+                Err(err) => Err(err.into()),
+            },
+        }
+    }
+}
+
+impl RunSession {
+    /// Reads the current state under the lock.
+    pub async fn read_state(&mut self) -> Result<DbState, StoreError> {
+        each_backend!(self, Self, |conn| { read_state!(&mut **conn) })
+    }
+
+    /// Creates clients in one transaction: all of them, or none (error). Returns the
+    /// names actually created: a client whose row appeared meanwhile (a concurrent writer
+    /// outside the lock) is left as it is, its key untouched, and is not returned.
+    pub async fn create_clients(&mut self, batch: &[NewClient]) -> Result<Vec<String>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        each_backend!(self, Self, |conn| {
+            let mut tx = conn.begin().await?;
+
+            let mut insert = QueryBuilder::new(
+                "INSERT INTO aggregator_configurations (aggregator_id, aggregator_info) ",
+            );
+            insert.push_values(batch, |mut row, c| {
+                row.push_bind(c.aggregator_id.clone())
+                    .push_bind(c.aggregator_info.clone());
+            });
+            insert.build().execute(&mut *tx).await?;
+
+            let mut insert = QueryBuilder::new(
+                "INSERT INTO client_configurations \
+                 (client_name, api_client_key, cluster_id, aggregator_id) ",
+            );
+            insert.push_values(batch, |mut row, c| {
+                row.push_bind(c.name.clone())
+                    .push_bind(c.api_key.expose_secret().to_owned())
+                    .push_bind(c.cluster_id.clone())
+                    .push_bind(c.aggregator_id.clone());
+            });
+            insert.push(" ON CONFLICT DO NOTHING RETURNING client_name");
+            let created: BTreeSet<String> = insert
+                .build_query_scalar::<String>()
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+
+            let skipped: Vec<&NewClient> = batch
+                .iter()
+                .filter(|c| !created.contains(&c.name))
+                .collect();
+            if !skipped.is_empty() {
+                let mut delete = QueryBuilder::new(
+                    "DELETE FROM aggregator_configurations WHERE aggregator_id IN (",
+                );
+                let mut ids = delete.separated(", ");
+                for c in &skipped {
+                    ids.push_bind(c.aggregator_id.clone());
+                }
+                ids.push_unseparated(")");
+                delete.build().execute(&mut *tx).await?;
+            }
+
+            let fresh: Vec<&NewClient> =
+                batch.iter().filter(|c| created.contains(&c.name)).collect();
+            if !fresh.is_empty() {
+                let mut insert = QueryBuilder::new(
+                    "INSERT INTO crypto_configurations \
+                     (client_name, key_id, base64_encoded_key) ",
+                );
+                insert.push_values(&fresh, |mut row, c| {
+                    row.push_bind(c.name.clone())
+                        .push_bind(1_i32)
+                        .push_bind(c.crypto_key.expose_secret().to_owned());
+                });
+                insert.push(" ON CONFLICT DO NOTHING");
+                insert.build().execute(&mut *tx).await?;
+            }
+
+            tx.commit().await?;
+            Ok(fresh.into_iter().map(|c| c.name.clone()).collect())
+        })
+    }
+
+    /// Repairs one drifted client in one transaction. Never touches its API key.
+    pub async fn repair_client(&mut self, repair: &Repair) -> Result<(), StoreError> {
+        each_backend!(self, Self, |conn| {
+            let mut tx = conn.begin().await?;
+            if let Some(info) = &repair.aggregator_info {
+                // Upsert: the aggregator row may be the thing that is missing.
+                sqlx::query(
+                    "INSERT INTO aggregator_configurations (aggregator_id, aggregator_info) \
+                     VALUES ($1, $2) \
+                     ON CONFLICT (aggregator_id) DO UPDATE SET aggregator_info = excluded.aggregator_info",
+                )
+                .bind(&repair.aggregator_id)
+                .bind(info)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some(cluster) = &repair.cluster_id {
+                sqlx::query(
+                    "UPDATE client_configurations SET cluster_id = $1 WHERE client_name = $2",
+                )
+                .bind(cluster)
+                .bind(&repair.name)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some(key) = &repair.crypto_key {
+                sqlx::query(
+                    "INSERT INTO crypto_configurations (client_name, key_id, base64_encoded_key) \
+                     VALUES ($1, 1, $2) ON CONFLICT DO NOTHING",
+                )
+                .bind(&repair.name)
+                .bind(key.expose_secret())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Records the start of a run (`outcome = running`), so a run that dies is visible.
+    pub async fn start_record(&mut self, run: &RunRecord) -> Result<(), StoreError> {
+        each_backend!(self, Self, |conn| {
+            sqlx::query(
+                "INSERT INTO provisioning_runs (run_id, started_at, config_sha256, outcome) \
+                 VALUES ($1, $2, $3, 'running')",
+            )
+            .bind(&run.run_id)
+            .bind(run.started_at)
+            .bind(&run.config_sha256)
+            .execute(&mut **conn)
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// Records how the run ended, with its summary.
+    pub async fn finish_record(
+        &mut self,
+        run_id: &str,
+        outcome: &str,
+        summary: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        each_backend!(self, Self, |conn| {
+            sqlx::query(
+                "UPDATE provisioning_runs SET finished_at = $1, outcome = $2, summary_json = $3 \
+                 WHERE run_id = $4",
+            )
+            .bind(OffsetDateTime::now_utc())
+            .bind(outcome)
+            .bind(sqlx::types::Json(summary))
+            .bind(run_id)
+            .execute(&mut **conn)
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// Releases the run lock: PostgreSQL unlocks, SQLite commits the run's transaction.
+    pub async fn finish(self) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(mut conn) => {
+                conn.execute(sqlx::query("SELECT pg_advisory_unlock($1)").bind(RUN_LOCK_KEY))
+                    .await?;
+            }
+            Self::Sqlite(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,254 @@
+//! The end-of-run summary: printed (text or JSON) and stored in `provisioning_runs`.
+//! It names clients, never their keys.
+
+use std::fmt::Write as _;
+
+use platform::job::{JobExit, RunSummary};
+use serde::Serialize;
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Everything asked for was applied (possibly nothing).
+    Success,
+    /// Dry run: the lists say what an apply would do.
+    Planned,
+    /// Some clients failed; the others were applied.
+    PartialFailure,
+    /// `provisionClientsConfig.enabled: false`: nothing was read or written.
+    Disabled,
+    /// Another run held the lock for the whole wait: nothing was done.
+    Locked,
+    /// Bad config or unreachable database: nothing was written.
+    Fatal,
+}
+
+impl Outcome {
+    /// The value stored in `provisioning_runs.outcome`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Planned => "planned",
+            Self::PartialFailure => "partial_failure",
+            Self::Disabled => "disabled",
+            Self::Locked => "locked",
+            Self::Fatal => "fatal",
+        }
+    }
+}
+
+/// A drifted client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DriftEntry {
+    pub client: String,
+    pub differences: Vec<String>,
+    /// Fixed in this run (only with `--repair`).
+    pub repaired: bool,
+}
+
+/// A failure: of one client, or (`client: null`) of the whole run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientError {
+    pub client: Option<String>,
+    pub error: String,
+}
+
+/// Everything a run did or, in a dry run, would do.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub run_id: Option<String>,
+    pub outcome: Outcome,
+    pub dry_run: bool,
+    pub repair: bool,
+    pub created: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub drift: Vec<DriftEntry>,
+    pub orphans: Vec<String>,
+    pub errors: Vec<ClientError>,
+    /// Where the new API keys were written, when any were.
+    pub api_keys_file: Option<String>,
+    /// One sentence for the outcomes that did no work (disabled, locked).
+    pub message: Option<String>,
+}
+
+impl Summary {
+    /// An empty summary with the given outcome.
+    pub fn new(outcome: Outcome, dry_run: bool, repair: bool) -> Self {
+        Self {
+            run_id: None,
+            outcome,
+            dry_run,
+            repair,
+            created: Vec::new(),
+            unchanged: Vec::new(),
+            drift: Vec::new(),
+            orphans: Vec::new(),
+            errors: Vec::new(),
+            api_keys_file: None,
+            message: None,
+        }
+    }
+
+    /// A run that stopped before doing anything, with one line per problem.
+    pub fn fatal(problems: Vec<String>, dry_run: bool, repair: bool) -> Self {
+        let mut summary = Self::new(Outcome::Fatal, dry_run, repair);
+        summary.errors = problems
+            .into_iter()
+            .map(|error| ClientError {
+                client: None,
+                error,
+            })
+            .collect();
+        summary
+    }
+
+    /// Whether an apply (with the same `--repair`) would change the database.
+    pub fn changes_pending(&self) -> bool {
+        !self.created.is_empty() || (self.repair && self.drift.iter().any(|d| !d.repaired))
+    }
+
+    /// The process exit code for this summary.
+    pub fn exit(&self, detailed_exitcode: bool) -> JobExit {
+        match self.outcome {
+            Outcome::Fatal => JobExit::Fatal,
+            _ if !self.errors.is_empty() => JobExit::PartialFailure,
+            Outcome::Planned if detailed_exitcode && self.changes_pending() => {
+                JobExit::ChangesPending
+            }
+            _ => JobExit::Success,
+        }
+    }
+}
+
+impl RunSummary for Summary {
+    fn to_text(&self) -> String {
+        let mut out = String::new();
+        let verb = if self.dry_run { "plan" } else { "apply" };
+        if let Some(message) = &self.message {
+            let _ = writeln!(out, "provisioner-job {verb}: {message}");
+            return out;
+        }
+        if self.outcome == Outcome::Fatal {
+            let _ = writeln!(out, "provisioner-job {verb}: failed, nothing was written");
+            for e in &self.errors {
+                let _ = writeln!(out, "  error: {}", e.error);
+            }
+            return out;
+        }
+        let (create_word, repair_word) = if self.dry_run {
+            ("to create", "to repair")
+        } else {
+            ("created", "repaired")
+        };
+        let _ = writeln!(
+            out,
+            "provisioner-job {verb}: {} {create_word}, {} unchanged, {} drift, {} orphans, {} errors",
+            self.created.len(),
+            self.unchanged.len(),
+            self.drift.len(),
+            self.orphans.len(),
+            self.errors.len()
+        );
+        let width = self
+            .created
+            .iter()
+            .chain(self.orphans.iter())
+            .chain(self.drift.iter().map(|d| &d.client))
+            .chain(self.errors.iter().filter_map(|e| e.client.as_ref()))
+            .map(String::len)
+            .max()
+            .unwrap_or(6)
+            .max(6);
+        let mut row = |name: &str, status: &str, detail: &str| {
+            let _ = writeln!(out, "  {name:<width$}  {status:<9} {detail}");
+        };
+        for name in &self.created {
+            row(name, create_word, "");
+        }
+        for d in &self.drift {
+            let action = match (d.repaired, self.repair, self.dry_run) {
+                (true, _, _) => " (repaired)".to_owned(),
+                (false, true, true) => format!(" ({repair_word} with --repair)"),
+                (false, true, false) => " (not repaired)".to_owned(),
+                (false, false, _) => " (run with --repair to fix)".to_owned(),
+            };
+            row(
+                &d.client,
+                "drift",
+                &format!("{}{action}", d.differences.join("; ")),
+            );
+        }
+        for name in &self.orphans {
+            row(name, "orphan", "declared nowhere; left in place");
+        }
+        for e in &self.errors {
+            row(e.client.as_deref().unwrap_or("-"), "error", &e.error);
+        }
+        if let Some(path) = &self.api_keys_file {
+            let _ = writeln!(out, "new API keys written to {path}");
+        } else if !self.dry_run && !self.created.is_empty() {
+            let _ = writeln!(
+                out,
+                "new API keys were not exported (no --api-keys-out); they are only in client_configurations"
+            );
+        }
+        if !self.dry_run
+            && self.created.is_empty()
+            && self.errors.is_empty()
+            && self.drift.iter().all(|d| !self.repair || d.repaired)
+            && !self.drift.iter().any(|d| d.repaired)
+        {
+            let _ = writeln!(out, "nothing to do: every declared client is in place");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_outcome() {
+        let mut plan = Summary::new(Outcome::Planned, true, false);
+        assert_eq!(plan.exit(true), JobExit::Success);
+        plan.created.push("a".into());
+        assert_eq!(plan.exit(true), JobExit::ChangesPending);
+        assert_eq!(plan.exit(false), JobExit::Success);
+
+        let mut drift_only = Summary::new(Outcome::Planned, true, false);
+        drift_only.drift.push(DriftEntry {
+            client: "d".into(),
+            differences: vec![],
+            repaired: false,
+        });
+        assert_eq!(
+            drift_only.exit(true),
+            JobExit::Success,
+            "drift is pending only with --repair"
+        );
+        drift_only.repair = true;
+        assert_eq!(drift_only.exit(true), JobExit::ChangesPending);
+
+        let mut partial = Summary::new(Outcome::PartialFailure, false, false);
+        partial.errors.push(ClientError {
+            client: Some("x".into()),
+            error: "boom".into(),
+        });
+        assert_eq!(partial.exit(false), JobExit::PartialFailure);
+        assert_eq!(
+            Summary::fatal(vec!["bad".into()], false, false).exit(false),
+            JobExit::Fatal
+        );
+    }
+
+    #[test]
+    fn json_has_the_documented_lists() {
+        let summary = Summary::new(Outcome::Success, false, false);
+        let value = serde_json::to_value(&summary).expect("json");
+        for key in ["created", "unchanged", "drift", "orphans", "errors"] {
+            assert!(value[key].is_array(), "{key}");
+        }
+    }
+}
