@@ -224,9 +224,14 @@ impl Store {
         }
     }
 
-    /// Applies pending migrations. PostgreSQL's migrator serialises concurrent runs with
-    /// its own advisory lock; SQLite migrates inside the writer lock.
+    /// Applies pending migrations. A schema that is already current is only read, so a
+    /// run never queues behind another run's lock just to find nothing to migrate.
+    /// PostgreSQL's migrator serialises concurrent runs with its own advisory lock;
+    /// SQLite migrates inside its writer lock.
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        if self.pending_migrations().await? == 0 {
+            return Ok(());
+        }
         match self {
             Self::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
             Self::Sqlite(pool) => {
@@ -241,6 +246,16 @@ impl Store {
     /// Fails with [`StoreError::NotMigrated`] unless every migration has been applied
     /// (read-only: a dry run never changes the schema).
     pub async fn check_migrated(&self) -> Result<(), StoreError> {
+        match self.pending_migrations().await? {
+            0 => Ok(()),
+            pending => Err(StoreError::NotMigrated(format!(
+                "{pending} migration(s) pending"
+            ))),
+        }
+    }
+
+    /// How many of the job's migrations the database lacks.
+    async fn pending_migrations(&self) -> Result<usize, StoreError> {
         let migrator = match self {
             Self::Postgres(_) => &POSTGRES_MIGRATIONS,
             Self::Sqlite(_) => &SQLITE_MIGRATIONS,
@@ -252,19 +267,14 @@ impl Store {
         });
         let applied: BTreeSet<i64> = match applied {
             Ok(versions) => versions.into_iter().collect(),
+            // No bookkeeping table yet: a fresh database.
             Err(sqlx::Error::Database(_)) => BTreeSet::new(),
             Err(err) => return Err(err.into()),
         };
-        let pending = migrator
+        Ok(migrator
             .iter()
             .filter(|m| !applied.contains(&m.version))
-            .count();
-        if pending > 0 {
-            return Err(StoreError::NotMigrated(format!(
-                "{pending} migration(s) pending"
-            )));
-        }
-        Ok(())
+            .count())
     }
 
     /// Reads the current state without any lock (dry runs).

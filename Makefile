@@ -1,0 +1,46 @@
+# The single entry point: `make help` lists the targets.
+#
+# Builds share one target directory outside the checkout, so a fresh clone (CI) reuses
+# what an earlier build on the same machine compiled.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/platform-target
+export CARGO_TERM_COLOR ?= never
+CARGO ?= cargo
+NEXTEST_PROFILE ?= $(if $(CI),ci,default)
+
+.DEFAULT_GOAL := help
+.PHONY: help tools build fmt lint test test-only demo bench clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+tools: ## Install what the build and tests need and is missing (nextest, C toolchain)
+	@command -v cc >/dev/null || { apt-get update -qq && apt-get install -y -qq build-essential; }
+	@command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3; }
+	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
+
+build: ## Build every binary (debug)
+	$(CARGO) build --workspace --bins
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+lint: ## rustfmt check + clippy with warnings as errors
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+test: tools lint ## Everything CI checks: lint, then all tests against a throwaway PostgreSQL
+	$(CARGO) build --workspace --all-targets --locked
+	scripts/with-postgres.sh $(CARGO) nextest run --workspace --all-targets --locked --profile $(NEXTEST_PROFILE)
+
+test-only: tools ## All tests, without the lint step
+	scripts/with-postgres.sh $(CARGO) nextest run --workspace --all-targets --profile $(NEXTEST_PROFILE)
+
+demo: tools ## Run each service's main flow locally on embedded defaults
+	$(CARGO) build --workspace --bins
+	scripts/demo.sh
+
+bench: tools ## Benchmarks with ratios against same-run baselines (see docs/benchmarks.md)
+	scripts/with-postgres.sh $(CARGO) bench -p provisioner-job --bench apply
+
+clean: ## Remove build output
+	$(CARGO) clean

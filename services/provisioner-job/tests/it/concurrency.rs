@@ -1,0 +1,142 @@
+//! One run at a time per database: concurrent applies, a held lock, a racing writer.
+
+use std::process::Stdio;
+
+use provisioner_job::store::{NewClient, RUN_LOCK_KEY, Store};
+use secrecy::SecretString;
+
+use crate::{
+    helpers::{Backend, TestDb, as_specs, binary, database_config, into_run, many_clients, run},
+    on_both_backends,
+};
+
+async fn four_concurrent_applies_leave_200_clients_with_distinct_keys(backend: Backend) {
+    let db = TestDb::with_cluster(backend).await;
+    let clients = many_clients(200);
+    let config = db.config_with(&as_specs(&clients), "  batch_size: 50\n");
+
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            binary()
+                .args(["--output", "json", "--config"])
+                .arg(&config)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let outputs = tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|c| c.wait_with_output().expect("wait"))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("join");
+
+    let mut created_total = 0;
+    for out in outputs.into_iter().map(into_run) {
+        assert_eq!(out.code, 0, "no run fails: {}", out.stderr);
+        let summary = out.json();
+        assert_eq!(summary["errors"], serde_json::json!([]));
+        created_total += summary["created"].as_array().expect("created").len();
+    }
+    assert_eq!(
+        created_total, 200,
+        "each client is created by exactly one run"
+    );
+
+    let rows = db.clients().await;
+    assert_eq!(rows.len(), 200);
+    let keys: std::collections::BTreeSet<&String> = rows.values().map(|r| &r.api_key).collect();
+    assert_eq!(keys.len(), 200, "200 distinct keys");
+    assert_eq!(
+        db.count("aggregator_configurations").await,
+        200,
+        "no stray aggregator rows"
+    );
+    assert_eq!(db.count("crypto_configurations").await, 200);
+    assert_eq!(db.count("provisioning_runs").await, 4);
+}
+on_both_backends!(four_concurrent_applies_leave_200_clients_with_distinct_keys);
+
+async fn a_run_that_cannot_get_the_lock_exits_0_and_writes_nothing(backend: Backend) {
+    let db = TestDb::with_cluster(backend).await;
+    let config = db.config_with(&[("waiting", "Waiting AB", None)], "  lock_wait_secs: 1\n");
+
+    // Another run holds the lock for longer than this one waits.
+    let mut holder = db.connection().await;
+    let hold = match backend {
+        Backend::Postgres => format!("SELECT pg_advisory_lock({RUN_LOCK_KEY})"),
+        Backend::Sqlite => "BEGIN IMMEDIATE".to_owned(),
+    };
+    sqlx::query(&hold)
+        .execute(&mut *holder)
+        .await
+        .expect("hold the lock");
+
+    let out = run(&["--output", "json"], &config).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["outcome"], "locked");
+    assert!(
+        out.json()["message"]
+            .as_str()
+            .expect("message")
+            .contains("another run holds the lock")
+    );
+    holder.close().await.expect("release");
+
+    assert_eq!(db.count("client_configurations").await, 0);
+    // Once the lock is free the same run goes through.
+    assert_eq!(run(&[], &config).await.code, 0);
+    assert_eq!(db.count("client_configurations").await, 1);
+}
+on_both_backends!(a_run_that_cannot_get_the_lock_exits_0_and_writes_nothing);
+
+async fn a_client_created_by_someone_else_keeps_its_key(backend: Backend) {
+    let db = TestDb::with_cluster(backend).await;
+    let config = db.config(&[("first", "First AB", None)]);
+    assert_eq!(run(&[], &config).await.code, 0);
+    let original = db.clients().await["first"].clone();
+
+    // A writer that does not take the lock tries to create the same client again.
+    let store = Store::connect(&database_config(&db.url))
+        .await
+        .expect("connect");
+    let mut session = store
+        .begin_run(std::time::Duration::from_secs(5))
+        .await
+        .expect("lock")
+        .expect("free");
+    let again = |name: &str| NewClient {
+        name: name.into(),
+        cluster_id: "oxford-production".into(),
+        aggregator_id: uuid::Uuid::new_v4().to_string(),
+        aggregator_info: "Overwritten AB".into(),
+        api_key: SecretString::from(uuid::Uuid::new_v4().to_string()),
+        crypto_key: SecretString::from("QUFBQQ=="),
+    };
+    let created = session
+        .create_clients(&[again("first"), again("second")])
+        .await
+        .expect("batch");
+    session.finish().await.expect("finish");
+
+    assert_eq!(
+        created,
+        vec!["second".to_owned()],
+        "only the new client counts as created"
+    );
+    let rows = db.clients().await;
+    assert_eq!(
+        rows["first"], original,
+        "key, cluster and aggregator untouched"
+    );
+    assert_eq!(
+        db.count("aggregator_configurations").await,
+        2,
+        "the loser's aggregator row was removed"
+    );
+}
+on_both_backends!(a_client_created_by_someone_else_keeps_its_key);
