@@ -82,10 +82,14 @@ async fn migrate(config: &Config) -> Summary {
     match result {
         Ok(backend) => {
             let mut summary = Summary::new(Outcome::Success, false, false);
+            summary.command = "migrate";
             summary.message = Some(format!("{backend} schema is up to date"));
             summary
         }
-        Err(err) => fatal(err.to_string(), false, false),
+        Err(err) => Summary {
+            command: "migrate",
+            ..fatal(err.to_string(), false, false)
+        },
     }
 }
 

@@ -57,6 +57,8 @@ pub struct ClientError {
 /// Everything a run did or, in a dry run, would do.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// `apply`, `plan` or `migrate`.
+    pub command: &'static str,
     pub run_id: Option<String>,
     pub outcome: Outcome,
     pub dry_run: bool,
@@ -76,6 +78,7 @@ impl Summary {
     /// An empty summary with the given outcome.
     pub fn new(outcome: Outcome, dry_run: bool, repair: bool) -> Self {
         Self {
+            command: if dry_run { "plan" } else { "apply" },
             run_id: None,
             outcome,
             dry_run,
@@ -124,7 +127,7 @@ impl Summary {
 impl RunSummary for Summary {
     fn to_text(&self) -> String {
         let mut out = String::new();
-        let verb = if self.dry_run { "plan" } else { "apply" };
+        let verb = self.command;
         if let Some(message) = &self.message {
             let _ = writeln!(out, "provisioner-job {verb}: {message}");
             return out;
@@ -196,8 +199,7 @@ impl RunSummary for Summary {
         if !self.dry_run
             && self.created.is_empty()
             && self.errors.is_empty()
-            && self.drift.iter().all(|d| !self.repair || d.repaired)
-            && !self.drift.iter().any(|d| d.repaired)
+            && self.drift.is_empty()
         {
             let _ = writeln!(out, "nothing to do: every declared client is in place");
         }
@@ -241,6 +243,21 @@ mod tests {
             Summary::fatal(vec!["bad".into()], false, false).exit(false),
             JobExit::Fatal
         );
+    }
+
+    #[test]
+    fn nothing_to_do_is_said_only_when_nothing_is_off() {
+        let quiet = Summary::new(Outcome::Success, false, false);
+        assert!(quiet.to_text().contains("nothing to do"));
+        let mut drifted = Summary::new(Outcome::Success, false, false);
+        drifted.drift.push(DriftEntry {
+            client: "d".into(),
+            differences: vec!["x".into()],
+            repaired: false,
+        });
+        let text = drifted.to_text();
+        assert!(!text.contains("nothing to do"), "{text}");
+        assert!(text.contains("run with --repair to fix"), "{text}");
     }
 
     #[test]
