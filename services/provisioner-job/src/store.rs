@@ -120,6 +120,13 @@ macro_rules! each_backend {
     };
 }
 
+/// Every client with what classification needs (never the API key), in one read.
+pub const STATE_QUERY: &str = "SELECT c.client_name, c.cluster_id, c.aggregator_id, a.aggregator_info, \
+        CASE WHEN EXISTS (SELECT 1 FROM crypto_configurations k WHERE k.client_name = c.client_name) \
+             THEN 1 ELSE 0 END AS has_crypto \
+    FROM client_configurations c \
+    LEFT JOIN aggregator_configurations a ON a.aggregator_id = c.aggregator_id";
+
 /// The state query, for any executor.
 macro_rules! read_state {
     ($conn:expr) => {{
@@ -128,16 +135,7 @@ macro_rules! read_state {
             sqlx::query_scalar("SELECT cluster_id FROM cluster_configurations")
                 .fetch_all(&mut *conn)
                 .await?;
-        let rows = sqlx::query(
-            "SELECT c.client_name, c.cluster_id, c.aggregator_id, a.aggregator_info, \
-                    CASE WHEN EXISTS (SELECT 1 FROM crypto_configurations k \
-                                      WHERE k.client_name = c.client_name) \
-                         THEN 1 ELSE 0 END AS has_crypto \
-             FROM client_configurations c \
-             LEFT JOIN aggregator_configurations a ON a.aggregator_id = c.aggregator_id",
-        )
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows = sqlx::query(STATE_QUERY).fetch_all(&mut *conn).await?;
         let mut clients = BTreeMap::new();
         for row in rows {
             let has_crypto: i32 = row.try_get("has_crypto")?;
