@@ -30,10 +30,10 @@ lint: ## rustfmt check + clippy with warnings as errors
 
 test: tools lint ## Everything CI checks: lint, then all tests against a throwaway PostgreSQL
 	$(CARGO) build --workspace --all-targets --locked
-	scripts/with-postgres.sh $(CARGO) nextest run --workspace --all-targets --locked --profile $(NEXTEST_PROFILE)
+	scripts/with-postgres.sh $(CARGO) nextest run --workspace --locked --profile $(NEXTEST_PROFILE)
 
 test-only: tools ## All tests, without the lint step
-	scripts/with-postgres.sh $(CARGO) nextest run --workspace --all-targets --profile $(NEXTEST_PROFILE)
+	scripts/with-postgres.sh $(CARGO) nextest run --workspace --profile $(NEXTEST_PROFILE)
 
 demo: tools ## Run each service's main flow locally on embedded defaults
 	$(CARGO) build --workspace --bins
