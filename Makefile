@@ -8,7 +8,7 @@ CARGO ?= cargo
 NEXTEST_PROFILE ?= $(if $(CI),ci,default)
 
 .DEFAULT_GOAL := help
-.PHONY: help tools build fmt lint test test-only demo bench clean
+.PHONY: help tools build fmt lint test test-only charts-test demo bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,12 +28,17 @@ lint: ## rustfmt check + clippy with warnings as errors
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-test: tools lint ## Everything CI checks: lint, then all tests against a throwaway PostgreSQL
+test: tools lint ## Everything CI checks: lint, all tests against a throwaway PostgreSQL, chart checks
 	$(CARGO) build --workspace --all-targets --locked
 	scripts/with-postgres.sh $(CARGO) nextest run --workspace --locked --profile $(NEXTEST_PROFILE)
+	$$(scripts/python-venv.sh) scripts/check_charts.py $(CARGO_TARGET_DIR)/debug
 
 test-only: tools ## All tests, without the lint step
 	scripts/with-postgres.sh $(CARGO) nextest run --workspace --profile $(NEXTEST_PROFILE)
+
+charts-test: ## Lint, render and check the Helm charts (Helm's engine, no cluster needed)
+	$(CARGO) build --workspace --bins
+	$$(scripts/python-venv.sh) scripts/check_charts.py $(CARGO_TARGET_DIR)/debug
 
 demo: tools ## Run each service's main flow locally on embedded defaults
 	$(CARGO) build --workspace --bins
