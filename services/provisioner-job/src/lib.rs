@@ -304,20 +304,25 @@ async fn apply_locked(
     }
     .await;
     if let Err(err) = finished {
-        // PostgreSQL: the clients are committed, only the audit row is incomplete.
-        // SQLite: the run's transaction did not commit, so nothing was written.
-        return Err(match store {
+        match store {
+            // The run's transaction did not commit: nothing was written, no key exists.
+            Store::Sqlite(_) => {
+                return Err(fatal(
+                    format!("cannot commit the run: {err}"),
+                    dry_run,
+                    repair,
+                ));
+            }
+            // The clients are committed and their keys must still reach the keys file;
+            // only the audit row is incomplete.
             Store::Postgres(_) => {
                 summary.outcome = Outcome::PartialFailure;
                 summary.errors.push(ClientError {
                     client: None,
                     error: format!("cannot record the run in provisioning_runs: {err}"),
                 });
-                // The keys were committed: they must still reach the keys file.
-                return Ok((summary, created));
             }
-            Store::Sqlite(_) => fatal(format!("cannot commit the run: {err}"), dry_run, repair),
-        });
+        }
     }
     Ok((summary, created))
 }
