@@ -216,11 +216,19 @@ async fn apply_locked(
     let fail = |err: StoreError| fatal(err.to_string(), dry_run, repair);
 
     store.migrate().await.map_err(fail)?;
-    let Some(mut session) = store
-        .begin_run(config.database.lock_wait())
+    let session = store
+        .begin_run(config.database.lock_wait(), shutdown)
         .await
-        .map_err(fail)?
-    else {
+        .map_err(fail)?;
+    let Some(mut session) = session else {
+        if shutdown.is_cancelled() {
+            tracing::warn!("stopped by a shutdown signal while waiting for the lock; nothing done");
+            let mut summary = Summary::new(Outcome::Interrupted, dry_run, repair);
+            summary.message = Some(
+                "stopped by a shutdown signal while waiting for the run lock; nothing done".into(),
+            );
+            return Err(summary);
+        }
         tracing::info!("another run held the lock for the whole wait; nothing done");
         let mut summary = Summary::new(Outcome::Locked, dry_run, repair);
         summary.message = Some(format!(

@@ -24,6 +24,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions},
 };
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::DatabaseConfig;
 
@@ -283,8 +284,13 @@ impl Store {
         })
     }
 
-    /// Takes the run lock, waiting up to `wait`. `None`: another run holds it.
-    pub async fn begin_run(&self, wait: Duration) -> Result<Option<RunSession>, StoreError> {
+    /// Takes the run lock, waiting up to `wait`. `None`: another run held it for the
+    /// whole wait, or `shutdown` was cancelled while waiting.
+    pub async fn begin_run(
+        &self,
+        wait: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<RunSession>, StoreError> {
         match self {
             Self::Postgres(pool) => {
                 let mut conn = pool.acquire().await?;
@@ -311,19 +317,29 @@ impl Store {
                         );
                         announced = true;
                     }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
                 }
             }
-            Self::Sqlite(pool) => match pool.begin_with("BEGIN IMMEDIATE").await {
-                Ok(tx) => Ok(Some(RunSession::Sqlite(tx))),
-                Err(sqlx::Error::Database(err))
-                    if err.code().is_some_and(|c| c == "5" || c == "6")
-                        || err.message().contains("locked") =>
-                {
-                    Ok(None)
+            Self::Sqlite(pool) => {
+                // SQLite waits in its busy handler (busy_timeout = the lock wait).
+                let begun = tokio::select! {
+                    begun = pool.begin_with("BEGIN IMMEDIATE") => begun,
+                    _ = shutdown.cancelled() => return Ok(None),
+                };
+                match begun {
+                    Ok(tx) => Ok(Some(RunSession::Sqlite(tx))),
+                    Err(sqlx::Error::Database(err))
+                        if err.code().is_some_and(|c| c == "5" || c == "6")
+                            || err.message().contains("locked") =>
+                    {
+                        Ok(None)
+                    }
+                    Err(err) => Err(err.into()),
                 }
-                Err(err) => Err(err.into()),
-            },
+            }
         }
     }
 }

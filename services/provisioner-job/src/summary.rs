@@ -20,6 +20,8 @@ pub enum Outcome {
     Disabled,
     /// Another run held the lock for the whole wait: nothing was done.
     Locked,
+    /// A shutdown signal came before anything was written: nothing was done.
+    Interrupted,
     /// Bad config or unreachable database: nothing was written.
     Fatal,
 }
@@ -33,6 +35,7 @@ impl Outcome {
             Self::PartialFailure => "partial_failure",
             Self::Disabled => "disabled",
             Self::Locked => "locked",
+            Self::Interrupted => "interrupted",
             Self::Fatal => "fatal",
         }
     }
@@ -114,7 +117,8 @@ impl Summary {
     /// The process exit code for this summary.
     pub fn exit(&self, detailed_exitcode: bool) -> JobExit {
         match self.outcome {
-            Outcome::Fatal => JobExit::Fatal,
+            // The run did not do its job and changed nothing; the next one will.
+            Outcome::Fatal | Outcome::Interrupted => JobExit::Fatal,
             _ if !self.errors.is_empty() => JobExit::PartialFailure,
             Outcome::Planned if detailed_exitcode && self.changes_pending() => {
                 JobExit::ChangesPending

@@ -4,6 +4,7 @@ use std::process::Stdio;
 
 use provisioner_job::store::{NewClient, RUN_LOCK_KEY, Store};
 use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     helpers::{Backend, TestDb, as_specs, binary, database_config, into_run, many_clients, run},
@@ -105,7 +106,7 @@ async fn a_client_created_by_someone_else_keeps_its_key(backend: Backend) {
         .await
         .expect("connect");
     let mut session = store
-        .begin_run(std::time::Duration::from_secs(5))
+        .begin_run(std::time::Duration::from_secs(5), &CancellationToken::new())
         .await
         .expect("lock")
         .expect("free");
@@ -140,3 +141,68 @@ async fn a_client_created_by_someone_else_keeps_its_key(backend: Backend) {
     );
 }
 on_both_backends!(a_client_created_by_someone_else_keeps_its_key);
+
+async fn sigterm_while_waiting_for_the_lock_stops_the_run_at_once(backend: Backend) {
+    let db = TestDb::with_cluster(backend).await;
+    let config = db.config_with(
+        &[("patient", "Patient AB", None)],
+        "  lock_wait_secs: 120\n",
+    );
+    let mut holder = db.connection().await;
+    let hold = match backend {
+        Backend::Postgres => format!("SELECT pg_advisory_lock({RUN_LOCK_KEY})"),
+        Backend::Sqlite => "BEGIN IMMEDIATE".to_owned(),
+    };
+    sqlx::query(&hold)
+        .execute(&mut *holder)
+        .await
+        .expect("hold the lock");
+
+    let mut child = binary()
+        .args(["--output", "json", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id().to_string();
+    let stderr = child.stderr.take().expect("stderr");
+    let (output, after_signal) = tokio::task::spawn_blocking(move || {
+        use std::io::{BufRead, BufReader};
+        let mut lines = BufReader::new(stderr).lines();
+        // PostgreSQL announces the wait; SQLite waits silently in its busy handler, so
+        // it gets a moment to get there.
+        if backend == Backend::Postgres {
+            let announced = lines
+                .by_ref()
+                .map_while(Result::ok)
+                .any(|line| line.contains("another run holds the lock; waiting"));
+            assert!(announced, "the run never said it was waiting");
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        let signalled = std::time::Instant::now();
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(kill.success());
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let output = child.wait_with_output().expect("wait");
+        let mut run = into_run(output);
+        run.stderr = rest.join("\n");
+        (run, signalled.elapsed())
+    })
+    .await
+    .expect("join");
+    holder.close().await.expect("release");
+
+    assert!(
+        after_signal < std::time::Duration::from_secs(5),
+        "took {after_signal:?} to stop"
+    );
+    assert_eq!(output.code, 1, "{}", output.stderr);
+    assert_eq!(output.json()["outcome"], "interrupted");
+    assert_eq!(db.count("client_configurations").await, 0);
+}
+on_both_backends!(sigterm_while_waiting_for_the_lock_stops_the_run_at_once);
