@@ -173,6 +173,23 @@ fn otlp_provider(service_name: &'static str) -> Result<Option<SdkTracerProvider>
     ))
 }
 
+/// Makes `span` (created with `parent: None`) a child of the current span in the
+/// exported trace only, not in `tracing`'s own span tree.
+///
+/// Use it for work handed to threads or tasks that may hold the span after the caller
+/// has moved on (SQLite's connection workers keep the span of their last command until
+/// they exit): a real child would keep the caller's span open with it, so the caller's
+/// span could end after the exit flush and be lost.
+///
+/// ```
+/// let span = platform::telemetry::linked(tracing::info_span!(parent: None, "db", operation = "read"));
+/// ```
+pub fn linked(span: tracing::Span) -> tracing::Span {
+    // Fails only when no OpenTelemetry layer is installed: then there is nothing to link.
+    let _ = span.set_parent(tracing::Span::current().context());
+    span
+}
+
 /// Writes the current span's trace context into outgoing HTTP (or gRPC) headers.
 pub fn inject(headers: &mut HeaderMap) {
     let context = tracing::Span::current().context();

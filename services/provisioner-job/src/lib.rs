@@ -28,7 +28,7 @@ use crate::{
     config::Config,
     keys::KeysFile,
     reconcile::{Applied, classify, missing_clusters},
-    store::{RunRecord, Store, StoreError},
+    store::{RunRecord, RunSession, Store, StoreError},
     summary::{ClientError, Outcome, Summary},
 };
 
@@ -75,8 +75,9 @@ pub async fn run(cli: &Cli, config: &Config, shutdown: CancellationToken) -> Job
 async fn migrate(config: &Config) -> Summary {
     let result = async {
         let store = Store::connect(&config.database).await?;
-        store.migrate().await?;
-        Ok::<_, StoreError>(store.backend())
+        let migrated = store.migrate().await;
+        store.close().await;
+        migrated.map(|()| store.backend())
     }
     .await;
     match result {
@@ -142,11 +143,14 @@ pub async fn provision(
         "connected"
     );
 
-    if dry_run {
-        return plan_only(&store, config, repair).await;
-    }
+    let result = if dry_run {
+        Err(plan_only(&store, config, repair).await)
+    } else {
+        apply_locked(&store, config, options, shutdown).await
+    };
+    // Connections end with a clean goodbye instead of being cut at exit.
+    store.close().await;
 
-    let result = apply_locked(&store, config, options, shutdown).await;
     let (mut summary, created) = match result {
         Ok(done) => done,
         Err(summary) => return summary,
@@ -215,6 +219,9 @@ async fn apply_locked(
     let (dry_run, repair) = (false, options.repair);
     let fail = |err: StoreError| fatal(err.to_string(), dry_run, repair);
 
+    if shutdown.is_cancelled() {
+        return Err(interrupted(dry_run, repair));
+    }
     store.migrate().await.map_err(fail)?;
     let session = store
         .begin_run(config.database.lock_wait(), shutdown)
@@ -222,12 +229,7 @@ async fn apply_locked(
         .map_err(fail)?;
     let Some(mut session) = session else {
         if shutdown.is_cancelled() {
-            tracing::warn!("stopped by a shutdown signal while waiting for the lock; nothing done");
-            let mut summary = Summary::new(Outcome::Interrupted, dry_run, repair);
-            summary.message = Some(
-                "stopped by a shutdown signal while waiting for the run lock; nothing done".into(),
-            );
-            return Err(summary);
+            return Err(interrupted(dry_run, repair));
         }
         tracing::info!("another run held the lock for the whole wait; nothing done");
         let mut summary = Summary::new(Outcome::Locked, dry_run, repair);
@@ -238,6 +240,68 @@ async fn apply_locked(
         ));
         return Err(summary);
     };
+
+    let (mut summary, created) =
+        match reconcile_locked(&mut session, config, options, shutdown).await {
+            Ok(done) => done,
+            Err(summary) => {
+                // Nothing was written under the lock: release it (SQLite rolls back).
+                session.abort().await;
+                return Err(summary);
+            }
+        };
+    let run_id = summary.run_id.clone().unwrap_or_default();
+
+    let summary_json = serde_json::to_value(&summary).unwrap_or_default();
+    let finished = async {
+        session
+            .finish_record(&run_id, summary.outcome.as_str(), &summary_json)
+            .await?;
+        session.finish().await
+    }
+    .await;
+    if let Err(err) = finished {
+        match store {
+            // The run's transaction did not commit: nothing was written, no key exists.
+            Store::Sqlite(_) => {
+                return Err(fatal(
+                    format!("cannot commit the run: {err}"),
+                    dry_run,
+                    repair,
+                ));
+            }
+            // The clients are committed and their keys must still reach the keys file;
+            // only the audit row is incomplete.
+            Store::Postgres(_) => {
+                summary.outcome = Outcome::PartialFailure;
+                summary.errors.push(ClientError {
+                    client: None,
+                    error: format!("cannot record the run in provisioning_runs: {err}"),
+                });
+            }
+        }
+    }
+    Ok((summary, created))
+}
+
+/// A run stopped by a signal before it took the lock: nothing written.
+fn interrupted(dry_run: bool, repair: bool) -> Summary {
+    tracing::warn!("stopped by a shutdown signal before any write; nothing done");
+    let mut summary = Summary::new(Outcome::Interrupted, dry_run, repair);
+    summary.message = Some("stopped by a shutdown signal before any write; nothing done".into());
+    summary
+}
+
+/// The part of a run that holds the lock: validate the clusters, classify, record the
+/// start, apply. `Err` carries the summary of a run that wrote nothing.
+async fn reconcile_locked(
+    session: &mut RunSession,
+    config: &Config,
+    options: &RunOptions,
+    shutdown: &CancellationToken,
+) -> Result<(Summary, Created), Summary> {
+    let (dry_run, repair) = (false, options.repair);
+    let fail = |err: StoreError| fatal(err.to_string(), dry_run, repair);
 
     let state = session.read_state().await.map_err(fail)?;
     let problems = missing_clusters(&config.provision, &state);
@@ -266,14 +330,8 @@ async fn apply_locked(
     };
     session.start_record(&record).await.map_err(fail)?;
 
-    let applied = reconcile::apply(
-        &mut session,
-        &plan,
-        config.database.batch_size,
-        repair,
-        shutdown,
-    )
-    .await;
+    let applied =
+        reconcile::apply(session, &plan, config.database.batch_size, repair, shutdown).await;
     let Applied {
         created,
         raced,
@@ -301,36 +359,6 @@ async fn apply_locked(
     summary.errors = errors;
     if interrupted {
         tracing::warn!("stopped early by a shutdown signal; the rest is left for the next run");
-    }
-
-    let summary_json = serde_json::to_value(&summary).unwrap_or_default();
-    let finished = async {
-        session
-            .finish_record(&record.run_id, summary.outcome.as_str(), &summary_json)
-            .await?;
-        session.finish().await
-    }
-    .await;
-    if let Err(err) = finished {
-        match store {
-            // The run's transaction did not commit: nothing was written, no key exists.
-            Store::Sqlite(_) => {
-                return Err(fatal(
-                    format!("cannot commit the run: {err}"),
-                    dry_run,
-                    repair,
-                ));
-            }
-            // The clients are committed and their keys must still reach the keys file;
-            // only the audit row is incomplete.
-            Store::Postgres(_) => {
-                summary.outcome = Outcome::PartialFailure;
-                summary.errors.push(ClientError {
-                    client: None,
-                    error: format!("cannot record the run in provisioning_runs: {err}"),
-                });
-            }
-        }
     }
     Ok((summary, created))
 }

@@ -25,6 +25,7 @@ use sqlx::{
 };
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::DatabaseConfig;
 
@@ -110,6 +111,20 @@ pub enum RunSession {
     Sqlite(Transaction<'static, Sqlite>),
 }
 
+/// The span of one database operation: see [`platform::telemetry::linked`] for why it
+/// is linked to the caller's span rather than nested in it.
+fn db_span(operation: &'static str) -> tracing::Span {
+    platform::telemetry::linked(tracing::info_span!(parent: None, "db", operation))
+}
+
+/// Runs one database operation in its [`db_span`].
+async fn traced<T>(
+    operation: &'static str,
+    work: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    work.instrument(db_span(operation)).await
+}
+
 /// Writes `$body` once and compiles it for each backend, with `$conn` bound to that
 /// backend's pool, connection or transaction.
 macro_rules! each_backend {
@@ -160,51 +175,62 @@ macro_rules! read_state {
 impl Store {
     /// Connects, waiting at most `database.connect_timeout_secs`.
     pub async fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
-        let url = config.url.expose();
-        let connect_error = |reason: String| StoreError::Connect {
-            url: config.url.redacted(),
-            reason,
-        };
-        if config.url.scheme() == "sqlite" {
-            let options = SqliteConnectOptions::from_str(url)
-                .map_err(|e| connect_error(e.to_string()))?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .busy_timeout(config.lock_wait());
-            let pool = SqlitePoolOptions::new()
+        traced("connect", async move {
+            let url = config.url.expose();
+            let connect_error = |reason: String| StoreError::Connect {
+                url: config.url.redacted(),
+                reason,
+            };
+            if config.url.scheme() == "sqlite" {
+                let options = SqliteConnectOptions::from_str(url)
+                    .map_err(|e| connect_error(e.to_string()))?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .busy_timeout(config.lock_wait());
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(config.connect_timeout())
+                    .connect_with(options)
+                    .await
+                    .map_err(|e| connect_error(e.to_string()))?;
+                return Ok(Self::Sqlite(pool));
+            }
+            let options =
+                PgConnectOptions::from_str(url).map_err(|e| connect_error(e.to_string()))?;
+            // One direct attempt first: a pool only says "timed out", this says why.
+            match tokio::time::timeout(
+                config.connect_timeout(),
+                PgConnection::connect_with(&options),
+            )
+            .await
+            {
+                Ok(Ok(conn)) => {
+                    let _ = conn.close().await;
+                }
+                Ok(Err(err)) => return Err(connect_error(err.to_string())),
+                Err(_) => {
+                    return Err(connect_error(format!(
+                        "no answer within {}s",
+                        config.connect_timeout_secs
+                    )));
+                }
+            }
+            let pool = PgPoolOptions::new()
                 .max_connections(2)
                 .acquire_timeout(config.connect_timeout())
                 .connect_with(options)
                 .await
                 .map_err(|e| connect_error(e.to_string()))?;
-            return Ok(Self::Sqlite(pool));
-        }
-        let options = PgConnectOptions::from_str(url).map_err(|e| connect_error(e.to_string()))?;
-        // One direct attempt first: a pool only says "timed out", this says why.
-        match tokio::time::timeout(
-            config.connect_timeout(),
-            PgConnection::connect_with(&options),
-        )
+            Ok(Self::Postgres(pool))
+        })
         .await
-        {
-            Ok(Ok(conn)) => {
-                let _ = conn.close().await;
-            }
-            Ok(Err(err)) => return Err(connect_error(err.to_string())),
-            Err(_) => {
-                return Err(connect_error(format!(
-                    "no answer within {}s",
-                    config.connect_timeout_secs
-                )));
-            }
-        }
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(config.connect_timeout())
-            .connect_with(options)
-            .await
-            .map_err(|e| connect_error(e.to_string()))?;
-        Ok(Self::Postgres(pool))
+    }
+
+    /// Closes every connection and waits until they are closed.
+    pub async fn close(&self) {
+        each_backend!(self, Self, |pool| {
+            pool.close().instrument(db_span("close")).await
+        })
     }
 
     /// How this backend keeps runs apart, for the logs.
@@ -228,29 +254,35 @@ impl Store {
     /// PostgreSQL's migrator serialises concurrent runs with its own advisory lock;
     /// SQLite migrates inside its writer lock.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        if self.pending_migrations().await? == 0 {
-            return Ok(());
-        }
-        match self {
-            Self::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
-            Self::Sqlite(pool) => {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                SQLITE_MIGRATIONS.run(&mut *tx).await?;
-                tx.commit().await?;
+        traced("migrate", async move {
+            if self.pending_migrations().await? == 0 {
+                return Ok(());
             }
-        }
-        Ok(())
+            match self {
+                Self::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+                Self::Sqlite(pool) => {
+                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                    SQLITE_MIGRATIONS.run(&mut *tx).await?;
+                    tx.commit().await?;
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Fails with [`StoreError::NotMigrated`] unless every migration has been applied
     /// (read-only: a dry run never changes the schema).
     pub async fn check_migrated(&self) -> Result<(), StoreError> {
-        match self.pending_migrations().await? {
-            0 => Ok(()),
-            pending => Err(StoreError::NotMigrated(format!(
-                "{pending} migration(s) pending"
-            ))),
-        }
+        traced("check_migrated", async move {
+            match self.pending_migrations().await? {
+                0 => Ok(()),
+                pending => Err(StoreError::NotMigrated(format!(
+                    "{pending} migration(s) pending"
+                ))),
+            }
+        })
+        .await
     }
 
     /// How many of the job's migrations the database lacks.
@@ -278,10 +310,13 @@ impl Store {
 
     /// Reads the current state without any lock (dry runs).
     pub async fn read_state(&self) -> Result<DbState, StoreError> {
-        each_backend!(self, Self, |pool| {
-            let mut conn = pool.acquire().await?;
-            read_state!(&mut *conn)
+        traced("read_state", async move {
+            each_backend!(self, Self, |pool| {
+                let mut conn = pool.acquire().await?;
+                read_state!(&mut *conn)
+            })
         })
+        .await
     }
 
     /// Takes the run lock, waiting up to `wait`. `None`: another run held it for the
@@ -291,193 +326,208 @@ impl Store {
         wait: Duration,
         shutdown: &CancellationToken,
     ) -> Result<Option<RunSession>, StoreError> {
-        match self {
-            Self::Postgres(pool) => {
-                let mut conn = pool.acquire().await?;
-                // Closing instead of pooling this connection on drop releases the lock
-                // however the run ends.
-                conn.close_on_drop();
-                let deadline = Instant::now() + wait;
-                let mut announced = false;
-                loop {
-                    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                        .bind(RUN_LOCK_KEY)
-                        .fetch_one(&mut *conn)
-                        .await?;
-                    if locked {
-                        return Ok(Some(RunSession::Postgres(conn)));
+        traced("lock", async move {
+            match self {
+                Self::Postgres(pool) => {
+                    let mut conn = pool.acquire().await?;
+                    // Closing instead of pooling this connection on drop releases the lock
+                    // however the run ends.
+                    conn.close_on_drop();
+                    let deadline = Instant::now() + wait;
+                    let mut announced = false;
+                    loop {
+                        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                            .bind(RUN_LOCK_KEY)
+                            .fetch_one(&mut *conn)
+                            .await?;
+                        if locked {
+                            return Ok(Some(RunSession::Postgres(conn)));
+                        }
+                        if Instant::now() >= deadline {
+                            return Ok(None);
+                        }
+                        if !announced {
+                            tracing::info!(
+                                wait_secs = wait.as_secs(),
+                                "another run holds the lock; waiting"
+                            );
+                            announced = true;
+                        }
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(None),
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        }
                     }
-                    if Instant::now() >= deadline {
-                        return Ok(None);
-                    }
-                    if !announced {
-                        tracing::info!(
-                            wait_secs = wait.as_secs(),
-                            "another run holds the lock; waiting"
-                        );
-                        announced = true;
-                    }
-                    tokio::select! {
+                }
+                Self::Sqlite(pool) => {
+                    // SQLite waits in its busy handler (busy_timeout = the lock wait).
+                    let begun = tokio::select! {
+                        begun = pool.begin_with("BEGIN IMMEDIATE") => begun,
                         _ = shutdown.cancelled() => return Ok(None),
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    };
+                    match begun {
+                        Ok(tx) => Ok(Some(RunSession::Sqlite(tx))),
+                        Err(sqlx::Error::Database(err))
+                            if err.code().is_some_and(|c| c == "5" || c == "6")
+                                || err.message().contains("locked") =>
+                        {
+                            Ok(None)
+                        }
+                        Err(err) => Err(err.into()),
                     }
                 }
             }
-            Self::Sqlite(pool) => {
-                // SQLite waits in its busy handler (busy_timeout = the lock wait).
-                let begun = tokio::select! {
-                    begun = pool.begin_with("BEGIN IMMEDIATE") => begun,
-                    _ = shutdown.cancelled() => return Ok(None),
-                };
-                match begun {
-                    Ok(tx) => Ok(Some(RunSession::Sqlite(tx))),
-                    Err(sqlx::Error::Database(err))
-                        if err.code().is_some_and(|c| c == "5" || c == "6")
-                            || err.message().contains("locked") =>
-                    {
-                        Ok(None)
-                    }
-                    Err(err) => Err(err.into()),
-                }
-            }
-        }
+        })
+        .await
     }
 }
 
 impl RunSession {
     /// Reads the current state under the lock.
     pub async fn read_state(&mut self) -> Result<DbState, StoreError> {
-        each_backend!(self, Self, |conn| { read_state!(&mut **conn) })
+        traced("read_state", async move {
+            each_backend!(self, Self, |conn| { read_state!(&mut **conn) })
+        })
+        .await
     }
 
     /// Creates clients in one transaction: all of them, or none (error). Returns the
     /// names actually created: a client whose row appeared meanwhile (a concurrent writer
     /// outside the lock) is left as it is, its key untouched, and is not returned.
     pub async fn create_clients(&mut self, batch: &[NewClient]) -> Result<Vec<String>, StoreError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        each_backend!(self, Self, |conn| {
-            let mut tx = conn.begin().await?;
-
-            let mut insert = QueryBuilder::new(
-                "INSERT INTO aggregator_configurations (aggregator_id, aggregator_info) ",
-            );
-            insert.push_values(batch, |mut row, c| {
-                row.push_bind(c.aggregator_id.clone())
-                    .push_bind(c.aggregator_info.clone());
-            });
-            insert.build().execute(&mut *tx).await?;
-
-            let mut insert = QueryBuilder::new(
-                "INSERT INTO client_configurations \
-                 (client_name, api_client_key, cluster_id, aggregator_id) ",
-            );
-            insert.push_values(batch, |mut row, c| {
-                row.push_bind(c.name.clone())
-                    .push_bind(c.api_key.expose_secret().to_owned())
-                    .push_bind(c.cluster_id.clone())
-                    .push_bind(c.aggregator_id.clone());
-            });
-            insert.push(" ON CONFLICT DO NOTHING RETURNING client_name");
-            let created: BTreeSet<String> = insert
-                .build_query_scalar::<String>()
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect();
-
-            let skipped: Vec<&NewClient> = batch
-                .iter()
-                .filter(|c| !created.contains(&c.name))
-                .collect();
-            if !skipped.is_empty() {
-                let mut delete = QueryBuilder::new(
-                    "DELETE FROM aggregator_configurations WHERE aggregator_id IN (",
-                );
-                let mut ids = delete.separated(", ");
-                for c in &skipped {
-                    ids.push_bind(c.aggregator_id.clone());
-                }
-                ids.push_unseparated(")");
-                delete.build().execute(&mut *tx).await?;
+        traced("create_clients", async move {
+            if batch.is_empty() {
+                return Ok(Vec::new());
             }
+            each_backend!(self, Self, |conn| {
+                let mut tx = conn.begin().await?;
 
-            let fresh: Vec<&NewClient> =
-                batch.iter().filter(|c| created.contains(&c.name)).collect();
-            if !fresh.is_empty() {
                 let mut insert = QueryBuilder::new(
-                    "INSERT INTO crypto_configurations \
-                     (client_name, key_id, base64_encoded_key) ",
+                    "INSERT INTO aggregator_configurations (aggregator_id, aggregator_info) ",
                 );
-                insert.push_values(&fresh, |mut row, c| {
-                    row.push_bind(c.name.clone())
-                        .push_bind(1_i32)
-                        .push_bind(c.crypto_key.expose_secret().to_owned());
+                insert.push_values(batch, |mut row, c| {
+                    row.push_bind(c.aggregator_id.clone())
+                        .push_bind(c.aggregator_info.clone());
                 });
-                insert.push(" ON CONFLICT DO NOTHING");
                 insert.build().execute(&mut *tx).await?;
-            }
 
-            tx.commit().await?;
-            Ok(fresh.into_iter().map(|c| c.name.clone()).collect())
+                let mut insert = QueryBuilder::new(
+                    "INSERT INTO client_configurations \
+                     (client_name, api_client_key, cluster_id, aggregator_id) ",
+                );
+                insert.push_values(batch, |mut row, c| {
+                    row.push_bind(c.name.clone())
+                        .push_bind(c.api_key.expose_secret().to_owned())
+                        .push_bind(c.cluster_id.clone())
+                        .push_bind(c.aggregator_id.clone());
+                });
+                insert.push(" ON CONFLICT DO NOTHING RETURNING client_name");
+                let created: BTreeSet<String> = insert
+                    .build_query_scalar::<String>()
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .collect();
+
+                let skipped: Vec<&NewClient> = batch
+                    .iter()
+                    .filter(|c| !created.contains(&c.name))
+                    .collect();
+                if !skipped.is_empty() {
+                    let mut delete = QueryBuilder::new(
+                        "DELETE FROM aggregator_configurations WHERE aggregator_id IN (",
+                    );
+                    let mut ids = delete.separated(", ");
+                    for c in &skipped {
+                        ids.push_bind(c.aggregator_id.clone());
+                    }
+                    ids.push_unseparated(")");
+                    delete.build().execute(&mut *tx).await?;
+                }
+
+                let fresh: Vec<&NewClient> =
+                    batch.iter().filter(|c| created.contains(&c.name)).collect();
+                if !fresh.is_empty() {
+                    let mut insert = QueryBuilder::new(
+                        "INSERT INTO crypto_configurations \
+                         (client_name, key_id, base64_encoded_key) ",
+                    );
+                    insert.push_values(&fresh, |mut row, c| {
+                        row.push_bind(c.name.clone())
+                            .push_bind(1_i32)
+                            .push_bind(c.crypto_key.expose_secret().to_owned());
+                    });
+                    insert.push(" ON CONFLICT DO NOTHING");
+                    insert.build().execute(&mut *tx).await?;
+                }
+
+                tx.commit().await?;
+                Ok(fresh.into_iter().map(|c| c.name.clone()).collect())
+            })
         })
+        .await
     }
 
     /// Repairs one drifted client in one transaction. Never touches its API key.
     pub async fn repair_client(&mut self, repair: &Repair) -> Result<(), StoreError> {
-        each_backend!(self, Self, |conn| {
-            let mut tx = conn.begin().await?;
-            if let Some(info) = &repair.aggregator_info {
-                // Upsert: the aggregator row may be the thing that is missing.
-                sqlx::query(
-                    "INSERT INTO aggregator_configurations (aggregator_id, aggregator_info) \
-                     VALUES ($1, $2) \
-                     ON CONFLICT (aggregator_id) DO UPDATE SET aggregator_info = excluded.aggregator_info",
-                )
-                .bind(&repair.aggregator_id)
-                .bind(info)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if let Some(cluster) = &repair.cluster_id {
-                sqlx::query(
-                    "UPDATE client_configurations SET cluster_id = $1 WHERE client_name = $2",
-                )
-                .bind(cluster)
-                .bind(&repair.name)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if let Some(key) = &repair.crypto_key {
-                sqlx::query(
-                    "INSERT INTO crypto_configurations (client_name, key_id, base64_encoded_key) \
-                     VALUES ($1, 1, $2) ON CONFLICT DO NOTHING",
-                )
-                .bind(&repair.name)
-                .bind(key.expose_secret())
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(())
+        traced("repair_client", async move {
+            each_backend!(self, Self, |conn| {
+                let mut tx = conn.begin().await?;
+                if let Some(info) = &repair.aggregator_info {
+                    // Upsert: the aggregator row may be the thing that is missing.
+                    sqlx::query(
+                        "INSERT INTO aggregator_configurations (aggregator_id, aggregator_info) \
+                         VALUES ($1, $2) \
+                         ON CONFLICT (aggregator_id) DO UPDATE SET aggregator_info = excluded.aggregator_info",
+                    )
+                    .bind(&repair.aggregator_id)
+                    .bind(info)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if let Some(cluster) = &repair.cluster_id {
+                    sqlx::query(
+                        "UPDATE client_configurations SET cluster_id = $1 WHERE client_name = $2",
+                    )
+                    .bind(cluster)
+                    .bind(&repair.name)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if let Some(key) = &repair.crypto_key {
+                    sqlx::query(
+                        "INSERT INTO crypto_configurations (client_name, key_id, base64_encoded_key) \
+                         VALUES ($1, 1, $2) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&repair.name)
+                    .bind(key.expose_secret())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            })
         })
+        .await
     }
 
     /// Records the start of a run (`outcome = running`), so a run that dies is visible.
     pub async fn start_record(&mut self, run: &RunRecord) -> Result<(), StoreError> {
-        each_backend!(self, Self, |conn| {
-            sqlx::query(
-                "INSERT INTO provisioning_runs (run_id, started_at, config_sha256, outcome) \
-                 VALUES ($1, $2, $3, 'running')",
-            )
-            .bind(&run.run_id)
-            .bind(run.started_at)
-            .bind(&run.config_sha256)
-            .execute(&mut **conn)
-            .await?;
-            Ok(())
+        traced("start_record", async move {
+            each_backend!(self, Self, |conn| {
+                sqlx::query(
+                    "INSERT INTO provisioning_runs (run_id, started_at, config_sha256, outcome) \
+                     VALUES ($1, $2, $3, 'running')",
+                )
+                .bind(&run.run_id)
+                .bind(run.started_at)
+                .bind(&run.config_sha256)
+                .execute(&mut **conn)
+                .await?;
+                Ok(())
+            })
         })
+        .await
     }
 
     /// Records how the run ended, with its summary.
@@ -487,30 +537,55 @@ impl RunSession {
         outcome: &str,
         summary: &serde_json::Value,
     ) -> Result<(), StoreError> {
-        each_backend!(self, Self, |conn| {
-            sqlx::query(
-                "UPDATE provisioning_runs SET finished_at = $1, outcome = $2, summary_json = $3 \
-                 WHERE run_id = $4",
-            )
-            .bind(OffsetDateTime::now_utc())
-            .bind(outcome)
-            .bind(sqlx::types::Json(summary))
-            .bind(run_id)
-            .execute(&mut **conn)
-            .await?;
+        traced("finish_record", async move {
+            each_backend!(self, Self, |conn| {
+                sqlx::query(
+                    "UPDATE provisioning_runs SET finished_at = $1, outcome = $2, summary_json = $3 \
+                     WHERE run_id = $4",
+                )
+                .bind(OffsetDateTime::now_utc())
+                .bind(outcome)
+                .bind(sqlx::types::Json(summary))
+                .bind(run_id)
+                .execute(&mut **conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Gives up a run that wrote nothing: PostgreSQL unlocks, SQLite rolls back.
+    pub async fn abort(self) {
+        let released = traced("abort", async move {
+            match self {
+                Self::Postgres(mut conn) => {
+                    conn.execute(sqlx::query("SELECT pg_advisory_unlock($1)").bind(RUN_LOCK_KEY))
+                        .await?;
+                }
+                Self::Sqlite(tx) => tx.rollback().await?,
+            }
             Ok(())
         })
+        .await;
+        if let Err(err) = released {
+            // The lock goes with the connection anyway.
+            tracing::warn!(error = %err, "cannot release the run lock cleanly");
+        }
     }
 
     /// Releases the run lock: PostgreSQL unlocks, SQLite commits the run's transaction.
     pub async fn finish(self) -> Result<(), StoreError> {
-        match self {
-            Self::Postgres(mut conn) => {
-                conn.execute(sqlx::query("SELECT pg_advisory_unlock($1)").bind(RUN_LOCK_KEY))
-                    .await?;
+        traced("finish", async move {
+            match self {
+                Self::Postgres(mut conn) => {
+                    conn.execute(sqlx::query("SELECT pg_advisory_unlock($1)").bind(RUN_LOCK_KEY))
+                        .await?;
+                }
+                Self::Sqlite(tx) => tx.commit().await?,
             }
-            Self::Sqlite(tx) => tx.commit().await?,
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 }

@@ -1,10 +1,15 @@
 //! Partial failure: one bad client does not stop the others; a stop signal leaves a
 //! consistent database; no secret ever reaches the output.
 
+use std::time::Duration;
+
 use provisioner_job::{
     RunOptions,
-    config::{ClientSpec, Config},
+    config::{ClientSpec, Config, ProvisionConfig},
     provision,
+    reconcile::{self, classify},
+    store::Store,
+    summary::Outcome,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -100,14 +105,10 @@ async fn no_secret_reaches_stdout_or_stderr_even_at_trace_level(backend: Backend
 }
 on_both_backends!(no_secret_reaches_stdout_or_stderr_even_at_trace_level);
 
-async fn a_stop_signal_before_the_writes_leaves_everything_for_the_next_run(backend: Backend) {
-    let db = TestDb::with_cluster(backend).await;
-    let mut config = Config {
-        database: database_config(&db.url),
-        ..Config::default()
-    };
-    for (name, info) in many_clients(3) {
-        config.provision.clients.insert(
+fn declared(n: usize) -> ProvisionConfig {
+    let mut declared = ProvisionConfig::default();
+    for (name, info) in many_clients(n) {
+        declared.clients.insert(
             name,
             ClientSpec {
                 aggregator_identifier: info,
@@ -115,22 +116,58 @@ async fn a_stop_signal_before_the_writes_leaves_everything_for_the_next_run(back
             },
         );
     }
+    declared
+}
+
+async fn a_stop_signal_before_the_run_writes_nothing_and_exits_1(backend: Backend) {
+    let db = TestDb::with_cluster(backend).await;
+    let config = Config {
+        database: database_config(&db.url),
+        provision: declared(3),
+    };
     let stopped = CancellationToken::new();
     stopped.cancel();
 
     let summary = provision(&config, &RunOptions::default(), &stopped).await;
-    assert_eq!(summary.exit(false).code(), 3);
-    assert_eq!(summary.errors.len(), 3);
-    assert!(
-        summary
-            .errors
-            .iter()
-            .all(|e| e.error.contains("stopped by a shutdown signal"))
-    );
+    assert_eq!(summary.outcome, Outcome::Interrupted);
+    assert_eq!(summary.exit(false).code(), 1);
     assert_eq!(db.count("client_configurations").await, 0);
+    assert_eq!(db.count("provisioning_runs").await, 0);
 
     let summary = provision(&config, &RunOptions::default(), &CancellationToken::new()).await;
     assert_eq!(summary.exit(false).code(), 0);
     assert_eq!(summary.created.len(), 3);
 }
-on_both_backends!(a_stop_signal_before_the_writes_leaves_everything_for_the_next_run);
+on_both_backends!(a_stop_signal_before_the_run_writes_nothing_and_exits_1);
+
+async fn batches_after_a_stop_signal_are_reported_as_not_applied(backend: Backend) {
+    let db = TestDb::with_cluster(backend).await;
+    let store = Store::connect(&database_config(&db.url))
+        .await
+        .expect("connect");
+    let mut session = store
+        .begin_run(Duration::from_secs(5), &CancellationToken::new())
+        .await
+        .expect("lock")
+        .expect("free");
+    let plan = classify(&declared(5), &session.read_state().await.expect("state"));
+    assert_eq!(plan.create.len(), 5);
+
+    // The signal came after the lock was taken: no further batch starts.
+    let stopped = CancellationToken::new();
+    stopped.cancel();
+    let applied = reconcile::apply(&mut session, &plan, 2, false, &stopped).await;
+    session.finish().await.expect("finish");
+
+    assert!(applied.interrupted);
+    assert!(applied.created.is_empty());
+    assert_eq!(applied.errors.len(), 5);
+    assert!(
+        applied
+            .errors
+            .iter()
+            .all(|e| e.error.contains("stopped by a shutdown signal"))
+    );
+    assert_eq!(db.count("client_configurations").await, 0);
+}
+on_both_backends!(batches_after_a_stop_signal_are_reported_as_not_applied);

@@ -52,7 +52,10 @@ async fn spans_are_exported_over_otlp_and_flushed_on_exit() {
     let out = run_with(
         &[],
         &config,
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("RUST_LOG", "info,opentelemetry_sdk=debug"),
+        ],
     )
     .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -65,7 +68,11 @@ async fn spans_are_exported_over_otlp_and_flushed_on_exit() {
         .iter()
         .flat_map(|r| r.resource_spans.iter())
         .collect();
-    assert!(!resource_spans.is_empty(), "no spans exported");
+    assert!(
+        !resource_spans.is_empty(),
+        "no spans exported; the job said:\n{}",
+        out.stderr
+    );
     let service_names: Vec<String> = resource_spans
         .iter()
         .filter_map(|rs| rs.resource.as_ref())
@@ -89,6 +96,25 @@ async fn spans_are_exported_over_otlp_and_flushed_on_exit() {
         .map(|s| s.name.as_str())
         .collect();
     assert!(span_names.contains(&"provisioner_run"), "{span_names:?}");
+
+    // Database operations are children of the run in the exported trace.
+    let spans: Vec<_> = resource_spans
+        .iter()
+        .flat_map(|rs| rs.scope_spans.iter())
+        .flat_map(|ss| ss.spans.iter())
+        .collect();
+    let run = spans
+        .iter()
+        .find(|s| s.name == "provisioner_run")
+        .expect("run span");
+    let db_children = spans
+        .iter()
+        .filter(|s| s.name == "db" && s.trace_id == run.trace_id && s.parent_span_id == run.span_id)
+        .count();
+    assert!(
+        db_children >= 3,
+        "{db_children} db spans under the run: {span_names:?}"
+    );
 }
 
 #[tokio::test]
