@@ -557,18 +557,7 @@ impl RunSession {
 
     /// Gives up a run that wrote nothing: PostgreSQL unlocks, SQLite rolls back.
     pub async fn abort(self) {
-        let released = traced("abort", async move {
-            match self {
-                Self::Postgres(mut conn) => {
-                    conn.execute(sqlx::query("SELECT pg_advisory_unlock($1)").bind(RUN_LOCK_KEY))
-                        .await?;
-                }
-                Self::Sqlite(tx) => tx.rollback().await?,
-            }
-            Ok(())
-        })
-        .await;
-        if let Err(err) = released {
+        if let Err(err) = self.release(false).await {
             // The lock goes with the connection anyway.
             tracing::warn!(error = %err, "cannot release the run lock cleanly");
         }
@@ -576,13 +565,20 @@ impl RunSession {
 
     /// Releases the run lock: PostgreSQL unlocks, SQLite commits the run's transaction.
     pub async fn finish(self) -> Result<(), StoreError> {
-        traced("finish", async move {
+        self.release(true).await
+    }
+
+    /// Ends the run: unlocks (PostgreSQL) or ends the run's transaction (SQLite), keeping
+    /// its writes when `commit`.
+    async fn release(self, commit: bool) -> Result<(), StoreError> {
+        traced(if commit { "finish" } else { "abort" }, async move {
             match self {
                 Self::Postgres(mut conn) => {
                     conn.execute(sqlx::query("SELECT pg_advisory_unlock($1)").bind(RUN_LOCK_KEY))
                         .await?;
                 }
-                Self::Sqlite(tx) => tx.commit().await?,
+                Self::Sqlite(tx) if commit => tx.commit().await?,
+                Self::Sqlite(tx) => tx.rollback().await?,
             }
             Ok(())
         })

@@ -62,13 +62,10 @@ async fn four_concurrent_applies_leave_200_clients_with_distinct_keys(backend: B
 }
 on_both_backends!(four_concurrent_applies_leave_200_clients_with_distinct_keys);
 
-async fn a_run_that_cannot_get_the_lock_exits_0_and_writes_nothing(backend: Backend) {
-    let db = TestDb::with_cluster(backend).await;
-    let config = db.config_with(&[("waiting", "Waiting AB", None)], "  lock_wait_secs: 1\n");
-
-    // Another run holds the lock for longer than this one waits.
+/// Holds the run lock the way another run would, until the connection is closed.
+async fn hold_run_lock(db: &TestDb) -> sqlx::pool::PoolConnection<sqlx::Any> {
     let mut holder = db.connection().await;
-    let hold = match backend {
+    let hold = match db.backend {
         Backend::Postgres => format!("SELECT pg_advisory_lock({RUN_LOCK_KEY})"),
         Backend::Sqlite => "BEGIN IMMEDIATE".to_owned(),
     };
@@ -76,6 +73,15 @@ async fn a_run_that_cannot_get_the_lock_exits_0_and_writes_nothing(backend: Back
         .execute(&mut *holder)
         .await
         .expect("hold the lock");
+    holder
+}
+
+async fn a_run_that_cannot_get_the_lock_exits_0_and_writes_nothing(backend: Backend) {
+    let db = TestDb::with_cluster(backend).await;
+    let config = db.config_with(&[("waiting", "Waiting AB", None)], "  lock_wait_secs: 1\n");
+
+    // Another run holds the lock for longer than this one waits.
+    let holder = hold_run_lock(&db).await;
 
     let out = run(&["--output", "json"], &config).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -148,15 +154,7 @@ async fn sigterm_while_waiting_for_the_lock_stops_the_run_at_once(backend: Backe
         &[("patient", "Patient AB", None)],
         "  lock_wait_secs: 120\n",
     );
-    let mut holder = db.connection().await;
-    let hold = match backend {
-        Backend::Postgres => format!("SELECT pg_advisory_lock({RUN_LOCK_KEY})"),
-        Backend::Sqlite => "BEGIN IMMEDIATE".to_owned(),
-    };
-    sqlx::query(&hold)
-        .execute(&mut *holder)
-        .await
-        .expect("hold the lock");
+    let holder = hold_run_lock(&db).await;
 
     let mut child = binary()
         .args(["--output", "json", "--config"])
