@@ -8,7 +8,7 @@ CARGO ?= cargo
 NEXTEST_PROFILE ?= $(if $(CI),ci,default)
 
 .DEFAULT_GOAL := help
-.PHONY: help tools build fmt lint test test-only charts-test demo bench clean
+.PHONY: help tools build fmt lint proto-lint test test-only charts-test demo bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,9 +24,12 @@ build: ## Build every binary (debug)
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-lint: ## rustfmt check + clippy with warnings as errors
+lint: proto-lint ## rustfmt check, clippy with warnings as errors, buf lint
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+proto-lint: ## buf lint over proto/ (buf from the npm registry)
+	scripts/buf-lint.sh
 
 test: tools lint ## Everything CI checks: lint, all tests against a throwaway PostgreSQL, chart checks
 	$(CARGO) build --workspace --all-targets --locked
