@@ -13,6 +13,30 @@ pub fn redact<S: Serializer>(_: &SecretString, serializer: S) -> Result<S::Ok, S
     serializer.serialize_str(REDACTED)
 }
 
+/// `#[serde(serialize_with = "platform::secret::redact_all")]` for lists of secrets:
+/// shows how many there are, never what they are.
+pub fn redact_all<S: Serializer>(
+    secrets: &[SecretString],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = serializer.serialize_seq(Some(secrets.len()))?;
+    for _ in secrets {
+        seq.serialize_element(REDACTED)?;
+    }
+    seq.end()
+}
+
+/// Compares a presented secret with a known one in time that does not depend on where
+/// they differ.
+pub fn constant_time_eq(presented: &str, known: &SecretString) -> bool {
+    let (a, b) = (presented.as_bytes(), known.expose_secret().as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// A connection URL that may carry a password (`postgres://user:pass@host/db`).
 ///
 /// `Debug`, `Display` and `Serialize` show it with the password and any secret-looking
@@ -147,6 +171,15 @@ mod tests {
             url("postgres://admin@db/agg").redacted(),
             "postgres://admin@db/agg"
         );
+    }
+
+    #[test]
+    fn secrets_compare_by_content_only() {
+        let known = SecretString::from("s3cr3t");
+        assert!(constant_time_eq("s3cr3t", &known));
+        assert!(!constant_time_eq("s3cr3T", &known));
+        assert!(!constant_time_eq("s3cr3", &known));
+        assert!(!constant_time_eq("", &known));
     }
 
     #[test]

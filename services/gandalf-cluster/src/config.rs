@@ -1,0 +1,88 @@
+//! gandalf-cluster's configuration (`--config`, env `GANDALF_CLUSTER__...`).
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use platform::{config::Validate, secret::SecretUrl};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment overrides: `GANDALF_CLUSTER__LISTEN`, ...
+pub const ENV_PREFIX: &str = "GANDALF_CLUSTER";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC address the aggregators connect to.
+    pub listen: SocketAddr,
+    /// Admin HTTP address: `/healthz`, `/readyz`, `/metrics`, `/v1/events`.
+    pub admin_listen: SocketAddr,
+    /// Tenants, their accepted secrets and database.
+    pub tenants: BTreeMap<String, TenantConfig>,
+    /// Events kept per tenant for `GET /v1/events` (oldest dropped first).
+    pub event_log_capacity: usize,
+    /// How long in-flight streams get to finish on SIGTERM, in seconds.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
+            tenants: BTreeMap::new(),
+            event_log_capacity: 1000,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// One tenant.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Accepted secrets of this tenant's aggregators and connectors.
+    #[serde(serialize_with = "platform::secret::redact_all")]
+    pub secrets: Vec<SecretString>,
+    /// What CONFIGURATION_DATABASE returns to this tenant's aggregators; none: they run
+    /// without a command log.
+    pub database: Option<DatabaseInfo>,
+}
+
+/// A tenant's database.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseInfo {
+    pub url: SecretUrl,
+}
+
+impl Validate for Config {
+    fn problems(&self) -> Vec<String> {
+        use secrecy::ExposeSecret;
+        let mut problems = Vec::new();
+        if self.listen == self.admin_listen {
+            problems.push(format!("listen and admin_listen are both {}", self.listen));
+        }
+        if self.event_log_capacity == 0 {
+            problems.push("event_log_capacity: must be at least 1".into());
+        }
+        for (name, tenant) in &self.tenants {
+            if name.trim().is_empty() {
+                problems.push("tenants: a tenant name is empty".into());
+            }
+            if tenant.secrets.is_empty() {
+                problems.push(format!(
+                    "tenants.{name}.secrets: at least one secret is needed"
+                ));
+            }
+            if tenant
+                .secrets
+                .iter()
+                .any(|s| s.expose_secret().trim().is_empty())
+            {
+                problems.push(format!("tenants.{name}.secrets: a secret is empty"));
+            }
+        }
+        problems
+    }
+}

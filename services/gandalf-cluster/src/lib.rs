@@ -1,0 +1,100 @@
+//! gandalf-cluster: the cluster side a gandalf-aggregator talks to.
+//!
+//! A small real server, not a full Gandalf: tenants, their secrets and database from its
+//! config; aggregator and relayed connector secret validation; logical configurations
+//! saved and returned (in memory); database configuration replies; commands routed by
+//! `context["connector_type"]` to an aggregator holding a connector of that type; events
+//! fanned out to every other aggregator of the tenant and kept in a bounded log
+//! (`GET /v1/events?tenant=`); `grpc.health.v1`; the ops endpoint.
+
+pub mod config;
+pub mod http;
+pub mod routing;
+pub mod service;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use gandalf::wire::cluster_server::ClusterServer;
+use platform::ops::{OpsServer, Readiness};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::Config, routing::Cluster, service::ClusterService};
+
+/// The cluster, bound and ready to run.
+pub struct App {
+    grpc: TcpListener,
+    ops: OpsServer,
+    cluster: Arc<Cluster>,
+    readiness: Readiness,
+    grace: Duration,
+}
+
+impl App {
+    /// Binds the gRPC and admin listeners (port 0 picks free ones).
+    pub async fn build(config: Config) -> std::io::Result<Self> {
+        let grpc = TcpListener::bind(config.listen).await?;
+        let readiness = Readiness::with_components(["grpc"]);
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        let admin = config.admin_listen;
+        let cluster = Cluster::new(config);
+        let ops = OpsServer::bind(admin, readiness.clone())
+            .await?
+            .merge(http::routes(cluster.clone()));
+        Ok(Self {
+            grpc,
+            ops,
+            cluster,
+            readiness,
+            grace,
+        })
+    }
+
+    /// The gRPC address aggregators connect to.
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    /// The admin HTTP address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.ops.local_addr()
+    }
+
+    /// The routing state (tests and the demo look at it).
+    pub fn cluster(&self) -> Arc<Cluster> {
+        self.cluster.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then gives open streams the grace period.
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_serving::<ClusterServer<ClusterService>>()
+            .await;
+        let service = ClusterService::new(self.cluster.clone(), shutdown.clone());
+        let grpc = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(ClusterServer::new(service))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.grpc),
+                shutdown.clone().cancelled_owned(),
+            );
+        self.readiness.set("grpc", true);
+        tracing::info!("serving");
+        let ops = tokio::spawn(self.ops.run(shutdown.clone()));
+        let grace = self.grace;
+        let served = tokio::select! {
+            served = grpc => served.map_err(std::io::Error::other),
+            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace_secs = grace.as_secs(), "streams still open after the grace period");
+                Ok(())
+            }
+        };
+        reporter
+            .set_not_serving::<ClusterServer<ClusterService>>()
+            .await;
+        let _ = ops.await;
+        served
+    }
+}

@@ -1,0 +1,72 @@
+//! gandalf-cluster's entry point: parse, load config (errors to stderr, exit 1), start
+//! telemetry, serve until SIGTERM/SIGINT, flush.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use gandalf_cluster::{
+    App,
+    config::{Config, ENV_PREFIX},
+};
+use platform::cli::ConfigArgs;
+
+/// The Gandalf cluster side: validates secrets, keeps logical configurations, answers
+/// database configuration requests, routes commands and events between aggregators.
+#[derive(Debug, Parser)]
+#[command(name = "gandalf-cluster", version)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config: Config = match cli.config.load(ENV_PREFIX) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(printed) = cli.config.printed(&config) {
+        return match printed {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let telemetry = match platform::telemetry::init("gandalf-cluster") {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = match serve(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "gandalf-cluster failed");
+            ExitCode::from(1)
+        }
+    };
+    telemetry.shutdown().await;
+    code
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let (listen, admin) = (config.listen, config.admin_listen);
+    let app = App::build(config)
+        .await
+        .with_context(|| format!("cannot bind {listen} (gRPC) or {admin} (admin)"))?;
+    tracing::info!(grpc = %app.grpc_addr()?, admin = %app.admin_addr()?, "gandalf-cluster listening");
+    app.run(platform::shutdown::on_signal())
+        .await
+        .context("serving")
+}

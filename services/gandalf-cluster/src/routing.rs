@@ -1,0 +1,381 @@
+//! The cluster's shared state and routing: which aggregators are connected, which
+//! connectors sit behind them, stored logical configurations, and the event log.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use gandalf::{
+    protocol::{self, REPLY, REQUEST, SAVE},
+    wire::{Envelope, Header, envelope::Body},
+};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::config::Config;
+
+/// The sending half of an aggregator's stream.
+pub type Outbound = mpsc::Sender<Result<Envelope, Status>>;
+
+/// One connected aggregator.
+#[derive(Debug, Clone)]
+struct AggregatorConn {
+    tenant: String,
+    logical_name: String,
+    outbound: Outbound,
+}
+
+/// A connector, as learned from a relayed validation.
+#[derive(Debug, Clone)]
+struct ConnectorEntry {
+    connector_type: String,
+    via: u64,
+}
+
+/// An event as kept in the log.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoggedEvent {
+    pub uuid: String,
+    pub topic: String,
+    pub event: String,
+    pub reference_uuid: String,
+    pub payload: String,
+    /// Logical name of the aggregator it came from.
+    pub origin: String,
+    pub received_at_ms: i64,
+}
+
+/// Everything the cluster knows.
+pub struct Cluster {
+    config: Config,
+    next_id: AtomicU64,
+    aggregators: RwLock<HashMap<u64, AggregatorConn>>,
+    /// (tenant, connector logical name) -> where it is.
+    connectors: RwLock<HashMap<(String, String), ConnectorEntry>>,
+    /// (tenant, logical name) -> stored logical configuration.
+    configurations: RwLock<HashMap<(String, String), String>>,
+    events: Mutex<HashMap<String, VecDeque<LoggedEvent>>>,
+    /// Round-robin position per (tenant, connector type).
+    round_robin: Mutex<HashMap<(String, String), usize>>,
+}
+
+/// A registered aggregator stream: unregisters itself (and its connectors) when dropped.
+pub struct Registration {
+    cluster: Arc<Cluster>,
+    pub id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.cluster.unregister(self.id);
+    }
+}
+
+impl Cluster {
+    pub fn new(config: Config) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            next_id: AtomicU64::new(1),
+            aggregators: RwLock::default(),
+            connectors: RwLock::default(),
+            configurations: RwLock::default(),
+            events: Mutex::default(),
+            round_robin: Mutex::default(),
+        })
+    }
+
+    /// Whether `secret` is one of `tenant`'s.
+    pub fn accepts(&self, tenant: &str, secret: &str) -> bool {
+        self.config.tenants.get(tenant).is_some_and(|t| {
+            t.secrets
+                .iter()
+                .any(|known| platform::secret::constant_time_eq(secret, known))
+        })
+    }
+
+    pub fn register(
+        self: &Arc<Self>,
+        tenant: &str,
+        logical_name: &str,
+        outbound: Outbound,
+    ) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        write(&self.aggregators).insert(
+            id,
+            AggregatorConn {
+                tenant: tenant.into(),
+                logical_name: logical_name.into(),
+                outbound,
+            },
+        );
+        metrics::gauge!("gandalf_cluster_aggregators").increment(1.0);
+        Registration {
+            cluster: self.clone(),
+            id,
+        }
+    }
+
+    fn unregister(&self, id: u64) {
+        if write(&self.aggregators).remove(&id).is_some() {
+            metrics::gauge!("gandalf_cluster_aggregators").decrement(1.0);
+        }
+        write(&self.connectors).retain(|_, entry| entry.via != id);
+    }
+
+    /// Connected aggregators as (tenant, logical name), for readiness and tests.
+    pub fn aggregators(&self) -> Vec<(String, String)> {
+        let mut list: Vec<_> = read(&self.aggregators)
+            .values()
+            .map(|a| (a.tenant.clone(), a.logical_name.clone()))
+            .collect();
+        list.sort();
+        list
+    }
+
+    /// The events logged for `tenant`, oldest first.
+    pub fn events(&self, tenant: &str) -> Vec<LoggedEvent> {
+        lock(&self.events)
+            .get(tenant)
+            .map(|log| log.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Handles one well-formed envelope from aggregator `from` (of `tenant`).
+    pub async fn route(&self, from: u64, tenant: &str, header: &Header, body: &Body) {
+        let reply_to_origin = |envelope: Envelope| self.send_to(from, envelope);
+        match body {
+            Body::Secret(secret) if secret.command == protocol::VALIDATION => {
+                // A connector's validation, relayed by its aggregator.
+                let presented = secret
+                    .context
+                    .get(protocol::SECRET_KEY)
+                    .map(String::as_str)
+                    .unwrap_or("");
+                let accepted = self.accepts(tenant, presented);
+                let connector = secret.target_logical_name.clone();
+                if accepted && !connector.is_empty() {
+                    let connector_type = secret
+                        .context
+                        .get(protocol::CONNECTOR_TYPE_KEY)
+                        .cloned()
+                        .unwrap_or_default();
+                    write(&self.connectors).insert(
+                        (tenant.to_owned(), connector.clone()),
+                        ConnectorEntry {
+                            connector_type,
+                            via: from,
+                        },
+                    );
+                }
+                tracing::info!(tenant, connector = %connector, accepted, "connector validation");
+                let mut reply = protocol::validation_reply(tenant, accepted, &connector);
+                // The reply names the request it answers (context.request_uuid).
+                if let Some(Body::Secret(s)) = reply.body.as_mut() {
+                    s.target_address = secret.target_address.clone();
+                    s.context.insert("request_uuid".into(), header.uuid.clone());
+                }
+                reply_to_origin(reply).await;
+            }
+            Body::Secret(_) | Body::Heartbeat(_) => {}
+            Body::Configuration(configuration) => {
+                let key = (tenant.to_owned(), configuration.target_logical_name.clone());
+                let stored = match configuration.command.as_str() {
+                    SAVE => {
+                        write(&self.configurations).insert(key, configuration.payload.clone());
+                        Some(configuration.payload.clone())
+                    }
+                    REQUEST => read(&self.configurations).get(&key).cloned(),
+                    _ => return,
+                };
+                let mut reply = protocol::configuration(
+                    tenant,
+                    REPLY,
+                    &configuration.target_logical_name,
+                    stored.as_deref().unwrap_or(""),
+                );
+                if let Some(Body::Configuration(c)) = reply.body.as_mut() {
+                    c.target_address = configuration.target_address.clone();
+                    c.context.insert("request_uuid".into(), header.uuid.clone());
+                    c.context
+                        .insert("found".into(), stored.is_some().to_string());
+                }
+                reply_to_origin(reply).await;
+            }
+            Body::ConfigurationDatabase(request) if request.command == REQUEST => {
+                let database = self
+                    .config
+                    .tenants
+                    .get(tenant)
+                    .and_then(|t| t.database.as_ref());
+                let payload = database
+                    .map(|d| serde_json::json!({ "url": d.url.expose() }).to_string())
+                    .unwrap_or_default();
+                let mut reply = protocol::configuration_database(tenant, REPLY, &payload);
+                if let Some(Body::ConfigurationDatabase(c)) = reply.body.as_mut() {
+                    c.context
+                        .insert("configured".into(), database.is_some().to_string());
+                    c.context.insert("request_uuid".into(), header.uuid.clone());
+                }
+                reply_to_origin(reply).await;
+            }
+            Body::ConfigurationDatabase(_) => {}
+            Body::Command(command) => {
+                let wanted = command
+                    .context
+                    .get(protocol::CONNECTOR_TYPE_KEY)
+                    .cloned()
+                    .unwrap_or_default();
+                match self.pick_connector(tenant, &wanted, &command.target) {
+                    Some((name, via)) => {
+                        let mut forwarded = Envelope {
+                            header: Some(header.clone()),
+                            body: Some(body.clone()),
+                        };
+                        if let Some(Body::Command(c)) = forwarded.body.as_mut() {
+                            c.target = name;
+                        }
+                        self.send_to(via, forwarded).await;
+                    }
+                    None => {
+                        tracing::info!(tenant, connector_type = %wanted, "no connector for the command");
+                        metrics::counter!("gandalf_cluster_dropped_total", "reason" => "undeliverable").increment(1);
+                        reply_to_origin(protocol::error_event(
+                            tenant,
+                            protocol::UNDELIVERABLE,
+                            &header.uuid,
+                            &format!("no connector of type {wanted:?} is connected"),
+                        ))
+                        .await;
+                    }
+                }
+            }
+            Body::Config(config) => {
+                let target = read(&self.connectors)
+                    .get(&(tenant.to_owned(), config.target.clone()))
+                    .map(|e| e.via);
+                match target {
+                    Some(via) => {
+                        self.send_to(
+                            via,
+                            Envelope {
+                                header: Some(header.clone()),
+                                body: Some(body.clone()),
+                            },
+                        )
+                        .await
+                    }
+                    None => {
+                        reply_to_origin(protocol::error_event(
+                            tenant,
+                            protocol::UNDELIVERABLE,
+                            &header.uuid,
+                            &format!("no connector named {:?}", config.target),
+                        ))
+                        .await
+                    }
+                }
+            }
+            Body::Event(event) => {
+                let origin = read(&self.aggregators)
+                    .get(&from)
+                    .map(|a| a.logical_name.clone())
+                    .unwrap_or_default();
+                self.log_event(tenant, header, event, &origin);
+                let others: Vec<u64> = read(&self.aggregators)
+                    .iter()
+                    .filter(|(id, a)| **id != from && a.tenant == tenant)
+                    .map(|(id, _)| *id)
+                    .collect();
+                let envelope = Envelope {
+                    header: Some(header.clone()),
+                    body: Some(body.clone()),
+                };
+                for id in others {
+                    self.send_to(id, envelope.clone()).await;
+                }
+            }
+        }
+    }
+
+    /// A connector for a command: the one named in `target` when given, else one of
+    /// `connector_type` (round robin).
+    fn pick_connector(
+        &self,
+        tenant: &str,
+        connector_type: &str,
+        target: &str,
+    ) -> Option<(String, u64)> {
+        let connectors = read(&self.connectors);
+        if !target.is_empty() {
+            return connectors
+                .get(&(tenant.to_owned(), target.to_owned()))
+                .map(|e| (target.to_owned(), e.via));
+        }
+        let mut candidates: Vec<(&String, u64)> = connectors
+            .iter()
+            .filter(|((t, _), e)| t == tenant && e.connector_type == connector_type)
+            .map(|((_, name), e)| (name, e.via))
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        candidates.sort();
+        let mut positions = lock(&self.round_robin);
+        let position = positions
+            .entry((tenant.to_owned(), connector_type.to_owned()))
+            .or_default();
+        let (name, via) = candidates[*position % candidates.len()];
+        *position = position.wrapping_add(1);
+        Some((name.clone(), via))
+    }
+
+    fn log_event(&self, tenant: &str, header: &Header, event: &gandalf::wire::Event, origin: &str) {
+        let mut logs = lock(&self.events);
+        let log = logs.entry(tenant.to_owned()).or_default();
+        if log.len() >= self.config.event_log_capacity {
+            log.pop_front();
+        }
+        log.push_back(LoggedEvent {
+            uuid: header.uuid.clone(),
+            topic: event.topic.clone(),
+            event: event.event.clone(),
+            reference_uuid: event.reference_uuid.clone(),
+            payload: event.payload.clone(),
+            origin: origin.to_owned(),
+            received_at_ms: protocol::now_ms(),
+        });
+    }
+
+    /// Sends to one aggregator; a full or closed stream drops the message (logged).
+    pub async fn send_to(&self, id: u64, envelope: Envelope) {
+        let outbound = read(&self.aggregators).get(&id).map(|a| a.outbound.clone());
+        match outbound {
+            Some(outbound) => {
+                if outbound.send(Ok(envelope)).await.is_err() {
+                    metrics::counter!("gandalf_cluster_dropped_total", "reason" => "closed")
+                        .increment(1);
+                }
+            }
+            None => {
+                metrics::counter!("gandalf_cluster_dropped_total", "reason" => "gone").increment(1);
+            }
+        }
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|e| e.into_inner())
+}

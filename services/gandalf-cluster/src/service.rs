@@ -1,0 +1,192 @@
+//! The `gandalf.v1.Cluster` gRPC service: one stream per aggregator.
+//!
+//! A stream starts with the aggregator's own secret validation; after it, every
+//! envelope is checked (header, uuid, known body, tenant) and routed by [`Cluster`].
+
+use std::{sync::Arc, time::Duration};
+
+use gandalf::{
+    protocol::{self, ComponentType, Peer},
+    wire::{Envelope, cluster_server, envelope::Body},
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::routing::{Cluster, Outbound};
+
+/// How long a new stream may take to send its VALIDATION.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The gRPC face of the cluster.
+pub struct ClusterService {
+    cluster: Arc<Cluster>,
+    shutdown: CancellationToken,
+}
+
+impl ClusterService {
+    pub fn new(cluster: Arc<Cluster>, shutdown: CancellationToken) -> Self {
+        Self { cluster, shutdown }
+    }
+}
+
+#[tonic::async_trait]
+impl cluster_server::Cluster for ClusterService {
+    type ConnectStream = ReceiverStream<Result<Envelope, Status>>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<Envelope>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let peer = Peer::from_metadata(request.metadata()).map_err(Status::invalid_argument)?;
+        if peer.component_type != ComponentType::Aggregator {
+            return Err(Status::invalid_argument(
+                "only aggregators connect to a cluster (x-gandalf-component-type: aggregator)",
+            ));
+        }
+        let (outbound, rx) = mpsc::channel(1024);
+        tokio::spawn(serve_stream(
+            self.cluster.clone(),
+            peer,
+            request.into_inner(),
+            outbound,
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Validates the aggregator's secret: its tenant when accepted. On rejection the stream
+/// gets `VALIDATION_REPLY false`, then PERMISSION_DENIED.
+async fn handshake(
+    cluster: &Cluster,
+    peer: &Peer,
+    inbound: &mut Streaming<Envelope>,
+    outbound: &Outbound,
+) -> Option<String> {
+    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.message()).await;
+    let envelope = match first {
+        Ok(Ok(Some(envelope))) => envelope,
+        Ok(Ok(None)) | Ok(Err(_)) => return None,
+        Err(_) => {
+            let _ = outbound
+                .send(Err(Status::deadline_exceeded(
+                    "no VALIDATION within 5 s of opening the stream",
+                )))
+                .await;
+            return None;
+        }
+    };
+    let (tenant, presented) = match protocol::check(&envelope) {
+        Ok((header, Body::Secret(secret))) if secret.command == protocol::VALIDATION => (
+            header.tenant.clone(),
+            secret
+                .context
+                .get(protocol::SECRET_KEY)
+                .cloned()
+                .unwrap_or_default(),
+        ),
+        _ => {
+            let _ = outbound
+                .send(Err(Status::invalid_argument(
+                    "the first envelope must be Secret{command: VALIDATION}",
+                )))
+                .await;
+            return None;
+        }
+    };
+    let accepted = cluster.accepts(&tenant, &presented);
+    let _ = outbound
+        .send(Ok(protocol::validation_reply(&tenant, accepted, "")))
+        .await;
+    if accepted {
+        tracing::info!(aggregator = %peer.logical_name, tenant = %tenant, "aggregator validated");
+        Some(tenant)
+    } else {
+        tracing::warn!(aggregator = %peer.logical_name, tenant = %tenant, "aggregator secret rejected");
+        metrics::counter!("gandalf_cluster_rejected_total").increment(1);
+        let _ = outbound
+            .send(Err(Status::permission_denied(format!(
+                "secret rejected for tenant {tenant:?}"
+            ))))
+            .await;
+        None
+    }
+}
+
+async fn serve_stream(
+    cluster: Arc<Cluster>,
+    peer: Peer,
+    mut inbound: Streaming<Envelope>,
+    outbound: Outbound,
+    shutdown: CancellationToken,
+) {
+    let Some(tenant) = handshake(&cluster, &peer, &mut inbound, &outbound).await else {
+        return;
+    };
+    let registration = cluster.register(&tenant, &peer.logical_name, outbound.clone());
+    // The registry holds the only sender from now on: unregistering ends the stream.
+    drop(outbound);
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            message = inbound.message() => message,
+        };
+        let envelope = match message {
+            Ok(Some(envelope)) => envelope,
+            Ok(None) => break,
+            Err(status) => {
+                tracing::debug!(aggregator = %peer.logical_name, %status, "stream error");
+                break;
+            }
+        };
+        match protocol::check(&envelope) {
+            Err(problem) => {
+                metrics::counter!("gandalf_cluster_dropped_total", "reason" => "malformed")
+                    .increment(1);
+                tracing::warn!(aggregator = %peer.logical_name, %problem, "malformed envelope");
+                let reference = envelope
+                    .header
+                    .as_ref()
+                    .map(|h| h.uuid.as_str())
+                    .unwrap_or("");
+                cluster
+                    .send_to(
+                        registration.id,
+                        protocol::error_event(
+                            &tenant,
+                            protocol::MALFORMED,
+                            reference,
+                            &problem.to_string(),
+                        ),
+                    )
+                    .await;
+            }
+            Ok((header, _)) if header.tenant != tenant => {
+                metrics::counter!("gandalf_cluster_dropped_total", "reason" => "wrong_tenant")
+                    .increment(1);
+                cluster
+                    .send_to(
+                        registration.id,
+                        protocol::error_event(
+                            &tenant,
+                            protocol::WRONG_TENANT,
+                            &header.uuid,
+                            &format!(
+                                "tenant {:?} is not this stream's tenant {tenant:?}",
+                                header.tenant
+                            ),
+                        ),
+                    )
+                    .await;
+            }
+            Ok((header, body)) => {
+                metrics::counter!("gandalf_cluster_messages_total", "type" => protocol::kind(body))
+                    .increment(1);
+                cluster.route(registration.id, &tenant, header, body).await;
+            }
+        }
+    }
+    tracing::info!(aggregator = %peer.logical_name, tenant = %tenant, "aggregator disconnected");
+}
