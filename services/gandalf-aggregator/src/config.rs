@@ -1,0 +1,88 @@
+//! gandalf-aggregator's configuration (`--config`, env `GANDALF_AGGREGATOR__...`). The
+//! first seven keys are fixed by the product's contract.
+
+use std::net::SocketAddr;
+
+use platform::config::Validate;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment overrides: `GANDALF_AGGREGATOR__TENANT`, ...
+pub const ENV_PREFIX: &str = "GANDALF_AGGREGATOR";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This aggregator's name, as the cluster and connectors see it.
+    pub logical_name: String,
+    /// The one tenant this aggregator serves.
+    pub tenant: String,
+    /// Validated with the cluster at start.
+    #[serde(serialize_with = "platform::secret::redact")]
+    pub secret: SecretString,
+    /// gRPC address for connectors.
+    pub listen: SocketAddr,
+    /// Admin HTTP: `/healthz`, `/readyz`, `/metrics`, `/v1/connections`, `/v1/commands`.
+    pub admin_listen: SocketAddr,
+    /// Cluster members (`http://host:port`).
+    pub cluster: Vec<String>,
+    /// Cap on `header.timeout_ms`.
+    pub max_timeout_ms: u32,
+    /// Give up starting when no cluster member answered within this many seconds (0: never).
+    pub startup_timeout_secs: u64,
+    /// Longest pause between reconnection attempts to a member, in milliseconds.
+    pub reconnect_backoff_max_ms: u64,
+    /// How long in-flight commands get to finish on SIGTERM, in seconds.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            logical_name: String::new(),
+            tenant: String::new(),
+            secret: SecretString::from(""),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9200)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9201)),
+            cluster: vec!["http://127.0.0.1:9100".into()],
+            max_timeout_ms: 5000,
+            startup_timeout_secs: 60,
+            reconnect_backoff_max_ms: 5000,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl Validate for Config {
+    fn problems(&self) -> Vec<String> {
+        use secrecy::ExposeSecret;
+        let mut problems = Vec::new();
+        if self.logical_name.trim().is_empty() {
+            problems.push("logical_name: must be set".into());
+        }
+        if self.tenant.trim().is_empty() {
+            problems.push("tenant: must be set".into());
+        }
+        if self.secret.expose_secret().trim().is_empty() {
+            problems.push("secret: must be set".into());
+        }
+        if self.cluster.is_empty() {
+            problems.push("cluster: at least one member URL is needed".into());
+        }
+        for member in &self.cluster {
+            if !(member.starts_with("http://") || member.starts_with("https://")) {
+                problems.push(format!(
+                    "cluster: {member:?} must start with http:// or https://"
+                ));
+            }
+        }
+        if self.listen == self.admin_listen {
+            problems.push(format!("listen and admin_listen are both {}", self.listen));
+        }
+        if self.max_timeout_ms == 0 {
+            problems.push("max_timeout_ms: must be at least 1".into());
+        }
+        problems
+    }
+}

@@ -1,0 +1,257 @@
+//! gandalf-aggregator: routes events, commands, configuration and secrets between the
+//! connectors of one tenant and the members of a Gandalf cluster.
+//!
+//! Start-up follows five steps, in order, each logged and each failure a clear exit:
+//! 1. communication: streams to the cluster members (retried with backoff until the first
+//!    answers; members that drop are reconnected);
+//! 2. secret: the aggregator's own secret validated by the cluster (rejected: exit 1);
+//! 3. logical configuration: saved with the cluster, the stored one received back;
+//! 4. database: the tenant's database info asked for; when configured, the command log;
+//! 5. API: connectors are served, and `/readyz` turns ready.
+//!
+//! Routing is in [`router`]; the connector side in [`connectors`]; the member side in
+//! [`members`].
+
+pub mod commandlog;
+pub mod config;
+pub mod connectors;
+pub mod http;
+pub mod members;
+pub mod router;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use gandalf::{
+    protocol,
+    wire::{aggregator_server::AggregatorServer, envelope::Body},
+};
+use platform::ops::{OpsServer, Readiness};
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    commandlog::CommandLog, config::Config, connectors::AggregatorService, members::MemberEvent,
+    router::Router,
+};
+
+/// Why the aggregator could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("step 1/5 (communication): no cluster member answered within {0} s")]
+    NoCluster(u64),
+    #[error(
+        "step 2/5 (secret): cluster member {member} rejected this aggregator's secret: {reason}"
+    )]
+    SecretRejected { member: String, reason: String },
+    #[error("step 3/5 (logical configuration): {0}")]
+    Configuration(String),
+    #[error("step 4/5 (database): {0}")]
+    Database(String),
+    #[error("serving: {0}")]
+    Serve(String),
+}
+
+/// The aggregator, bound and ready to start.
+pub struct App {
+    config: Config,
+    grpc: TcpListener,
+    ops: OpsServer,
+    router: Arc<Router>,
+    readiness: Readiness,
+}
+
+impl App {
+    /// Binds the connector and admin listeners (port 0 picks free ones). The admin port
+    /// answers from the start: `/healthz` alive, `/readyz` 503 until step 5.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let grpc = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Bind(config.listen, e))?;
+        let router = Router::new(&config.logical_name, &config.tenant, config.max_timeout_ms);
+        let readiness = Readiness::with_components(["initialised", "cluster"]);
+        let ops = OpsServer::bind(config.admin_listen, readiness.clone())
+            .await
+            .map_err(|e| StartError::Bind(config.admin_listen, e))?
+            .merge(http::routes(router.clone()));
+        Ok(Self {
+            config,
+            grpc,
+            ops,
+            router,
+            readiness,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.ops.local_addr()
+    }
+
+    /// Initialises (the five steps), then serves until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        let Self {
+            config,
+            grpc,
+            ops,
+            router,
+            readiness,
+        } = self;
+        let ops_task = tokio::spawn(ops.run(shutdown.clone()));
+
+        // Step 1 and 2: member streams, each validated with the aggregator's secret.
+        let (events_tx, mut events) = mpsc::channel(64);
+        for member in &config.cluster {
+            tokio::spawn(members::supervise(
+                router.clone(),
+                member.clone(),
+                config.secret.clone(),
+                Duration::from_millis(config.reconnect_backoff_max_ms),
+                events_tx.clone(),
+                shutdown.clone(),
+            ));
+        }
+        drop(events_tx);
+        tracing::info!(members = ?config.cluster, "step 1/5 (communication): connecting to the cluster");
+        let startup = async {
+            loop {
+                match events.recv().await {
+                    Some(MemberEvent::Connected(member)) => return Ok(member),
+                    Some(MemberEvent::Rejected(member, reason)) => {
+                        return Err(StartError::SecretRejected { member, reason });
+                    }
+                    Some(MemberEvent::Disconnected(_)) => continue,
+                    None => return Err(StartError::NoCluster(config.startup_timeout_secs)),
+                }
+            }
+        };
+        let first = if config.startup_timeout_secs == 0 {
+            tokio::select! { r = startup => r, () = shutdown.cancelled() => return Ok(()) }
+        } else {
+            tokio::select! {
+                r = tokio::time::timeout(Duration::from_secs(config.startup_timeout_secs), startup) =>
+                    r.unwrap_or(Err(StartError::NoCluster(config.startup_timeout_secs))),
+                () = shutdown.cancelled() => return Ok(()),
+            }
+        };
+        let member = first?;
+        tracing::info!(member = %member, "step 1/5 (communication): connected");
+        tracing::info!(member = %member, "step 2/5 (secret): validated by the cluster");
+        readiness.set("cluster", true);
+
+        // Step 3: logical configuration.
+        let own = serde_json::json!({
+            "logical_name": config.logical_name,
+            "tenant": config.tenant,
+            "component_type": "aggregator",
+            "listen": grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "version": env!("CARGO_PKG_VERSION"),
+        })
+        .to_string();
+        let saved = router
+            .ask_cluster(
+                protocol::configuration(&config.tenant, protocol::SAVE, &config.logical_name, &own),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(StartError::Configuration)?;
+        let stored = match saved.body {
+            Some(Body::Configuration(c)) => c.payload,
+            other => {
+                return Err(StartError::Configuration(format!(
+                    "unexpected reply {other:?}"
+                )));
+            }
+        };
+        tracing::info!(stored = %stored, "step 3/5 (logical configuration): saved with the cluster");
+
+        // Step 4: database.
+        let reply = router
+            .ask_cluster(
+                protocol::configuration_database(&config.tenant, protocol::REQUEST, ""),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(StartError::Database)?;
+        let database_url = match reply.body {
+            Some(Body::ConfigurationDatabase(c)) if !c.payload.is_empty() => {
+                serde_json::from_str::<serde_json::Value>(&c.payload)
+                    .ok()
+                    .and_then(|v| v["url"].as_str().map(str::to_owned))
+                    .ok_or_else(|| {
+                        StartError::Database(format!(
+                            "unreadable database configuration {:?}",
+                            c.payload
+                        ))
+                    })
+                    .map(Some)?
+            }
+            Some(Body::ConfigurationDatabase(_)) => None,
+            other => return Err(StartError::Database(format!("unexpected reply {other:?}"))),
+        };
+        match database_url {
+            Some(url) => {
+                let log = CommandLog::start(&url, &config.logical_name, &config.tenant)
+                    .await
+                    .map_err(StartError::Database)?;
+                router.set_command_log(log);
+                tracing::info!("step 4/5 (database): connected; commands are logged");
+            }
+            None => tracing::info!(
+                "step 4/5 (database): none configured for the tenant; command log off"
+            ),
+        }
+
+        // Step 5: API.
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_serving::<AggregatorServer<AggregatorService>>()
+            .await;
+        let service = AggregatorService::new(router.clone(), shutdown.clone());
+        let serve = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(AggregatorServer::new(service))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc),
+                shutdown.clone().cancelled_owned(),
+            );
+        readiness.set("initialised", true);
+        tracing::info!(logical_name = %config.logical_name, tenant = %config.tenant, "step 5/5 (API): serving connectors");
+
+        // Readiness follows the cluster: at least one member connected.
+        let watch_readiness = {
+            let (readiness, router) = (readiness.clone(), router.clone());
+            async move {
+                while let Some(event) = events.recv().await {
+                    match event {
+                        MemberEvent::Rejected(member, reason) => {
+                            return Err(StartError::SecretRejected { member, reason });
+                        }
+                        _ => readiness.set("cluster", router.cluster_connections() > 0),
+                    }
+                }
+                Ok(())
+            }
+        };
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        let outcome = tokio::select! {
+            served = serve => served.map_err(|e| StartError::Serve(e.to_string())),
+            watched = watch_readiness => watched,
+            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => Ok(()),
+        };
+        reporter
+            .set_not_serving::<AggregatorServer<AggregatorService>>()
+            .await;
+        if let Some(log) = router.command_log() {
+            let _ = tokio::time::timeout(grace, log.flush()).await;
+        }
+        shutdown.cancel();
+        let _ = ops_task.await;
+        outcome
+    }
+}

@@ -1,0 +1,70 @@
+//! gandalf-aggregator's entry point: parse, load config (errors to stderr, exit 1), start
+//! telemetry, initialise and serve until SIGTERM/SIGINT; a failed start exits 1.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use gandalf_aggregator::{
+    App,
+    config::{Config, ENV_PREFIX},
+};
+use platform::cli::ConfigArgs;
+
+/// Routes events, commands, configuration and secrets between the connectors of one
+/// tenant and a Gandalf cluster.
+#[derive(Debug, Parser)]
+#[command(name = "gandalf-aggregator", version)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config: Config = match cli.config.load(ENV_PREFIX) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(printed) = cli.config.printed(&config) {
+        return match printed {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let telemetry = match platform::telemetry::init("gandalf-aggregator") {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = match App::build(config).await {
+        Ok(app) => {
+            if let (Ok(grpc), Ok(admin)) = (app.grpc_addr(), app.admin_addr()) {
+                tracing::info!(%grpc, %admin, "gandalf-aggregator listening");
+            }
+            app.run(platform::shutdown::on_signal()).await
+        }
+        Err(err) => Err(err),
+    };
+    let code = match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "gandalf-aggregator stopped");
+            eprintln!("error: {err}");
+            ExitCode::from(1)
+        }
+    };
+    telemetry.shutdown().await;
+    code
+}

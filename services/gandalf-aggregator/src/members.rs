@@ -1,0 +1,172 @@
+//! The streams to the cluster members: one supervisor task per member that connects,
+//! validates the aggregator's secret, feeds the router, and reconnects with backoff when
+//! the member drops.
+
+use std::{sync::Arc, time::Duration};
+
+use gandalf::{
+    protocol::{self, ComponentType},
+    wire::{Envelope, cluster_client::ClusterClient, envelope::Body},
+};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Request, Streaming, transport::Endpoint};
+
+use crate::router::{Outbound, Peer, Router};
+
+/// What a member supervisor reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberEvent {
+    Connected(String),
+    Disconnected(String),
+    /// The member rejected the aggregator's secret: fatal.
+    Rejected(String, String),
+}
+
+enum Failure {
+    Rejected(String),
+    Unreachable(String),
+}
+
+/// Keeps one member connected until `shutdown`; reports on `events`.
+pub async fn supervise(
+    router: Arc<Router>,
+    member: String,
+    secret: SecretString,
+    backoff_max: Duration,
+    events: mpsc::Sender<MemberEvent>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        match open(&router, &member, &secret).await {
+            Ok((outbound, inbound)) => {
+                backoff = Duration::from_millis(100);
+                let id = router.add(
+                    Peer::Cluster {
+                        member: member.clone(),
+                    },
+                    Outbound::Cluster(outbound),
+                );
+                // A restarted member knows none of the connectors here: tell it again
+                // (the answers come back through the read loop below).
+                let replay = {
+                    let (router, member) = (router.clone(), member.clone());
+                    tokio::spawn(async move {
+                        let accepted = router.replay_validations(id).await;
+                        if accepted > 0 {
+                            tracing::info!(member = %member, connectors = accepted, "connectors announced to the member");
+                        }
+                    })
+                };
+                let _ = events.send(MemberEvent::Connected(member.clone())).await;
+                read(&router, id, inbound, &shutdown).await;
+                replay.abort();
+                router.remove(id);
+                let _ = events.send(MemberEvent::Disconnected(member.clone())).await;
+                tracing::warn!(member = %member, "cluster member disconnected; reconnecting");
+            }
+            Err(Failure::Rejected(reason)) => {
+                tracing::error!(member = %member, %reason, "cluster member rejected this aggregator's secret");
+                let _ = events
+                    .send(MemberEvent::Rejected(member.clone(), reason))
+                    .await;
+                return;
+            }
+            Err(Failure::Unreachable(reason)) => {
+                tracing::debug!(member = %member, %reason, "cluster member not reachable");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(backoff_max);
+    }
+}
+
+async fn open(
+    router: &Router,
+    member: &str,
+    secret: &SecretString,
+) -> Result<(mpsc::Sender<Envelope>, Streaming<Envelope>), Failure> {
+    let unreachable = |e: String| Failure::Unreachable(e);
+    let channel = Endpoint::from_shared(member.to_owned())
+        .map_err(|e| unreachable(e.to_string()))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let (tx, rx) = mpsc::channel(1024);
+    let _ = tx
+        .send(protocol::validation(
+            router.tenant(),
+            secret.expose_secret(),
+        ))
+        .await;
+    let mut request = Request::new(ReceiverStream::new(rx));
+    protocol::Peer {
+        logical_name: router.logical_name().to_owned(),
+        component_type: ComponentType::Aggregator,
+        connector_type: None,
+    }
+    .write_metadata(request.metadata_mut())
+    .map_err(unreachable)?;
+    let mut inbound = match ClusterClient::new(channel).connect(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == Code::PermissionDenied => {
+            return Err(Failure::Rejected(status.message().to_owned()));
+        }
+        Err(status) => return Err(unreachable(status.to_string())),
+    };
+    let first = tokio::time::timeout(Duration::from_secs(5), inbound.message()).await;
+    match first {
+        Ok(Ok(Some(Envelope {
+            body: Some(Body::Secret(reply)),
+            ..
+        }))) if reply.command == protocol::VALIDATION_REPLY && reply.payload == "true" => {
+            Ok((tx, inbound))
+        }
+        Ok(Ok(Some(Envelope {
+            body: Some(Body::Secret(reply)),
+            ..
+        }))) if reply.command == protocol::VALIDATION_REPLY => {
+            let reason = match inbound.message().await {
+                Err(status) => status.message().to_owned(),
+                _ => "VALIDATION_REPLY false".to_owned(),
+            };
+            Err(Failure::Rejected(reason))
+        }
+        Ok(Err(status)) if status.code() == Code::PermissionDenied => {
+            Err(Failure::Rejected(status.message().to_owned()))
+        }
+        Ok(Err(status)) => Err(unreachable(status.to_string())),
+        Ok(Ok(other)) => Err(unreachable(format!("unexpected first message {other:?}"))),
+        Err(_) => Err(unreachable("no validation reply within 5 s".into())),
+    }
+}
+
+async fn read(
+    router: &Arc<Router>,
+    id: u64,
+    mut inbound: Streaming<Envelope>,
+    shutdown: &CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => return,
+            message = inbound.message() => message,
+        };
+        match message {
+            Ok(Some(envelope)) => router.handle(id, envelope).await,
+            Ok(None) => return,
+            Err(status) => {
+                tracing::debug!(%status, "cluster stream error");
+                return;
+            }
+        }
+    }
+}

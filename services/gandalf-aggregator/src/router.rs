@@ -1,0 +1,627 @@
+//! The aggregator's routing: every envelope from every connection goes through
+//! [`Router::handle`], which applies the rules in order: well-formed, tenant, dedup, then
+//! by body. Commands are dispatched in their own task, trying the selected connections
+//! one by one until one acknowledges.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use gandalf::{
+    protocol,
+    wire::{Command, Envelope, Event, Header, envelope::Body},
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+use crate::commandlog::{CommandLog, CommandRecord};
+
+/// A connection's id, unique for the process's life.
+pub type ConnId = u64;
+
+/// What is at the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Peer {
+    Connector {
+        logical_name: String,
+        connector_type: String,
+        address: String,
+    },
+    Cluster {
+        member: String,
+    },
+}
+
+/// The sending half of a connection.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A connector's response stream.
+    Connector(mpsc::Sender<Result<Envelope, Status>>),
+    /// A cluster member's request stream.
+    Cluster(mpsc::Sender<Envelope>),
+}
+
+impl Outbound {
+    async fn send(&self, envelope: Envelope, wait: Duration) -> bool {
+        let sent = match self {
+            Self::Connector(tx) => tokio::time::timeout(wait, tx.send(Ok(envelope)))
+                .await
+                .map(|r| r.is_ok()),
+            Self::Cluster(tx) => tokio::time::timeout(wait, tx.send(envelope))
+                .await
+                .map(|r| r.is_ok()),
+        };
+        sent.unwrap_or(false)
+    }
+}
+
+struct Connection {
+    peer: Peer,
+    outbound: Outbound,
+    connected_at_ms: i64,
+}
+
+/// A command dispatch waiting for the event that answers it: (who answered, the event).
+type AnswerWaiter = mpsc::UnboundedSender<(ConnId, Event)>;
+
+/// One connection as `GET /v1/connections` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionInfo {
+    pub id: ConnId,
+    #[serde(flatten)]
+    pub peer: Peer,
+    pub connected_at_ms: i64,
+}
+
+/// Routing state shared by every connection task.
+pub struct Router {
+    logical_name: String,
+    tenant: String,
+    max_timeout_ms: u32,
+    next_id: AtomicU64,
+    connections: RwLock<BTreeMap<ConnId, Connection>>,
+    /// (uuid, came from the cluster) -> until when it counts as seen.
+    seen: Mutex<HashMap<(String, bool), Instant>>,
+    /// Command uuid -> the dispatch tasks waiting for an answering event.
+    answers: Mutex<HashMap<String, Vec<AnswerWaiter>>>,
+    /// Request uuid -> a task waiting for the cluster's reply (validations, init steps).
+    replies: Mutex<HashMap<String, oneshot::Sender<Envelope>>>,
+    /// Uuid of a message relayed for a connector -> that connector, so that an error
+    /// about it finds its way back.
+    relayed: Mutex<HashMap<String, (ConnId, Instant)>>,
+    command_log: RwLock<Option<CommandLog>>,
+    /// Each connector's relayed validation, replayed to a member that (re)connects so the
+    /// member learns which connectors sit here.
+    validations: Mutex<HashMap<ConnId, Envelope>>,
+}
+
+impl Router {
+    pub fn new(logical_name: &str, tenant: &str, max_timeout_ms: u32) -> Arc<Self> {
+        Arc::new(Self {
+            logical_name: logical_name.into(),
+            tenant: tenant.into(),
+            max_timeout_ms,
+            next_id: AtomicU64::new(1),
+            connections: RwLock::default(),
+            seen: Mutex::default(),
+            answers: Mutex::default(),
+            replies: Mutex::default(),
+            relayed: Mutex::default(),
+            command_log: RwLock::default(),
+            validations: Mutex::default(),
+        })
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    pub fn logical_name(&self) -> &str {
+        &self.logical_name
+    }
+
+    /// Turns the command log on (init step 4).
+    pub fn set_command_log(&self, log: CommandLog) {
+        *write(&self.command_log) = Some(log);
+    }
+
+    /// The command log, when the tenant has a database.
+    pub fn command_log(&self) -> Option<CommandLog> {
+        read(&self.command_log).clone()
+    }
+
+    pub fn add(&self, peer: Peer, outbound: Outbound) -> ConnId {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(id, peer = ?peer, "connection added");
+        write(&self.connections).insert(
+            id,
+            Connection {
+                peer,
+                outbound,
+                connected_at_ms: protocol::now_ms(),
+            },
+        );
+        metrics::gauge!("gandalf_aggregator_connections").increment(1.0);
+        id
+    }
+
+    /// Remembers a connector's validation for [`Router::replay_validations`].
+    pub fn remember_validation(&self, id: ConnId, validation: Envelope) {
+        lock(&self.validations).insert(id, validation);
+    }
+
+    /// Sends every connected connector's validation to member `member` (a fresh header
+    /// each) and waits for the answers, so that a restarted member can route commands to
+    /// them again. Returns how many the member accepted.
+    pub async fn replay_validations(&self, member: ConnId) -> usize {
+        let validations: Vec<Envelope> = lock(&self.validations).values().cloned().collect();
+        let mut accepted = 0;
+        for mut validation in validations {
+            let uuid = uuid::Uuid::new_v4().to_string();
+            if let Some(header) = validation.header.as_mut() {
+                header.uuid.clone_from(&uuid);
+                header.timestamp_ms = protocol::now_ms();
+            }
+            let (tx, rx) = oneshot::channel();
+            lock(&self.replies).insert(uuid.clone(), tx);
+            if self.send_to(member, validation).await
+                && let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(5), rx).await
+                && matches!(&reply.body, Some(Body::Secret(s)) if s.payload == "true")
+            {
+                accepted += 1;
+            }
+            lock(&self.replies).remove(&uuid);
+        }
+        accepted
+    }
+
+    pub fn remove(&self, id: ConnId) {
+        lock(&self.validations).remove(&id);
+        if let Some(conn) = write(&self.connections).remove(&id) {
+            tracing::info!(id, peer = ?conn.peer, "connection removed");
+            metrics::gauge!("gandalf_aggregator_connections").decrement(1.0);
+        }
+    }
+
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        read(&self.connections)
+            .iter()
+            .map(|(id, c)| ConnectionInfo {
+                id: *id,
+                peer: c.peer.clone(),
+                connected_at_ms: c.connected_at_ms,
+            })
+            .collect()
+    }
+
+    /// How many cluster members are connected.
+    pub fn cluster_connections(&self) -> usize {
+        self.cluster_ids().len()
+    }
+
+    fn cluster_ids(&self) -> Vec<ConnId> {
+        read(&self.connections)
+            .iter()
+            .filter(|(_, c)| matches!(c.peer, Peer::Cluster { .. }))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn connector_ids_named(&self, name: &str) -> Vec<ConnId> {
+        read(&self.connections)
+            .iter()
+            .filter(|(_, c)| matches!(&c.peer, Peer::Connector { logical_name, .. } if logical_name == name))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn name_of(&self, id: ConnId) -> String {
+        match read(&self.connections).get(&id).map(|c| c.peer.clone()) {
+            Some(Peer::Connector { logical_name, .. }) => logical_name,
+            Some(Peer::Cluster { member }) => format!("cluster {member}"),
+            None => format!("connection {id}"),
+        }
+    }
+
+    fn is_cluster(&self, id: ConnId) -> bool {
+        read(&self.connections)
+            .get(&id)
+            .is_some_and(|c| matches!(c.peer, Peer::Cluster { .. }))
+    }
+
+    /// Sends to one connection; false when it is gone, closed or stuck.
+    pub async fn send_to(&self, id: ConnId, envelope: Envelope) -> bool {
+        let outbound = read(&self.connections).get(&id).map(|c| c.outbound.clone());
+        let wait = Duration::from_millis(u64::from(self.max_timeout_ms));
+        match outbound {
+            Some(outbound) if outbound.send(envelope, wait).await => true,
+            _ => {
+                dropped("unreachable");
+                false
+            }
+        }
+    }
+
+    /// Sends a request to the first cluster member that takes it and waits for the
+    /// reply naming it (`context.request_uuid`).
+    pub async fn ask_cluster(&self, request: Envelope, wait: Duration) -> Result<Envelope, String> {
+        let uuid = request
+            .header
+            .as_ref()
+            .map(|h| h.uuid.clone())
+            .unwrap_or_default();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.replies).insert(uuid.clone(), tx);
+        let mut sent = false;
+        for id in self.cluster_ids() {
+            if self.send_to(id, request.clone()).await {
+                sent = true;
+                break;
+            }
+        }
+        let answer = if sent {
+            match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(_)) => Err("the request was dropped".into()),
+                Err(_) => Err(format!(
+                    "no reply from the cluster within {} ms",
+                    wait.as_millis()
+                )),
+            }
+        } else {
+            Err("no cluster member is connected".into())
+        };
+        lock(&self.replies).remove(&uuid);
+        answer
+    }
+
+    /// Applies the routing rules to one envelope from connection `from`.
+    pub async fn handle(self: &Arc<Self>, from: ConnId, envelope: Envelope) {
+        let from_cluster = self.is_cluster(from);
+        let (header, body) = match protocol::check(&envelope) {
+            Ok(parts) => parts,
+            Err(problem) => {
+                dropped("malformed");
+                tracing::warn!(from = %self.name_of(from), %problem, "malformed envelope");
+                let reference = envelope
+                    .header
+                    .as_ref()
+                    .map(|h| h.uuid.as_str())
+                    .unwrap_or("");
+                self.send_to(
+                    from,
+                    protocol::error_event(
+                        &self.tenant,
+                        protocol::MALFORMED,
+                        reference,
+                        &problem.to_string(),
+                    ),
+                )
+                .await;
+                return;
+            }
+        };
+        if matches!(body, Body::Heartbeat(_)) {
+            return;
+        }
+        if header.tenant != self.tenant {
+            dropped("wrong_tenant");
+            let error = protocol::error_event(
+                &self.tenant,
+                protocol::WRONG_TENANT,
+                &header.uuid,
+                &format!(
+                    "tenant {:?} is not this aggregator's tenant {:?}",
+                    header.tenant, self.tenant
+                ),
+            );
+            if !from_cluster && let Some(cluster) = self.cluster_ids().first() {
+                self.send_to(*cluster, error.clone()).await;
+            }
+            self.send_to(from, error).await;
+            return;
+        }
+        if !self.first_sighting(header, from_cluster) {
+            dropped("duplicate");
+            return;
+        }
+        metrics::counter!("gandalf_aggregator_messages_routed_total", "type" => protocol::kind(body)).increment(1);
+        match body {
+            Body::Event(event) => self.route_event(from, event, envelope.clone()).await,
+            Body::Command(command) => {
+                let router = self.clone();
+                let (header, command) = (header.clone(), command.clone());
+                tokio::spawn(async move {
+                    router
+                        .dispatch_command(from, from_cluster, header, command)
+                        .await
+                });
+            }
+            _ if from_cluster => {
+                self.route_from_cluster(header, body, envelope.clone())
+                    .await
+            }
+            _ => self.relay_to_cluster(from, header, body).await,
+        }
+    }
+
+    /// Dedup: false when this uuid already came the same way within its timeout.
+    fn first_sighting(&self, header: &Header, from_cluster: bool) -> bool {
+        let now = Instant::now();
+        let ttl =
+            Duration::from_millis(u64::from(protocol::timeout_ms(header, self.max_timeout_ms)));
+        let mut seen = lock(&self.seen);
+        if seen.len() > 10_000 {
+            seen.retain(|_, until| *until > now);
+        }
+        let key = (header.uuid.clone(), from_cluster);
+        match seen.get(&key) {
+            Some(until) if *until > now => false,
+            _ => {
+                seen.insert(key, now + ttl);
+                true
+            }
+        }
+    }
+
+    async fn route_event(&self, from: ConnId, event: &Event, envelope: Envelope) {
+        if !event.reference_uuid.is_empty() {
+            let waiting = lock(&self.answers)
+                .get(&event.reference_uuid)
+                .cloned()
+                .unwrap_or_default();
+            let answered = !waiting.is_empty();
+            for waiter in waiting {
+                let _ = waiter.send((from, event.clone()));
+            }
+            if event.topic == protocol::ERROR_TOPIC {
+                // An error about a message of ours: to whoever it concerns, not to all.
+                if !answered {
+                    let origin = lock(&self.relayed)
+                        .get(&event.reference_uuid)
+                        .map(|(id, _)| *id);
+                    match origin {
+                        Some(origin) => {
+                            self.send_to(origin, envelope).await;
+                        }
+                        None => {
+                            tracing::info!(event = %event.event, reference = %event.reference_uuid, detail = %event.payload, "error reported by the cluster")
+                        }
+                    }
+                }
+                return;
+            }
+        }
+        let others: Vec<ConnId> = read(&self.connections)
+            .keys()
+            .copied()
+            .filter(|id| *id != from)
+            .collect();
+        for id in others {
+            self.send_to(id, envelope.clone()).await;
+        }
+    }
+
+    /// Tries the selected connections in turn until one answers within the timeout;
+    /// UNDELIVERABLE to the origin when none does.
+    async fn dispatch_command(
+        self: Arc<Self>,
+        origin: ConnId,
+        from_cluster: bool,
+        header: Header,
+        command: Command,
+    ) {
+        let timeout = Duration::from_millis(u64::from(protocol::timeout_ms(
+            &header,
+            self.max_timeout_ms,
+        )));
+        let targets = if from_cluster {
+            self.connector_ids_named(&command.target)
+        } else {
+            self.cluster_ids()
+        };
+        let envelope = Envelope {
+            header: Some(header.clone()),
+            body: Some(Body::Command(command.clone())),
+        };
+        let (tx, mut answers) = mpsc::unbounded_channel();
+        lock(&self.answers)
+            .entry(header.uuid.clone())
+            .or_default()
+            .push(tx.clone());
+        let started = Instant::now();
+
+        let mut acknowledged_by = None;
+        for target in &targets {
+            if !self.send_to(*target, envelope.clone()).await {
+                continue;
+            }
+            let answer = tokio::time::timeout(timeout, answers.recv()).await;
+            match answer {
+                // This connection said no (e.g. the cluster knows no such connector).
+                Ok(Some((_, event))) if event.topic == protocol::ERROR_TOPIC => continue,
+                Ok(Some((by, _))) => {
+                    acknowledged_by = Some(by);
+                    break;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::debug!(command = %header.uuid, target = %self.name_of(*target), "no answer; trying the next connection");
+                }
+            }
+        }
+        {
+            // Only this task's waiter goes: a command that comes back through the
+            // cluster to a connector of this same aggregator has a second one.
+            let mut all = lock(&self.answers);
+            if let Some(list) = all.get_mut(&header.uuid) {
+                list.retain(|w| !w.same_channel(&tx));
+                if list.is_empty() {
+                    all.remove(&header.uuid);
+                }
+            }
+        }
+        let latency = started.elapsed();
+        let (outcome, by) = match acknowledged_by {
+            Some(by) => {
+                metrics::histogram!("gandalf_aggregator_command_latency_seconds")
+                    .record(latency.as_secs_f64());
+                ("acknowledged", Some(self.name_of(by)))
+            }
+            None => {
+                dropped("undeliverable");
+                let detail = if targets.is_empty() {
+                    if from_cluster {
+                        format!("no connector named {:?} is connected here", command.target)
+                    } else {
+                        "no cluster member is connected".to_owned()
+                    }
+                } else {
+                    format!(
+                        "no answer from {} connection(s) within {} ms each",
+                        targets.len(),
+                        timeout.as_millis()
+                    )
+                };
+                tracing::info!(command = %header.uuid, %detail, "command undeliverable");
+                self.send_to(
+                    origin,
+                    protocol::error_event(
+                        &self.tenant,
+                        protocol::UNDELIVERABLE,
+                        &header.uuid,
+                        &detail,
+                    ),
+                )
+                .await;
+                ("undeliverable", None)
+            }
+        };
+        if let Some(log) = self.command_log() {
+            log.record(CommandRecord {
+                uuid: header.uuid,
+                command: command.command,
+                origin: self.name_of(origin),
+                outcome,
+                acknowledged_by: by,
+                latency_ms: i64::try_from(latency.as_millis()).unwrap_or(i64::MAX),
+            });
+        }
+    }
+
+    /// Config, Configuration, Secret, ConfigurationDatabase from a connector: to one
+    /// cluster member, stamped with the connector as the reply target.
+    async fn relay_to_cluster(&self, from: ConnId, header: &Header, body: &Body) {
+        let (name, address) = match read(&self.connections).get(&from).map(|c| c.peer.clone()) {
+            Some(Peer::Connector {
+                logical_name,
+                address,
+                ..
+            }) => (logical_name, address),
+            _ => return,
+        };
+        let mut body = body.clone();
+        match &mut body {
+            Body::Configuration(c) => {
+                c.target_logical_name = name.clone();
+                c.target_address = address;
+            }
+            Body::Secret(s) => {
+                s.target_logical_name = name.clone();
+                s.target_address = address;
+            }
+            Body::Config(c) => {
+                c.context.insert("reply_to".into(), name.clone());
+            }
+            Body::ConfigurationDatabase(c) => {
+                c.context.insert("reply_to".into(), name.clone());
+            }
+            _ => {}
+        }
+        lock(&self.relayed).insert(header.uuid.clone(), (from, Instant::now()));
+        self.prune_relayed();
+        let envelope = Envelope {
+            header: Some(header.clone()),
+            body: Some(body),
+        };
+        for id in self.cluster_ids() {
+            if self.send_to(id, envelope.clone()).await {
+                return;
+            }
+        }
+        self.send_to(
+            from,
+            protocol::error_event(
+                &self.tenant,
+                protocol::UNDELIVERABLE,
+                &header.uuid,
+                "no cluster member is connected",
+            ),
+        )
+        .await;
+    }
+
+    fn prune_relayed(&self) {
+        let mut relayed = lock(&self.relayed);
+        if relayed.len() > 10_000 {
+            let horizon = Duration::from_millis(u64::from(self.max_timeout_ms) * 2);
+            relayed.retain(|_, (_, at)| at.elapsed() < horizon);
+        }
+    }
+
+    /// Replies and configuration from the cluster: to the waiting request, else to the
+    /// connector they target; a reply with no target is for the aggregator itself.
+    async fn route_from_cluster(&self, header: &Header, body: &Body, envelope: Envelope) {
+        let (context, target) = match body {
+            Body::Configuration(c) => (&c.context, c.target_logical_name.clone()),
+            Body::Secret(s) => (&s.context, s.target_logical_name.clone()),
+            Body::Config(c) => (&c.context, c.target.clone()),
+            Body::ConfigurationDatabase(c) => (
+                &c.context,
+                c.context.get("reply_to").cloned().unwrap_or_default(),
+            ),
+            _ => return,
+        };
+        if let Some(request) = context.get("request_uuid")
+            && let Some(waiter) = lock(&self.replies).remove(request)
+        {
+            let _ = waiter.send(envelope);
+            return;
+        }
+        if target.is_empty() || target == self.logical_name {
+            tracing::debug!(uuid = %header.uuid, kind = protocol::kind(body), "reply for the aggregator with no request waiting");
+            return;
+        }
+        let ids = self.connector_ids_named(&target);
+        if ids.is_empty() {
+            dropped("unknown_target");
+            tracing::info!(target = %target, kind = protocol::kind(body), "no connector of that name here");
+        }
+        for id in ids {
+            self.send_to(id, envelope.clone()).await;
+        }
+    }
+}
+
+fn dropped(reason: &'static str) {
+    metrics::counter!("gandalf_aggregator_messages_dropped_total", "reason" => reason).increment(1);
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|e| e.into_inner())
+}
