@@ -418,10 +418,19 @@ impl Router {
         header: Header,
         command: Command,
     ) {
-        let timeout = Duration::from_millis(u64::from(protocol::timeout_ms(
+        // Towards connectors each connection gets the command's own timeout. Towards
+        // the cluster a member gets up to max_timeout_ms: beyond it the command may be
+        // retried connection by connection within its timeout, and a member that cannot
+        // deliver says so at once (UNDELIVERABLE), which moves on to the next member.
+        let own = Duration::from_millis(u64::from(protocol::timeout_ms(
             &header,
             self.max_timeout_ms,
         )));
+        let timeout = if from_cluster {
+            own
+        } else {
+            Duration::from_millis(u64::from(self.max_timeout_ms))
+        };
         let targets = if from_cluster {
             self.connector_ids_named(&command.target)
         } else {
@@ -485,12 +494,28 @@ impl Router {
                     }
                 } else {
                     format!(
-                        "no answer from {} connection(s) within {} ms each",
+                        "no connection answered (tried {} within {} ms each)",
                         targets.len(),
                         timeout.as_millis()
                     )
                 };
                 tracing::info!(command = %header.uuid, %detail, "command undeliverable");
+                let error = protocol::error_event(
+                    &self.tenant,
+                    protocol::UNDELIVERABLE,
+                    &header.uuid,
+                    &detail,
+                );
+                // A command that came back through the cluster to this same aggregator
+                // has its first leg waiting here; the cluster does not echo the error
+                // to its origin, so that leg is told directly.
+                if let (Some(Body::Event(event)), Some(waiting)) =
+                    (&error.body, lock(&self.answers).get(&header.uuid).cloned())
+                {
+                    for waiter in waiting {
+                        let _ = waiter.send((origin, event.clone()));
+                    }
+                }
                 self.send_to(
                     origin,
                     protocol::error_event(

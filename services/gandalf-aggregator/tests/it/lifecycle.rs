@@ -1,0 +1,136 @@
+//! Start-up, readiness, secrets, reconnection.
+
+use std::{sync::Arc, time::Duration};
+
+use gandalf::connector::ConnectorError;
+use gandalf_aggregator::StartError;
+
+use crate::helpers::{
+    AGG_SECRET, Aggregator, Cluster, acknowledge_all, aggregator_config, get_json,
+};
+
+#[tokio::test]
+async fn readiness_comes_only_after_initialisation() {
+    // The cluster's address is known, but nothing listens there yet.
+    let placeholder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = placeholder.local_addr().expect("addr");
+    drop(placeholder);
+    let aggregator = Aggregator::spawn(aggregator_config(
+        "agg-1",
+        &[&format!("http://{addr}")],
+        AGG_SECRET,
+    ))
+    .await;
+
+    let health = reqwest::get(format!("{}/healthz", aggregator.admin))
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200, "alive while starting");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        aggregator.ready_status().await,
+        503,
+        "not ready without a cluster"
+    );
+    let body = get_json(&format!("{}/readyz", aggregator.admin)).await;
+    assert!(
+        body["waiting_for"]
+            .as_array()
+            .is_some_and(|w| !w.is_empty()),
+        "{body}"
+    );
+
+    let cluster = Cluster::start_at(addr, None).await;
+    aggregator.wait_ready().await;
+    let connections = aggregator.connections().await;
+    assert_eq!(connections["connections"][0]["kind"], "cluster");
+    aggregator.stop().await;
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn an_aggregator_whose_own_secret_is_rejected_stops_with_the_reason() {
+    let cluster = Cluster::start(None).await;
+    let aggregator =
+        Aggregator::spawn(aggregator_config("agg-1", &[&cluster.grpc], "wrong-secret")).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), aggregator.task)
+        .await
+        .expect("stops")
+        .expect("join");
+    match outcome {
+        Err(StartError::SecretRejected { reason, .. }) => {
+            assert!(reason.contains("acme"), "{reason}")
+        }
+        other => panic!("expected a rejected secret, got {other:?}"),
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_connector_with_a_bad_secret_is_refused_with_permission_denied() {
+    let cluster = Cluster::start(None).await;
+    let aggregator = Aggregator::start("agg-1", &cluster).await;
+    match aggregator
+        .try_connector("intruder", "erp", "not-the-secret")
+        .await
+    {
+        Err(ConnectorError::Rejected(reason)) => assert!(reason.contains("rejected"), "{reason}"),
+        Err(other) => panic!("expected a rejection, got {other}"),
+        Ok(_) => panic!("expected a rejection"),
+    }
+    // It never became a connection.
+    let connections = aggregator.connections().await;
+    assert!(
+        connections["connections"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|c| c["logical_name"] != "intruder"),
+        "{connections}"
+    );
+    aggregator.stop().await;
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_cluster_member_restart_the_aggregator_reconnects_and_routing_resumes() {
+    let cluster = Cluster::start(None).await;
+    let addr = cluster.addr;
+    let aggregator = Aggregator::start("agg-1", &cluster).await;
+    let sender = aggregator.connector("billing-1", "erp").await;
+    let receiver = Arc::new(aggregator.connector("crm-1", "crm").await);
+    let _serve = acknowledge_all(receiver);
+    assert!(
+        sender
+            .send_command("crm", "BEFORE", "{}", 1000)
+            .await
+            .is_ok()
+    );
+
+    cluster.stop().await;
+    // Not ready while the member is gone.
+    let mut went_unready = false;
+    for _ in 0..100 {
+        if aggregator.ready_status().await == 503 {
+            went_unready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(went_unready, "readiness follows the cluster connection");
+
+    let restarted = Cluster::start_at(addr, None).await;
+    aggregator.wait_ready().await;
+    // The restarted member learns the connectors again from the aggregator.
+    let mut delivered = false;
+    for _ in 0..50 {
+        if sender.send_command("crm", "AFTER", "{}", 500).await.is_ok() {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(delivered, "routing resumed after the restart");
+    aggregator.stop().await;
+    restarted.stop().await;
+}
