@@ -44,7 +44,7 @@ charts-test: ## Lint, render and check the Helm charts (Helm's engine, no cluste
 	$$(scripts/python-venv.sh) scripts/check_charts.py $(CARGO_TARGET_DIR)/debug
 
 demo: tools ## Run each service's main flow locally on embedded defaults
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --workspace --bins --examples
 	scripts/demo.sh
 
 bench: tools ## Benchmarks with ratios against same-run baselines (see docs/benchmarks.md)

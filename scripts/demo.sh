@@ -4,7 +4,28 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${CARGO_TARGET_DIR:-$HOME/.cache/platform-target}/debug"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/platform-demo.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
+wait_ready() {  # URL: poll until 200, at most 20 s
+    python3 - "$1" <<'PY'
+import sys, time, urllib.request
+for _ in range(200):
+    try:
+        if urllib.request.urlopen(sys.argv[1], timeout=1).status == 200:
+            sys.exit(0)
+    except Exception:
+        pass
+    time.sleep(0.1)
+sys.exit("not ready: " + sys.argv[1])
+PY
+}
+get() { python3 -c 'import json, sys, urllib.request; print(json.dumps(json.load(urllib.request.urlopen(sys.argv[1])), indent=2))' "$1"; }
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 show() { printf '$ %s\n' "$*"; "$@"; }
@@ -65,3 +86,61 @@ for row in sqlite3.connect("provisioner.db").execute(
     print("run %s  outcome=%-16s created=%s" % row)
 PY
 cd - >/dev/null
+
+# ---------------------------------------------------------------------------------------
+# Gandalf: a cluster, an aggregator, two connectors.
+# ---------------------------------------------------------------------------------------
+step "gandalf: a cluster, an aggregator for tenant acme, two connectors"
+C_GRPC=$(free_port); C_ADMIN=$(free_port); A_GRPC=$(free_port); A_ADMIN=$(free_port)
+cat > "$WORK/cluster.yaml" <<YAML
+listen: 127.0.0.1:$C_GRPC
+admin_listen: 127.0.0.1:$C_ADMIN
+tenants:
+  acme:
+    secrets: ["acme-aggregator-secret", "acme-connector-secret"]
+YAML
+cat > "$WORK/aggregator.yaml" <<YAML
+logical_name: agg-1
+tenant: acme
+secret: acme-aggregator-secret
+listen: 127.0.0.1:$A_GRPC
+admin_listen: 127.0.0.1:$A_ADMIN
+cluster: ["http://127.0.0.1:$C_GRPC"]
+YAML
+export RUST_LOG=info LOG_FORMAT=text
+"$BIN/gandalf-cluster" --config "$WORK/cluster.yaml" > "$WORK/cluster.log" 2>&1 &
+PIDS+=($!)
+wait_ready "http://127.0.0.1:$C_ADMIN/readyz"
+echo "gandalf-cluster ready on 127.0.0.1:$C_GRPC (admin $C_ADMIN)"
+"$BIN/gandalf-aggregator" --config "$WORK/aggregator.yaml" > "$WORK/aggregator.log" 2>&1 &
+PIDS+=($!)
+wait_ready "http://127.0.0.1:$A_ADMIN/readyz"
+echo "gandalf-aggregator ready on 127.0.0.1:$A_GRPC; its start-up, step by step:"
+grep -oE 'step [0-9]/5 \([A-Za-z ]+\): .*' "$WORK/aggregator.log" | sed -E 's/ (members|member|stored|logical_name)=.*//; s/^/  /'
+
+export GANDALF_CONNECTOR_SECRET=acme-connector-secret
+CONNECTOR="$BIN/examples/connector"
+"$CONNECTOR" --endpoint "http://127.0.0.1:$A_GRPC" --name crm-1 --type crm --tenant acme --serve \
+    > "$WORK/crm-1.log" 2>&1 &
+PIDS+=($!)
+sleep 0.5
+
+step "billing-1 (an erp connector) sends a command for any crm connector, then an event"
+"$CONNECTOR" --endpoint "http://127.0.0.1:$A_GRPC" --name billing-1 --type erp --tenant acme \
+    --command crm:SYNC_CUSTOMERS --event orders:ORDER_CREATED --command nobody:PING --timeout-ms 300 || true
+
+step "what crm-1 saw: the command (acknowledged) and the event"
+sleep 0.3
+cat "$WORK/crm-1.log"
+
+step "a message with another tenant is refused (WRONG_TENANT back to the sender)"
+"$CONNECTOR" --endpoint "http://127.0.0.1:$A_GRPC" --name rogue-1 --type erp --tenant acme \
+    --wrong-tenant globex --linger-ms 500
+
+step "a connector with a wrong secret is refused"
+GANDALF_CONNECTOR_SECRET=wrong "$CONNECTOR" --endpoint "http://127.0.0.1:$A_GRPC" --name intruder --type erp \
+    --tenant acme || true
+
+step "the aggregator's connections (GET /v1/connections) and the cluster's event log (GET /v1/events)"
+get "http://127.0.0.1:$A_ADMIN/v1/connections" | python3 -c 'import json,sys; [print("  %-9s %s" % (c["kind"], c.get("logical_name") or c.get("member"))) for c in json.load(sys.stdin)["connections"]]'
+get "http://127.0.0.1:$C_ADMIN/v1/events?tenant=acme" | python3 -c 'import json,sys; [print("  %-14s %-16s from %s" % (e["topic"], e["event"], e["origin"])) for e in json.load(sys.stdin)["events"]]'

@@ -74,7 +74,7 @@ pub enum ConnectorError {
     Closed(String),
     #[error("no answer within {0} ms")]
     Timeout(u32),
-    #[error("command {uuid} was not delivered: {event}")]
+    #[error("command {uuid} was not delivered: {event} ({detail})")]
     NotDelivered {
         uuid: String,
         event: String,

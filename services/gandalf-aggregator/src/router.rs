@@ -448,6 +448,7 @@ impl Router {
         let started = Instant::now();
 
         let mut acknowledged_by = None;
+        let mut refusal = None;
         for target in &targets {
             if !self.send_to(*target, envelope.clone()).await {
                 continue;
@@ -455,7 +456,10 @@ impl Router {
             let answer = tokio::time::timeout(timeout, answers.recv()).await;
             match answer {
                 // This connection said no (e.g. the cluster knows no such connector).
-                Ok(Some((_, event))) if event.topic == protocol::ERROR_TOPIC => continue,
+                Ok(Some((_, event))) if event.topic == protocol::ERROR_TOPIC => {
+                    refusal = Some(event.payload);
+                    continue;
+                }
                 Ok(Some((by, _))) => {
                     acknowledged_by = Some(by);
                     break;
@@ -486,7 +490,9 @@ impl Router {
             }
             None => {
                 dropped("undeliverable");
-                let detail = if targets.is_empty() {
+                let detail = if let Some(refusal) = refusal.filter(|r| !r.is_empty()) {
+                    refusal
+                } else if targets.is_empty() {
                     if from_cluster {
                         format!("no connector named {:?} is connected here", command.target)
                     } else {

@@ -60,7 +60,8 @@ impl Validate for Config {
     fn problems(&self) -> Vec<String> {
         use secrecy::ExposeSecret;
         let mut problems = Vec::new();
-        if self.listen == self.admin_listen {
+        // Port 0 picks a free port for each, so only a fixed port can collide.
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
             problems.push(format!("listen and admin_listen are both {}", self.listen));
         }
         if self.event_log_capacity == 0 {

@@ -134,3 +134,71 @@ async fn after_a_cluster_member_restart_the_aggregator_reconnects_and_routing_re
     aggregator.stop().await;
     restarted.stop().await;
 }
+
+#[tokio::test]
+async fn the_binary_exits_1_naming_the_step_when_its_secret_is_rejected() {
+    let cluster = Cluster::start(None).await;
+    let dir = std::env::temp_dir().join(format!("agg-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("aggregator.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "logical_name: agg-bin\ntenant: acme\nsecret: not-the-secret\nlisten: 127.0.0.1:0\n\
+             admin_listen: 127.0.0.1:0\ncluster: [\"{}\"]\nstartup_timeout_secs: 10\n",
+            cluster.grpc
+        ),
+    )
+    .expect("write");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_gandalf-aggregator"))
+        .arg("--config")
+        .arg(&config)
+        .env("LOG_FORMAT", "text")
+        .env_remove("RUST_LOG")
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(20), output)
+        .await
+        .expect("exits")
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("step 2/5 (secret)"), "{stderr}");
+    assert!(
+        stderr.contains("rejected this aggregator's secret"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("not-the-secret"),
+        "the secret is never printed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn bad_config_exits_1_naming_the_keys() {
+    let dir = std::env::temp_dir().join(format!("agg-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("aggregator.yaml");
+    std::fs::write(
+        &config,
+        "tenant: acme\ncluster: [\"127.0.0.1:9100\"]\nmax_timeout_ms: 0\n",
+    )
+    .expect("write");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gandalf-aggregator"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    for problem in [
+        "logical_name: must be set",
+        "secret: must be set",
+        "must start with http://",
+        "max_timeout_ms",
+    ] {
+        assert!(stderr.contains(problem), "{problem}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
