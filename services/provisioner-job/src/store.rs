@@ -32,6 +32,9 @@ use crate::config::DatabaseConfig;
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 
+/// How long closing the connections may take at the end of a run.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// Key of the PostgreSQL advisory lock that serialises runs ("provisio" in ASCII).
 pub const RUN_LOCK_KEY: i64 = 0x7072_6f76_6973_696f;
 
@@ -227,10 +230,17 @@ impl Store {
     }
 
     /// Closes every connection and waits until they are closed.
+    ///
+    /// Bounded: a connection still inside SQLite's busy wait (a lock wait given up on
+    /// SIGTERM) would otherwise hold the exit for the whole `lock_wait_secs`.
     pub async fn close(&self) {
-        each_backend!(self, Self, |pool| {
-            pool.close().instrument(db_span("close")).await
-        })
+        let closing = async { each_backend!(self, Self, |pool| { pool.close().await }) };
+        if tokio::time::timeout(CLOSE_WAIT, closing.instrument(db_span("close")))
+            .await
+            .is_err()
+        {
+            tracing::debug!("connections still busy at exit; leaving them to the process exit");
+        }
     }
 
     /// How this backend keeps runs apart, for the logs.
