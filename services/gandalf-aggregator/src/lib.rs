@@ -15,6 +15,7 @@
 pub mod commandlog;
 pub mod config;
 pub mod connectors;
+pub mod dedup;
 pub mod http;
 pub mod members;
 pub mod router;
@@ -27,7 +28,6 @@ use gandalf::{
 };
 use platform::ops::{OpsServer, Readiness};
 use tokio::{net::TcpListener, sync::mpsc};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -216,10 +216,7 @@ impl App {
         let serve = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(AggregatorServer::new(service))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc),
-                shutdown.clone().cancelled_owned(),
-            );
+            .serve_with_incoming_shutdown(nodelay(grpc), shutdown.clone().cancelled_owned());
         readiness.set("initialised", true);
         tracing::info!(logical_name = %config.logical_name, tenant = %config.tenant, "step 5/5 (API): serving connectors");
 
@@ -254,4 +251,10 @@ impl App {
         let _ = ops_task.await;
         outcome
     }
+}
+
+/// Accepted connections with TCP_NODELAY: small envelopes must not wait for Nagle's
+/// algorithm (with delayed ACKs that costs tens of milliseconds per exchange).
+fn nodelay(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

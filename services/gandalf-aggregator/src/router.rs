@@ -20,7 +20,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
-use crate::commandlog::{CommandLog, CommandRecord};
+use crate::{
+    commandlog::{CommandLog, CommandRecord},
+    dedup::Seen,
+};
 
 /// A connection's id, unique for the process's life.
 pub type ConnId = u64;
@@ -49,16 +52,26 @@ pub enum Outbound {
 }
 
 impl Outbound {
+    /// Queues without waiting when there is room (the common case: no timer armed);
+    /// otherwise waits up to `wait` for the connection to catch up.
     async fn send(&self, envelope: Envelope, wait: Duration) -> bool {
-        let sent = match self {
-            Self::Connector(tx) => tokio::time::timeout(wait, tx.send(Ok(envelope)))
-                .await
-                .map(|r| r.is_ok()),
-            Self::Cluster(tx) => tokio::time::timeout(wait, tx.send(envelope))
-                .await
-                .map(|r| r.is_ok()),
-        };
-        sent.unwrap_or(false)
+        use mpsc::error::TrySendError;
+        match self {
+            Self::Connector(tx) => match tx.try_send(Ok(envelope)) {
+                Ok(()) => true,
+                Err(TrySendError::Closed(_)) => false,
+                Err(TrySendError::Full(item)) => {
+                    matches!(tokio::time::timeout(wait, tx.send(item)).await, Ok(Ok(())))
+                }
+            },
+            Self::Cluster(tx) => match tx.try_send(envelope) {
+                Ok(()) => true,
+                Err(TrySendError::Closed(_)) => false,
+                Err(TrySendError::Full(item)) => {
+                    matches!(tokio::time::timeout(wait, tx.send(item)).await, Ok(Ok(())))
+                }
+            },
+        }
     }
 }
 
@@ -88,7 +101,7 @@ pub struct Router {
     next_id: AtomicU64,
     connections: RwLock<BTreeMap<ConnId, Connection>>,
     /// (uuid, came from the cluster) -> until when it counts as seen.
-    seen: Mutex<HashMap<(String, bool), Instant>>,
+    seen: Mutex<Seen<(String, bool)>>,
     /// Command uuid -> the dispatch tasks waiting for an answering event.
     answers: Mutex<HashMap<String, Vec<AnswerWaiter>>>,
     /// Request uuid -> a task waiting for the cluster's reply (validations, init steps).
@@ -332,7 +345,7 @@ impl Router {
             dropped("duplicate");
             return;
         }
-        metrics::counter!("gandalf_aggregator_messages_routed_total", "type" => protocol::kind(body)).increment(1);
+        routed(body).increment(1);
         match body {
             Body::Event(event) => self.route_event(from, event, envelope.clone()).await,
             Body::Command(command) => {
@@ -357,18 +370,7 @@ impl Router {
         let now = Instant::now();
         let ttl =
             Duration::from_millis(u64::from(protocol::timeout_ms(header, self.max_timeout_ms)));
-        let mut seen = lock(&self.seen);
-        if seen.len() > 10_000 {
-            seen.retain(|_, until| *until > now);
-        }
-        let key = (header.uuid.clone(), from_cluster);
-        match seen.get(&key) {
-            Some(until) if *until > now => false,
-            _ => {
-                seen.insert(key, now + ttl);
-                true
-            }
-        }
+        lock(&self.seen).first((header.uuid.clone(), from_cluster), now, now + ttl)
     }
 
     async fn route_event(&self, from: ConnId, event: &Event, envelope: Envelope) {
@@ -404,8 +406,12 @@ impl Router {
             .copied()
             .filter(|id| *id != from)
             .collect();
-        for id in others {
-            self.send_to(id, envelope.clone()).await;
+        // The last target takes the envelope itself: one clone fewer per event.
+        if let Some((last, rest)) = others.split_last() {
+            for id in rest {
+                self.send_to(*id, envelope.clone()).await;
+            }
+            self.send_to(*last, envelope).await;
         }
     }
 
@@ -639,6 +645,34 @@ impl Router {
             self.send_to(id, envelope.clone()).await;
         }
     }
+}
+
+/// The routed-messages counter of a body's kind, registered once per kind.
+fn routed(body: &Body) -> &'static metrics::Counter {
+    use std::sync::OnceLock;
+    static COUNTERS: OnceLock<[metrics::Counter; 7]> = OnceLock::new();
+    let counters = COUNTERS.get_or_init(|| {
+        [
+            "command",
+            "event",
+            "config",
+            "configuration",
+            "configuration_database",
+            "secret",
+            "heartbeat",
+        ]
+        .map(|kind| metrics::counter!("gandalf_aggregator_messages_routed_total", "type" => kind))
+    });
+    let index = match body {
+        Body::Command(_) => 0,
+        Body::Event(_) => 1,
+        Body::Config(_) => 2,
+        Body::Configuration(_) => 3,
+        Body::ConfigurationDatabase(_) => 4,
+        Body::Secret(_) => 5,
+        Body::Heartbeat(_) => 6,
+    };
+    &counters[index]
 }
 
 fn dropped(reason: &'static str) {

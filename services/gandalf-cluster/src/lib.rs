@@ -17,7 +17,6 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use gandalf::wire::cluster_server::ClusterServer;
 use platform::ops::{OpsServer, Readiness};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{config::Config, routing::Cluster, service::ClusterService};
@@ -76,10 +75,7 @@ impl App {
         let grpc = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(ClusterServer::new(service))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.grpc),
-                shutdown.clone().cancelled_owned(),
-            );
+            .serve_with_incoming_shutdown(nodelay(self.grpc), shutdown.clone().cancelled_owned());
         self.readiness.set("grpc", true);
         tracing::info!("serving");
         let ops = tokio::spawn(self.ops.run(shutdown.clone()));
@@ -97,4 +93,10 @@ impl App {
         let _ = ops.await;
         served
     }
+}
+
+/// Accepted connections with TCP_NODELAY: small envelopes must not wait for Nagle's
+/// algorithm (with delayed ACKs that costs tens of milliseconds per exchange).
+fn nodelay(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
