@@ -27,6 +27,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming, transport::Channel};
 
+/// The allocator the service binaries use.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EVENTS_TOTAL: usize = 32_000;
 const COMMANDS_PER_SENDER_1: usize = 2_000;
 const COMMANDS_PER_SENDER_16: usize = 200;
