@@ -6,13 +6,22 @@ use std::{
 };
 
 /// Keys seen recently, each until its own expiry.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Seen<K> {
     until: HashMap<K, Instant>,
     /// Keys in insertion order with the expiry they were inserted with. Expiries are not
     /// strictly ordered (timeouts differ per message), so an expired key may wait behind a
     /// live one for a while; lookups check the expiry, so that only costs memory.
     order: VecDeque<(Instant, K)>,
+}
+
+impl<K> Default for Seen<K> {
+    fn default() -> Self {
+        Self {
+            until: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
 }
 
 impl<K: std::hash::Hash + Eq + Clone> Seen<K> {

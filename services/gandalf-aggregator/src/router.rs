@@ -52,6 +52,28 @@ pub enum Outbound {
 }
 
 impl Outbound {
+    /// Queues without waiting; gives the envelope back when the queue is full (a closed
+    /// connection just drops it, counted).
+    fn try_queue(&self, envelope: Envelope) -> Option<Envelope> {
+        use mpsc::error::TrySendError;
+        let full = match self {
+            Self::Connector(tx) => match tx.try_send(Ok(envelope)) {
+                Ok(()) => return None,
+                Err(TrySendError::Full(Ok(envelope))) => Some(envelope),
+                Err(_) => None,
+            },
+            Self::Cluster(tx) => match tx.try_send(envelope) {
+                Ok(()) => return None,
+                Err(TrySendError::Full(envelope)) => Some(envelope),
+                Err(TrySendError::Closed(_)) => None,
+            },
+        };
+        if full.is_none() {
+            dropped("unreachable");
+        }
+        full
+    }
+
     /// Queues without waiting when there is room (the common case: no timer armed);
     /// otherwise waits up to `wait` for the connection to catch up.
     async fn send(&self, envelope: Envelope, wait: Duration) -> bool {
@@ -81,6 +103,23 @@ struct Connection {
     connected_at_ms: i64,
 }
 
+/// A uuid as a dedup key: its 128 bits when it is a UUID (no allocation per message),
+/// else the text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum DedupKey {
+    Uuid(u128),
+    Text(String),
+}
+
+impl DedupKey {
+    fn of(uuid: &str) -> Self {
+        match uuid::Uuid::try_parse(uuid) {
+            Ok(parsed) => Self::Uuid(parsed.as_u128()),
+            Err(_) => Self::Text(uuid.to_owned()),
+        }
+    }
+}
+
 /// A command dispatch waiting for the event that answers it: (who answered, the event).
 type AnswerWaiter = mpsc::UnboundedSender<(ConnId, Event)>;
 
@@ -101,7 +140,7 @@ pub struct Router {
     next_id: AtomicU64,
     connections: RwLock<BTreeMap<ConnId, Connection>>,
     /// (uuid, came from the cluster) -> until when it counts as seen.
-    seen: Mutex<Seen<(String, bool)>>,
+    seen: Mutex<Seen<(DedupKey, bool)>>,
     /// Command uuid -> the dispatch tasks waiting for an answering event.
     answers: Mutex<HashMap<String, Vec<AnswerWaiter>>>,
     /// Request uuid -> a task waiting for the cluster's reply (validations, init steps).
@@ -370,7 +409,7 @@ impl Router {
         let now = Instant::now();
         let ttl =
             Duration::from_millis(u64::from(protocol::timeout_ms(header, self.max_timeout_ms)));
-        lock(&self.seen).first((header.uuid.clone(), from_cluster), now, now + ttl)
+        lock(&self.seen).first((DedupKey::of(&header.uuid), from_cluster), now, now + ttl)
     }
 
     async fn route_event(&self, from: ConnId, event: &Event, envelope: Envelope) {
@@ -401,17 +440,28 @@ impl Router {
                 return;
             }
         }
-        let others: Vec<ConnId> = read(&self.connections)
-            .keys()
-            .copied()
-            .filter(|id| *id != from)
-            .collect();
-        // The last target takes the envelope itself: one clone fewer per event.
-        if let Some((last, rest)) = others.split_last() {
-            for id in rest {
-                self.send_to(*id, envelope.clone()).await;
+        // Queue to every other connection without waiting, under one read lock; only
+        // connections whose queue is full are waited for, outside it.
+        let mut waiting = Vec::new();
+        {
+            let connections = read(&self.connections);
+            let mut targets = connections.iter().filter(|(id, _)| **id != from).peekable();
+            let mut envelope = Some(envelope);
+            while let Some((id, connection)) = targets.next() {
+                // The last target takes the envelope itself: one clone fewer per event.
+                let item = if targets.peek().is_some() {
+                    envelope.clone()
+                } else {
+                    envelope.take()
+                };
+                let Some(item) = item else { break };
+                if let Some(full) = connection.outbound.try_queue(item) {
+                    waiting.push((*id, full));
+                }
             }
-            self.send_to(*last, envelope).await;
+        }
+        for (id, item) in waiting {
+            self.send_to(id, item).await;
         }
     }
 
