@@ -164,6 +164,41 @@ pub fn kind(body: &Body) -> &'static str {
     }
 }
 
+/// One counter per body kind (label `type`), registered once: per-message lookups of a
+/// labelled counter cost more than the routing around them.
+pub struct KindCounters([metrics::Counter; 7]);
+
+impl KindCounters {
+    pub fn new(name: &'static str) -> Self {
+        Self(
+            [
+                "command",
+                "event",
+                "config",
+                "configuration",
+                "configuration_database",
+                "secret",
+                "heartbeat",
+            ]
+            .map(|kind| metrics::counter!(name, "type" => kind)),
+        )
+    }
+
+    /// The counter of `body`'s kind.
+    pub fn of(&self, body: &Body) -> &metrics::Counter {
+        let index = match body {
+            Body::Command(_) => 0,
+            Body::Event(_) => 1,
+            Body::Config(_) => 2,
+            Body::Configuration(_) => 3,
+            Body::ConfigurationDatabase(_) => 4,
+            Body::Secret(_) => 5,
+            Body::Heartbeat(_) => 6,
+        };
+        &self.0[index]
+    }
+}
+
 /// The effective timeout of a message: its own, the default when 0, capped by `max_ms`.
 pub fn timeout_ms(header: &Header, max_ms: u32) -> u32 {
     let own = if header.timeout_ms == 0 {

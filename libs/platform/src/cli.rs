@@ -2,9 +2,14 @@
 
 use std::path::PathBuf;
 
+use std::process::ExitCode;
+
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::config::{self, ConfigError, Validate};
+use crate::{
+    config::{self, ConfigError, Validate},
+    telemetry::{self, TelemetryGuard},
+};
 
 /// `--config` and `--print-config`, flattened into each binary's own clap parser.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -31,5 +36,36 @@ impl ConfigArgs {
     /// When `--print-config` was given, renders the configuration for stdout.
     pub fn printed<T: Serialize>(&self, config: &T) -> Option<Result<String, ConfigError>> {
         self.print_config.then(|| config::render(config))
+    }
+}
+
+impl ConfigArgs {
+    /// The start of every `main`: loads the config (a problem goes to stderr, exit 1),
+    /// handles `--print-config` (printed, exit 0), then starts telemetry. `Err` is the
+    /// exit code to return at once.
+    pub fn start<T>(
+        &self,
+        env_prefix: &str,
+        service: &'static str,
+    ) -> Result<(T, TelemetryGuard), ExitCode>
+    where
+        T: DeserializeOwned + Serialize + Validate,
+    {
+        let fail = |err: &dyn std::fmt::Display| {
+            eprintln!("error: {err}");
+            ExitCode::from(1)
+        };
+        let config: T = self.load(env_prefix).map_err(|e| fail(&e))?;
+        if let Some(printed) = self.printed(&config) {
+            return Err(match printed {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => fail(&err),
+            });
+        }
+        let guard = telemetry::init(service).map_err(|e| fail(&e))?;
+        Ok((config, guard))
     }
 }

@@ -27,31 +27,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config: Config = match cli.config.load(ENV_PREFIX) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::from(1);
-        }
-    };
-    if let Some(printed) = cli.config.printed(&config) {
-        return match printed {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("error: {err}");
-                ExitCode::from(1)
-            }
-        };
-    }
-    let telemetry = match platform::telemetry::init("gandalf-aggregator") {
-        Ok(guard) => guard,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::from(1);
-        }
+    let (config, telemetry) = match cli.config.start::<Config>(ENV_PREFIX, "gandalf-aggregator") {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     let result = match App::build(config).await {
         Ok(app) => {

@@ -697,32 +697,12 @@ impl Router {
     }
 }
 
-/// The routed-messages counter of a body's kind, registered once per kind.
+/// The routed-messages counter of a body's kind.
 fn routed(body: &Body) -> &'static metrics::Counter {
-    use std::sync::OnceLock;
-    static COUNTERS: OnceLock<[metrics::Counter; 7]> = OnceLock::new();
-    let counters = COUNTERS.get_or_init(|| {
-        [
-            "command",
-            "event",
-            "config",
-            "configuration",
-            "configuration_database",
-            "secret",
-            "heartbeat",
-        ]
-        .map(|kind| metrics::counter!("gandalf_aggregator_messages_routed_total", "type" => kind))
+    static COUNTERS: std::sync::LazyLock<protocol::KindCounters> = std::sync::LazyLock::new(|| {
+        protocol::KindCounters::new("gandalf_aggregator_messages_routed_total")
     });
-    let index = match body {
-        Body::Command(_) => 0,
-        Body::Event(_) => 1,
-        Body::Config(_) => 2,
-        Body::Configuration(_) => 3,
-        Body::ConfigurationDatabase(_) => 4,
-        Body::Secret(_) => 5,
-        Body::Heartbeat(_) => 6,
-    };
-    &counters[index]
+    COUNTERS.of(body)
 }
 
 fn dropped(reason: &'static str) {

@@ -190,29 +190,9 @@ async fn serve_stream(
     tracing::info!(aggregator = %peer.logical_name, tenant = %tenant, "aggregator disconnected");
 }
 
-/// The routed-messages counter of a body's kind, registered once per kind.
+/// The routed-messages counter of a body's kind.
 fn routed(body: &Body) -> &'static metrics::Counter {
-    static COUNTERS: std::sync::OnceLock<[metrics::Counter; 7]> = std::sync::OnceLock::new();
-    let counters = COUNTERS.get_or_init(|| {
-        [
-            "command",
-            "event",
-            "config",
-            "configuration",
-            "configuration_database",
-            "secret",
-            "heartbeat",
-        ]
-        .map(|kind| metrics::counter!("gandalf_cluster_messages_total", "type" => kind))
-    });
-    let index = match body {
-        Body::Command(_) => 0,
-        Body::Event(_) => 1,
-        Body::Config(_) => 2,
-        Body::Configuration(_) => 3,
-        Body::ConfigurationDatabase(_) => 4,
-        Body::Secret(_) => 5,
-        Body::Heartbeat(_) => 6,
-    };
-    &counters[index]
+    static COUNTERS: std::sync::LazyLock<protocol::KindCounters> =
+        std::sync::LazyLock::new(|| protocol::KindCounters::new("gandalf_cluster_messages_total"));
+    COUNTERS.of(body)
 }

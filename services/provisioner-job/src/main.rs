@@ -28,31 +28,9 @@ async fn main() -> ExitCode {
         eprintln!("error: {problem}");
         return JobExit::Fatal.into();
     }
-    let config: Config = match cli.config.load(ENV_PREFIX) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return JobExit::Fatal.into();
-        }
-    };
-    if let Some(printed) = cli.config.printed(&config) {
-        return match printed {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("error: {err}");
-                JobExit::Fatal.into()
-            }
-        };
-    }
-    let telemetry = match platform::telemetry::init("provisioner-job") {
-        Ok(guard) => guard,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return JobExit::Fatal.into();
-        }
+    let (config, telemetry) = match cli.config.start::<Config>(ENV_PREFIX, "provisioner-job") {
+        Ok(started) => started,
+        Err(code) => return code,
     };
 
     let shutdown = platform::shutdown::on_signal();
