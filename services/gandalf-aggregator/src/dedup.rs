@@ -1,59 +1,100 @@
-//! Dedup of envelope uuids within their timeout, in amortised constant time per message.
+//! Maps whose entries expire, pruned in amortised constant time per insert: the dedup of
+//! envelope uuids, and the record of which connector a relayed message came from.
 
 use std::{
     collections::{HashMap, VecDeque},
+    hash::Hash,
     time::Instant,
 };
 
-/// Keys seen recently, each until its own expiry.
+/// Entries that live until their own expiry.
 #[derive(Debug)]
-pub struct Seen<K> {
-    until: HashMap<K, Instant>,
+pub struct ExpiringMap<K, V> {
+    entries: HashMap<K, (Instant, V)>,
     /// Keys in insertion order with the expiry they were inserted with. Expiries are not
-    /// strictly ordered (timeouts differ per message), so an expired key may wait behind a
+    /// strictly ordered (they differ per entry), so an expired entry may wait behind a
     /// live one for a while; lookups check the expiry, so that only costs memory.
     order: VecDeque<(Instant, K)>,
 }
 
-impl<K> Default for Seen<K> {
+impl<K, V> Default for ExpiringMap<K, V> {
     fn default() -> Self {
         Self {
-            until: HashMap::new(),
+            entries: HashMap::new(),
             order: VecDeque::new(),
         }
     }
 }
 
-impl<K: std::hash::Hash + Eq + Clone> Seen<K> {
-    /// True the first time `key` is offered within its window; records it until `until`.
-    pub fn first(&mut self, key: K, now: Instant, until: Instant) -> bool {
+impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
+    /// Drops what expired at or before `now` from the front of the queue.
+    fn prune(&mut self, now: Instant) {
         while let Some((expiry, _)) = self.order.front() {
             if *expiry > now {
                 break;
             }
-            if let Some((expiry, old)) = self.order.pop_front()
-                && self.until.get(&old) == Some(&expiry)
+            if let Some((expiry, key)) = self.order.pop_front()
+                && self
+                    .entries
+                    .get(&key)
+                    .is_some_and(|(until, _)| *until == expiry)
             {
-                self.until.remove(&old);
+                self.entries.remove(&key);
             }
         }
-        match self.until.get(&key) {
-            Some(expiry) if *expiry > now => false,
-            _ => {
-                self.until.insert(key.clone(), until);
-                self.order.push_back((until, key));
-                true
-            }
+    }
+
+    /// Inserts (or replaces) `key` until `until`.
+    pub fn insert(&mut self, key: K, value: V, now: Instant, until: Instant) {
+        self.prune(now);
+        self.entries.insert(key.clone(), (until, value));
+        self.order.push_back((until, key));
+    }
+
+    /// The live value of `key`.
+    pub fn get(&self, key: &K, now: Instant) -> Option<&V> {
+        self.entries
+            .get(key)
+            .filter(|(until, _)| *until > now)
+            .map(|(_, value)| value)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Keys seen recently, each until its own expiry.
+#[derive(Debug)]
+pub struct Seen<K>(ExpiringMap<K, ()>);
+
+impl<K> Default for Seen<K> {
+    fn default() -> Self {
+        Self(ExpiringMap::default())
+    }
+}
+
+impl<K: Hash + Eq + Clone> Seen<K> {
+    /// True the first time `key` is offered within its window; records it until `until`.
+    pub fn first(&mut self, key: K, now: Instant, until: Instant) -> bool {
+        if self.0.get(&key, now).is_some() {
+            return false;
         }
+        self.0.insert(key, (), now, until);
+        true
     }
 
     /// How many keys are held.
     pub fn len(&self) -> usize {
-        self.until.len()
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.until.is_empty()
+        self.0.is_empty()
     }
 }
 
@@ -90,5 +131,18 @@ mod tests {
             t0 + Duration::from_millis(30)
         ));
         assert_eq!(seen.len(), 1);
+    }
+
+    #[test]
+    fn a_replaced_entry_outlives_its_first_expiry() {
+        let mut map = ExpiringMap::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        map.insert("k", 1, t0, t0 + ms(10));
+        map.insert("k", 2, t0 + ms(5), t0 + ms(50));
+        // The first insertion's queue entry expires; the replacement stays.
+        map.insert("other", 3, t0 + ms(20), t0 + ms(30));
+        assert_eq!(map.get(&"k", t0 + ms(20)), Some(&2));
+        assert_eq!(map.get(&"k", t0 + ms(60)), None);
     }
 }

@@ -22,7 +22,7 @@ use tonic::Status;
 
 use crate::{
     commandlog::{CommandLog, CommandRecord},
-    dedup::Seen,
+    dedup::{ExpiringMap, Seen},
 };
 
 /// A connection's id, unique for the process's life.
@@ -147,7 +147,7 @@ pub struct Router {
     replies: Mutex<HashMap<String, oneshot::Sender<Envelope>>>,
     /// Uuid of a message relayed for a connector -> that connector, so that an error
     /// about it finds its way back.
-    relayed: Mutex<HashMap<String, (ConnId, Instant)>>,
+    relayed: Mutex<ExpiringMap<String, ConnId>>,
     command_log: RwLock<Option<CommandLog>>,
     /// Each connector's relayed validation, replayed to a member that (re)connects so the
     /// member learns which connectors sit here.
@@ -426,8 +426,8 @@ impl Router {
                 // An error about a message of ours: to whoever it concerns, not to all.
                 if !answered {
                     let origin = lock(&self.relayed)
-                        .get(&event.reference_uuid)
-                        .map(|(id, _)| *id);
+                        .get(&event.reference_uuid, Instant::now())
+                        .copied();
                     match origin {
                         Some(origin) => {
                             self.send_to(origin, envelope).await;
@@ -632,8 +632,10 @@ impl Router {
             }
             _ => {}
         }
-        lock(&self.relayed).insert(header.uuid.clone(), (from, Instant::now()));
-        self.prune_relayed();
+        // Kept for twice the longest timeout: an error about it can only come before that.
+        let now = Instant::now();
+        let horizon = Duration::from_millis(u64::from(self.max_timeout_ms) * 2);
+        lock(&self.relayed).insert(header.uuid.clone(), from, now, now + horizon);
         let envelope = Envelope {
             header: Some(header.clone()),
             body: Some(body),
@@ -653,14 +655,6 @@ impl Router {
             ),
         )
         .await;
-    }
-
-    fn prune_relayed(&self) {
-        let mut relayed = lock(&self.relayed);
-        if relayed.len() > 10_000 {
-            let horizon = Duration::from_millis(u64::from(self.max_timeout_ms) * 2);
-            relayed.retain(|_, (_, at)| at.elapsed() < horizon);
-        }
     }
 
     /// Replies and configuration from the cluster: to the waiting request, else to the

@@ -191,3 +191,74 @@ async fn malformed_envelopes_get_an_error_event_and_everyone_else_is_served() {
     aggregator.stop().await;
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn configuration_and_config_from_a_connector_are_relayed_and_answered_to_it() {
+    let cluster = Cluster::start(None).await;
+    let aggregator = Aggregator::start("agg-1", &cluster).await;
+    let connector = aggregator.connector("billing-1", "erp").await;
+    let bystander = aggregator.connector("crm-1", "crm").await;
+    let (mut rx, mut other) = (connector.subscribe(), bystander.subscribe());
+
+    // Configuration: saved with the cluster; the reply targets the connector (stamped by
+    // the aggregator) and reaches it, and only it.
+    connector
+        .send(protocol::configuration(
+            "acme",
+            protocol::SAVE,
+            "",
+            r#"{"batch":50}"#,
+        ))
+        .await
+        .expect("send");
+    let reply = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(Envelope {
+                body: Some(Body::Configuration(c)),
+                ..
+            }) = rx.recv().await
+            {
+                return c;
+            }
+        }
+    })
+    .await
+    .expect("a configuration reply");
+    assert_eq!(reply.command, protocol::REPLY);
+    assert_eq!(reply.target_logical_name, "billing-1");
+    assert_eq!(reply.payload, r#"{"batch":50}"#);
+    assert!(
+        !reply.target_address.is_empty(),
+        "the connector's address was stamped"
+    );
+    let leaked = tokio::time::timeout(Duration::from_millis(200), async {
+        loop {
+            if let Ok(Envelope {
+                body: Some(Body::Configuration(_)),
+                ..
+            }) = other.recv().await
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(leaked.is_err(), "the reply went to its target only");
+
+    // Config for a connector nobody knows: the cluster's UNDELIVERABLE comes back to the
+    // connector that sent it.
+    let config = protocol::config("acme", protocol::REQUEST, "nobody-here", "{}");
+    let uuid = config
+        .header
+        .as_ref()
+        .map(|h| h.uuid.clone())
+        .expect("uuid");
+    connector.send(config).await.expect("send");
+    let error = next_event(&mut rx, protocol::UNDELIVERABLE).await;
+    let Some(Body::Event(error)) = error.body else {
+        panic!("event")
+    };
+    assert_eq!(error.reference_uuid, uuid);
+    aggregator.stop().await;
+    cluster.stop().await;
+}
