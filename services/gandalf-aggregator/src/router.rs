@@ -386,7 +386,7 @@ impl Router {
         }
         routed(body).increment(1);
         match body {
-            Body::Event(event) => self.route_event(from, event, envelope.clone()).await,
+            Body::Event(_) => self.route_event(from, envelope).await,
             Body::Command(command) => {
                 let router = self.clone();
                 let (header, command) = (header.clone(), command.clone());
@@ -412,8 +412,10 @@ impl Router {
         lock(&self.seen).first((DedupKey::of(&header.uuid), from_cluster), now, now + ttl)
     }
 
-    async fn route_event(&self, from: ConnId, event: &Event, envelope: Envelope) {
-        if !event.reference_uuid.is_empty() {
+    async fn route_event(&self, from: ConnId, envelope: Envelope) {
+        if let Some(Body::Event(event)) = &envelope.body
+            && !event.reference_uuid.is_empty()
+        {
             let waiting = lock(&self.answers)
                 .get(&event.reference_uuid)
                 .cloned()

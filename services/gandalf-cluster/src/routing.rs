@@ -280,25 +280,8 @@ impl Cluster {
                     }
                 }
             }
-            Body::Event(event) => {
-                let origin = read(&self.aggregators)
-                    .get(&from)
-                    .map(|a| a.logical_name.clone())
-                    .unwrap_or_default();
-                self.log_event(tenant, header, event, &origin);
-                let others: Vec<u64> = read(&self.aggregators)
-                    .iter()
-                    .filter(|(id, a)| **id != from && a.tenant == tenant)
-                    .map(|(id, _)| *id)
-                    .collect();
-                let envelope = Envelope {
-                    header: Some(header.clone()),
-                    body: Some(body.clone()),
-                };
-                for id in others {
-                    self.send_to(id, envelope.clone()).await;
-                }
-            }
+            // Events take the owned path, route_event.
+            Body::Event(_) => {}
         }
     }
 
@@ -334,21 +317,50 @@ impl Cluster {
         Some((name.clone(), via))
     }
 
-    fn log_event(&self, tenant: &str, header: &Header, event: &gandalf::wire::Event, origin: &str) {
+    /// An event: to every other aggregator of the tenant, then into the log (moved
+    /// there, not copied).
+    pub async fn route_event(&self, from: u64, tenant: &str, envelope: Envelope) {
+        let (origin, others): (String, Vec<u64>) = {
+            let aggregators = read(&self.aggregators);
+            let origin = aggregators
+                .get(&from)
+                .map(|a| a.logical_name.clone())
+                .unwrap_or_default();
+            let others = aggregators
+                .iter()
+                .filter(|(id, a)| **id != from && a.tenant == tenant)
+                .map(|(id, _)| *id)
+                .collect();
+            (origin, others)
+        };
+        for id in others {
+            self.send_to(id, envelope.clone()).await;
+        }
+        let Envelope {
+            header: Some(header),
+            body: Some(Body::Event(event)),
+        } = envelope
+        else {
+            return;
+        };
+        let entry = LoggedEvent {
+            uuid: header.uuid,
+            topic: event.topic,
+            event: event.event,
+            reference_uuid: event.reference_uuid,
+            payload: event.payload,
+            origin,
+            received_at_ms: protocol::now_ms(),
+        };
         let mut logs = lock(&self.events);
-        let log = logs.entry(tenant.to_owned()).or_default();
+        let log = match logs.get_mut(tenant) {
+            Some(log) => log,
+            None => logs.entry(tenant.to_owned()).or_default(),
+        };
         if log.len() >= self.config.event_log_capacity {
             log.pop_front();
         }
-        log.push_back(LoggedEvent {
-            uuid: header.uuid.clone(),
-            topic: event.topic.clone(),
-            event: event.event.clone(),
-            reference_uuid: event.reference_uuid.clone(),
-            payload: event.payload.clone(),
-            origin: origin.to_owned(),
-            received_at_ms: protocol::now_ms(),
-        });
+        log.push_back(entry);
     }
 
     /// Sends to one aggregator; a full or closed stream drops the message (logged).

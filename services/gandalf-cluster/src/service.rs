@@ -183,7 +183,13 @@ async fn serve_stream(
             }
             Ok((header, body)) => {
                 routed(body).increment(1);
-                cluster.route(registration.id, &tenant, header, body).await;
+                if matches!(body, Body::Event(_)) {
+                    cluster
+                        .route_event(registration.id, &tenant, envelope)
+                        .await;
+                } else {
+                    cluster.route(registration.id, &tenant, header, body).await;
+                }
             }
         }
     }
