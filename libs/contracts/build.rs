@@ -14,13 +14,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut files = Vec::new();
     collect_protos(&root, &root, &mut files)?;
     files.sort();
-    let descriptors = protox::compile(&files, [&root])?;
+    let mut compiler = protox::Compiler::new([&root])?;
+    compiler.include_imports(true).include_source_info(false);
+    compiler.open_files(&files)?;
 
+    // Encoded by protox itself: prost's FileDescriptorSet drops unknown fields, and
+    // custom option values (e.g. `(contracts.topic)`) are exactly that.
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(
         out.join("descriptor.bin"),
-        prost::Message::encode_to_vec(&descriptors),
+        compiler.encode_file_descriptor_set(),
     )?;
+    let descriptors = compiler.file_descriptor_set();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -1,0 +1,556 @@
+//! An instance's context: the `<BASE>_<DOMAIN>` variables, the shared `WRITE_ENV`, and the
+//! per-environment maps (`KAFKA_BOOTSTRAP_<ENV>`, `BQ_PROJECT_<ENV>`, `BQ_DATASET_<ENV>`),
+//! read from the process environment and the `.env` file the ConfigMap mounts (the
+//! environment wins). Every problem is reported at once, each naming its exact variable.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+/// Every problem found, one line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<String>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// The variables an instance sees.
+#[derive(Debug, Clone, Default)]
+pub struct Vars {
+    values: HashMap<String, String>,
+    /// The `.env` file that was read, if any.
+    pub env_file: Option<PathBuf>,
+}
+
+impl Vars {
+    /// Reads `env_file` (or `./.env` when it exists), then lays `process` over it.
+    /// An explicitly named file that is missing or malformed is a problem.
+    pub fn load(
+        env_file: Option<&Path>,
+        process: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, Problems> {
+        let mut vars = Self::default();
+        let (path, explicit) = match env_file {
+            Some(path) => (path.to_path_buf(), true),
+            None => (PathBuf::from(".env"), false),
+        };
+        if path.is_file() {
+            let items = dotenvy::from_path_iter(&path)
+                .map_err(|e| Problems(vec![format!("env file {}: {e}", path.display())]))?;
+            for item in items {
+                let (key, value) =
+                    item.map_err(|e| Problems(vec![format!("env file {}: {e}", path.display())]))?;
+                vars.values.insert(key, value);
+            }
+            vars.env_file = Some(path);
+        } else if explicit {
+            return Err(Problems(vec![format!(
+                "env file {}: no such file",
+                path.display()
+            )]));
+        }
+        vars.values.extend(process);
+        Ok(vars)
+    }
+
+    /// Variables from a list (tests).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self {
+            values: pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            env_file: None,
+        }
+    }
+
+    /// A variable's value; empty counts as unset.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+    }
+}
+
+/// Where rows go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    Bigquery,
+    Jsonl,
+}
+
+/// Payload encoding on the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    Protobuf,
+    Json,
+}
+
+impl Format {
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "protobuf" | "proto" => Some(Self::Protobuf),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
+}
+
+/// How an event becomes a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowMode {
+    /// Metadata columns plus the event as JSON in `payload`.
+    Payload,
+    /// Metadata columns plus the event's top-level fields as columns.
+    Flatten,
+}
+
+/// BigQuery API used by the `bigquery` sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BigQueryApi {
+    StorageWrite,
+    InsertAll,
+}
+
+/// Where the `bigquery` sink writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BigQueryTarget {
+    pub project: String,
+    pub dataset: String,
+    pub credentials: PathBuf,
+    pub api: BigQueryApi,
+    pub endpoint: Option<String>,
+    pub storage_endpoint: Option<String>,
+}
+
+/// Everything an instance needs to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Context {
+    pub domain: String,
+    pub bq_table: String,
+    pub import_path: String,
+    pub import_object: String,
+    pub ignore_events: BTreeSet<String>,
+    pub consume_env: String,
+    pub group_id: String,
+    pub write_env: String,
+    pub kafka_bootstrap: Vec<String>,
+    pub topic_override: Option<String>,
+    pub format_override: Option<Format>,
+    pub row_mode: RowMode,
+    pub dlq_topic: Option<String>,
+    pub sink: SinkKind,
+    pub jsonl_dir: PathBuf,
+    pub bigquery: Option<BigQueryTarget>,
+    pub admin_listen: SocketAddr,
+}
+
+impl Context {
+    /// The name of this domain's variable `base`, e.g. `IMPORT_PATH_DELIVERY`.
+    pub fn var(&self, base: &str) -> String {
+        format!("{base}_{}", self.domain)
+    }
+}
+
+/// `IGNORE_EVENTS_<D>`: a JSON list of event names, or that list encoded once more as a
+/// JSON string (the form the original ConfigMaps carry: `'"[\"A\"]"'`).
+pub fn parse_ignore_events(name: &str, raw: &str) -> Result<BTreeSet<String>, String> {
+    let expected = || {
+        format!(
+            "{name}: expected a JSON list of event names such as [\"ShippingPricesEstimatedEvent\"], got {raw:?}"
+        )
+    };
+    let mut value: serde_json::Value = serde_json::from_str(raw.trim()).map_err(|_| expected())?;
+    if let serde_json::Value::String(inner) = &value {
+        value = serde_json::from_str(inner.trim()).map_err(|_| expected())?;
+    }
+    let serde_json::Value::Array(items) = value else {
+        return Err(expected());
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            serde_json::Value::String(event) if !event.trim().is_empty() => {
+                Ok(event.trim().to_owned())
+            }
+            _ => Err(expected()),
+        })
+        .collect()
+}
+
+/// Resolves the context of `domain`; every missing or malformed variable is a problem.
+pub fn resolve(domain: &str, vars: &Vars) -> Result<Context, Problems> {
+    let mut problems = Vec::new();
+    let domain = domain.trim().to_ascii_uppercase();
+    if domain.is_empty()
+        || !domain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(Problems(vec![format!(
+            "domain {domain:?}: use letters, digits and '_' (e.g. DELIVERY)"
+        )]));
+    }
+    let where_from = match &vars.env_file {
+        Some(path) => format!("the environment or {}", path.display()),
+        None => "the environment (no .env file was read)".to_owned(),
+    };
+    let mut required = |name: String| -> String {
+        match vars.get(&name) {
+            Some(value) => value.trim().to_owned(),
+            None => {
+                problems.push(format!("{name} is not set (in {where_from})"));
+                String::new()
+            }
+        }
+    };
+    let bq_table = required(format!("BQ_TABLE_{domain}"));
+    let import_path = required(format!("IMPORT_PATH_{domain}"));
+    let import_object = required(format!("IMPORT_OBJECT_{domain}"));
+    let consume_env = required(format!("CONSUME_ENV_{domain}"));
+    let group_id = required(format!("GROUP_ID_{domain}"));
+    let write_env = required("WRITE_ENV".to_owned());
+
+    let mut kafka_bootstrap = Vec::new();
+    if !consume_env.is_empty() {
+        let name = format!("KAFKA_BOOTSTRAP_{}", consume_env.to_ascii_uppercase());
+        match vars.get(&name) {
+            None => problems.push(format!(
+                "{name} is not set (CONSUME_ENV_{domain}={consume_env} needs it), in {where_from}"
+            )),
+            Some(list) => {
+                for broker in list.split(',').map(str::trim) {
+                    match broker.rsplit_once(':') {
+                        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                            kafka_bootstrap.push(broker.to_owned());
+                        }
+                        _ => problems.push(format!("{name}: {broker:?} is not host:port")),
+                    }
+                }
+            }
+        }
+    }
+
+    let ignore_name = format!("IGNORE_EVENTS_{domain}");
+    let ignore_events = match vars.get(&ignore_name) {
+        None => BTreeSet::new(),
+        Some(raw) => parse_ignore_events(&ignore_name, raw).unwrap_or_else(|problem| {
+            problems.push(problem);
+            BTreeSet::new()
+        }),
+    };
+
+    let format_name = format!("FORMAT_{domain}");
+    let format_override = vars.get(&format_name).and_then(|raw| {
+        let parsed = Format::parse(raw);
+        if parsed.is_none() {
+            problems.push(format!("{format_name}: {raw:?} is not protobuf or json"));
+        }
+        parsed
+    });
+    let row_name = format!("ROW_MODE_{domain}");
+    let row_mode = match vars.get(&row_name).map(|v| v.trim().to_ascii_lowercase()) {
+        None => RowMode::Payload,
+        Some(v) if v == "payload" => RowMode::Payload,
+        Some(v) if v == "flatten" => RowMode::Flatten,
+        Some(v) => {
+            problems.push(format!("{row_name}: {v:?} is not payload or flatten"));
+            RowMode::Payload
+        }
+    };
+    let sink = match vars.get("SINK").map(|v| v.trim().to_ascii_lowercase()) {
+        None => SinkKind::Bigquery,
+        Some(v) if v == "bigquery" => SinkKind::Bigquery,
+        Some(v) if v == "jsonl" => SinkKind::Jsonl,
+        Some(v) => {
+            problems.push(format!("SINK: {v:?} is not bigquery or jsonl"));
+            SinkKind::Bigquery
+        }
+    };
+    let admin_listen = match vars.get("ADMIN_LISTEN") {
+        None => SocketAddr::from(([0, 0, 0, 0], 9090)),
+        Some(raw) => raw.trim().parse().unwrap_or_else(|_| {
+            problems.push(format!(
+                "ADMIN_LISTEN: {raw:?} is not an address such as 0.0.0.0:9090"
+            ));
+            SocketAddr::from(([0, 0, 0, 0], 9090))
+        }),
+    };
+
+    let bigquery = (sink == SinkKind::Bigquery && !write_env.is_empty()).then(|| {
+        let env = write_env.to_ascii_uppercase();
+        let mut need = |name: String, why: &str| match vars.get(&name) {
+            Some(v) => v.trim().to_owned(),
+            None => {
+                problems.push(format!("{name} is not set ({why}), in {where_from}"));
+                String::new()
+            }
+        };
+        let project = need(
+            format!("BQ_PROJECT_{env}"),
+            &format!("WRITE_ENV={write_env} needs it"),
+        );
+        let dataset = need(
+            format!("BQ_DATASET_{env}"),
+            &format!("WRITE_ENV={write_env} needs it"),
+        );
+        let credentials = PathBuf::from(need(
+            "GOOGLE_APPLICATION_CREDENTIALS".into(),
+            "the bigquery sink authenticates with it",
+        ));
+        if !credentials.as_os_str().is_empty() && !credentials.is_file() {
+            problems.push(format!(
+                "GOOGLE_APPLICATION_CREDENTIALS: {} is not a readable file",
+                credentials.display()
+            ));
+        }
+        let api = match vars
+            .get("BIGQUERY_API")
+            .map(|v| v.trim().to_ascii_lowercase())
+        {
+            None => BigQueryApi::StorageWrite,
+            Some(v) if v == "storage_write" => BigQueryApi::StorageWrite,
+            Some(v) if v == "insert_all" => BigQueryApi::InsertAll,
+            Some(v) => {
+                problems.push(format!(
+                    "BIGQUERY_API: {v:?} is not storage_write or insert_all"
+                ));
+                BigQueryApi::StorageWrite
+            }
+        };
+        BigQueryTarget {
+            project,
+            dataset,
+            credentials,
+            api,
+            endpoint: vars.get("BIGQUERY_ENDPOINT").map(str::to_owned),
+            storage_endpoint: vars.get("BIGQUERY_STORAGE_ENDPOINT").map(str::to_owned),
+        }
+    });
+
+    if !problems.is_empty() {
+        return Err(Problems(problems));
+    }
+    Ok(Context {
+        topic_override: vars
+            .get(&format!("TOPIC_{domain}"))
+            .map(|v| v.trim().to_owned()),
+        dlq_topic: vars
+            .get(&format!("DLQ_TOPIC_{domain}"))
+            .map(|v| v.trim().to_owned()),
+        jsonl_dir: PathBuf::from(vars.get("JSONL_DIR").unwrap_or("./out")),
+        domain,
+        bq_table,
+        import_path,
+        import_object,
+        ignore_events,
+        consume_env,
+        group_id,
+        write_env,
+        kafka_bootstrap,
+        format_override,
+        row_mode,
+        sink,
+        bigquery,
+        admin_listen,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seed's ConfigMap, as a .env file, plus the per-environment maps.
+    const SEED_ENV: &str = r#"BQ_TABLE_DELIVERY='delivery_events_temp'
+IMPORT_PATH_DELIVERY='contracts.delivery.delivery_events_v10'
+IMPORT_OBJECT_DELIVERY='DeliveryEventsV10Topic'
+IGNORE_EVENTS_DELIVERY='"[\"ShippingPricesEstimatedEvent\"]"'
+CONSUME_ENV_DELIVERY='prod'
+GROUP_ID_DELIVERY='test-new-uat-ip'
+WRITE_ENV='prod'
+KAFKA_BOOTSTRAP_PROD=prod1:9092,prod2:9092,prod3:9092
+SINK=jsonl
+"#;
+
+    fn seed_vars(process: &[(&str, &str)]) -> Vars {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(".env");
+        std::fs::write(&path, SEED_ENV).expect("write");
+        let vars = Vars::load(
+            Some(&path),
+            process
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+        .expect("loads");
+        drop(dir);
+        vars
+    }
+
+    #[test]
+    fn the_seeds_configmap_resolves_with_its_double_encoded_ignore_list() {
+        let context = resolve("delivery", &seed_vars(&[])).expect("resolves");
+        assert_eq!(context.domain, "DELIVERY");
+        assert_eq!(context.bq_table, "delivery_events_temp");
+        assert_eq!(
+            context.import_path,
+            "contracts.delivery.delivery_events_v10"
+        );
+        assert_eq!(context.import_object, "DeliveryEventsV10Topic");
+        assert_eq!(
+            context.ignore_events,
+            BTreeSet::from(["ShippingPricesEstimatedEvent".to_owned()])
+        );
+        assert_eq!(
+            context.kafka_bootstrap,
+            ["prod1:9092", "prod2:9092", "prod3:9092"]
+        );
+        assert_eq!(context.sink, SinkKind::Jsonl);
+        assert_eq!(context.bigquery, None);
+        assert_eq!(context.var("GROUP_ID"), "GROUP_ID_DELIVERY");
+    }
+
+    #[test]
+    fn the_process_environment_wins_over_the_file() {
+        let vars = seed_vars(&[
+            ("GROUP_ID_DELIVERY", "from-env"),
+            ("IGNORE_EVENTS_DELIVERY", "[]"),
+        ]);
+        let context = resolve("DELIVERY", &vars).expect("resolves");
+        assert_eq!(context.group_id, "from-env");
+        assert!(context.ignore_events.is_empty());
+    }
+
+    #[test]
+    fn every_missing_variable_is_named_exactly_and_all_at_once() {
+        let vars = Vars::from_pairs([("BQ_TABLE_DELIVERY", "t"), ("CONSUME_ENV_DELIVERY", "uat")]);
+        let problems = resolve("DELIVERY", &vars).expect_err("incomplete").0;
+        let named: Vec<&str> = problems
+            .iter()
+            .map(|p| p.split(' ').next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                "IMPORT_PATH_DELIVERY",
+                "IMPORT_OBJECT_DELIVERY",
+                "GROUP_ID_DELIVERY",
+                "WRITE_ENV",
+                "KAFKA_BOOTSTRAP_UAT"
+            ],
+            "{problems:#?}"
+        );
+        assert!(
+            problems[4].contains("CONSUME_ENV_DELIVERY=uat needs it"),
+            "{}",
+            problems[4]
+        );
+    }
+
+    #[test]
+    fn malformed_values_name_their_variable() {
+        for (raw, ok) in [
+            (r#"["A","B"]"#, true),
+            (r#""[\"A\"]""#, true),
+            ("[]", true),
+            ("A,B", false),
+            (r#"{"A":1}"#, false),
+            (r#"[1]"#, false),
+            (r#""not a list""#, false),
+        ] {
+            let parsed = parse_ignore_events("IGNORE_EVENTS_DELIVERY", raw);
+            assert_eq!(parsed.is_ok(), ok, "{raw}: {parsed:?}");
+            if let Err(problem) = parsed {
+                assert!(
+                    problem.starts_with("IGNORE_EVENTS_DELIVERY: expected a JSON list"),
+                    "{problem}"
+                );
+            }
+        }
+        let vars = seed_vars(&[
+            ("KAFKA_BOOTSTRAP_PROD", "prod1:9092,prod2"),
+            ("ROW_MODE_DELIVERY", "wide"),
+            ("FORMAT_DELIVERY", "avro"),
+            ("SINK", "s3"),
+        ]);
+        let problems = resolve("DELIVERY", &vars).expect_err("malformed").0;
+        for expected in [
+            "KAFKA_BOOTSTRAP_PROD: \"prod2\" is not host:port",
+            "ROW_MODE_DELIVERY: \"wide\"",
+            "FORMAT_DELIVERY: \"avro\"",
+            "SINK: \"s3\"",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(expected)),
+                "{expected}: {problems:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_bigquery_sink_needs_its_environment_map_and_credentials() {
+        let vars = seed_vars(&[("SINK", "bigquery")]);
+        let problems = resolve("DELIVERY", &vars)
+            .expect_err("bigquery needs more")
+            .0;
+        let named: Vec<&str> = problems
+            .iter()
+            .map(|p| p.split(' ').next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                "BQ_PROJECT_PROD",
+                "BQ_DATASET_PROD",
+                "GOOGLE_APPLICATION_CREDENTIALS"
+            ]
+        );
+
+        let credentials = tempfile::NamedTempFile::new().expect("file");
+        let path = credentials.path().to_str().expect("utf8").to_owned();
+        let vars = seed_vars(&[
+            ("SINK", "bigquery"),
+            ("BQ_PROJECT_PROD", "acme-data"),
+            ("BQ_DATASET_PROD", "events"),
+            ("GOOGLE_APPLICATION_CREDENTIALS", &path),
+        ]);
+        let target = resolve("DELIVERY", &vars)
+            .expect("resolves")
+            .bigquery
+            .expect("target");
+        assert_eq!(
+            (target.project.as_str(), target.dataset.as_str()),
+            ("acme-data", "events")
+        );
+        assert_eq!(target.api, BigQueryApi::StorageWrite);
+    }
+
+    #[test]
+    fn a_named_env_file_must_exist() {
+        let problems = Vars::load(Some(Path::new("/nonexistent/.env")), [])
+            .expect_err("missing")
+            .0;
+        assert_eq!(problems, ["env file /nonexistent/.env: no such file"]);
+    }
+}
