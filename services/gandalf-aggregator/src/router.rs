@@ -51,49 +51,50 @@ pub enum Outbound {
     Cluster(mpsc::Sender<Envelope>),
 }
 
+/// What an attempt to queue without waiting did.
+enum Queued {
+    Done,
+    /// The queue is full: the envelope comes back (boxed: this is the rare path).
+    Full(Box<Envelope>),
+    /// The connection is gone.
+    Closed,
+}
+
 impl Outbound {
-    /// Queues without waiting; gives the envelope back when the queue is full (a closed
-    /// connection just drops it, counted).
-    fn try_queue(&self, envelope: Envelope) -> Option<Envelope> {
+    /// Queues without waiting.
+    fn try_queue(&self, envelope: Envelope) -> Queued {
         use mpsc::error::TrySendError;
-        let full = match self {
+        match self {
             Self::Connector(tx) => match tx.try_send(Ok(envelope)) {
-                Ok(()) => return None,
-                Err(TrySendError::Full(Ok(envelope))) => Some(envelope),
-                Err(_) => None,
+                Ok(()) => Queued::Done,
+                Err(TrySendError::Full(Ok(envelope))) => Queued::Full(Box::new(envelope)),
+                Err(_) => Queued::Closed,
             },
             Self::Cluster(tx) => match tx.try_send(envelope) {
-                Ok(()) => return None,
-                Err(TrySendError::Full(envelope)) => Some(envelope),
-                Err(TrySendError::Closed(_)) => None,
+                Ok(()) => Queued::Done,
+                Err(TrySendError::Full(envelope)) => Queued::Full(Box::new(envelope)),
+                Err(TrySendError::Closed(_)) => Queued::Closed,
             },
-        };
-        if full.is_none() {
-            dropped("unreachable");
         }
-        full
     }
 
     /// Queues without waiting when there is room (the common case: no timer armed);
     /// otherwise waits up to `wait` for the connection to catch up.
     async fn send(&self, envelope: Envelope, wait: Duration) -> bool {
-        use mpsc::error::TrySendError;
-        match self {
-            Self::Connector(tx) => match tx.try_send(Ok(envelope)) {
-                Ok(()) => true,
-                Err(TrySendError::Closed(_)) => false,
-                Err(TrySendError::Full(item)) => {
-                    matches!(tokio::time::timeout(wait, tx.send(item)).await, Ok(Ok(())))
-                }
-            },
-            Self::Cluster(tx) => match tx.try_send(envelope) {
-                Ok(()) => true,
-                Err(TrySendError::Closed(_)) => false,
-                Err(TrySendError::Full(item)) => {
-                    matches!(tokio::time::timeout(wait, tx.send(item)).await, Ok(Ok(())))
-                }
-            },
-        }
+        let envelope = match self.try_queue(envelope) {
+            Queued::Done => return true,
+            Queued::Closed => return false,
+            Queued::Full(envelope) => *envelope,
+        };
+        let sent = match self {
+            Self::Connector(tx) => tokio::time::timeout(wait, tx.send(Ok(envelope)))
+                .await
+                .map(|r| r.is_ok()),
+            Self::Cluster(tx) => tokio::time::timeout(wait, tx.send(envelope))
+                .await
+                .map(|r| r.is_ok()),
+        };
+        sent.unwrap_or(false)
     }
 }
 
@@ -216,20 +217,17 @@ impl Router {
         let validations: Vec<Envelope> = lock(&self.validations).values().cloned().collect();
         let mut accepted = 0;
         for mut validation in validations {
-            let uuid = uuid::Uuid::new_v4().to_string();
             if let Some(header) = validation.header.as_mut() {
-                header.uuid.clone_from(&uuid);
+                header.uuid = uuid::Uuid::new_v4().to_string();
                 header.timestamp_ms = protocol::now_ms();
             }
-            let (tx, rx) = oneshot::channel();
-            lock(&self.replies).insert(uuid.clone(), tx);
-            if self.send_to(member, validation).await
-                && let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(5), rx).await
-                && matches!(&reply.body, Some(Body::Secret(s)) if s.payload == "true")
+            let reply = self
+                .ask(&[member], validation, Duration::from_secs(5))
+                .await;
+            if matches!(reply, Ok(Envelope { body: Some(Body::Secret(s)), .. }) if s.payload == "true")
             {
                 accepted += 1;
             }
-            lock(&self.replies).remove(&uuid);
         }
         accepted
     }
@@ -304,6 +302,17 @@ impl Router {
     /// Sends a request to the first cluster member that takes it and waits for the
     /// reply naming it (`context.request_uuid`).
     pub async fn ask_cluster(&self, request: Envelope, wait: Duration) -> Result<Envelope, String> {
+        self.ask(&self.cluster_ids(), request, wait).await
+    }
+
+    /// Sends `request` to the first of `members` that takes it and waits up to `wait`
+    /// for the reply naming its uuid.
+    async fn ask(
+        &self,
+        members: &[ConnId],
+        request: Envelope,
+        wait: Duration,
+    ) -> Result<Envelope, String> {
         let uuid = request
             .header
             .as_ref()
@@ -312,8 +321,8 @@ impl Router {
         let (tx, rx) = oneshot::channel();
         lock(&self.replies).insert(uuid.clone(), tx);
         let mut sent = false;
-        for id in self.cluster_ids() {
-            if self.send_to(id, request.clone()).await {
+        for id in members {
+            if self.send_to(*id, request.clone()).await {
                 sent = true;
                 break;
             }
@@ -457,8 +466,10 @@ impl Router {
                     envelope.take()
                 };
                 let Some(item) = item else { break };
-                if let Some(full) = connection.outbound.try_queue(item) {
-                    waiting.push((*id, full));
+                match connection.outbound.try_queue(item) {
+                    Queued::Done => {}
+                    Queued::Full(item) => waiting.push((*id, *item)),
+                    Queued::Closed => dropped("unreachable"),
                 }
             }
         }
