@@ -145,33 +145,10 @@ impl Connector {
         };
 
         // The first message must be the validation reply.
-        let first = tokio::time::timeout(wait, inbound.message()).await;
-        match first {
-            Ok(Ok(Some(Envelope {
-                body: Some(Body::Secret(secret)),
-                ..
-            }))) if secret.command == protocol::VALIDATION_REPLY => {
-                if secret.payload != "true" {
-                    let reason = match inbound.message().await {
-                        Err(status) => status.message().to_owned(),
-                        _ => "VALIDATION_REPLY false".to_owned(),
-                    };
-                    return Err(ConnectorError::Rejected(reason));
-                }
-            }
-            Ok(Ok(Some(other))) => {
-                return Err(connect_error(format!(
-                    "expected VALIDATION_REPLY first, got {other:?}"
-                )));
-            }
-            Ok(Ok(None)) => {
-                return Err(ConnectorError::Closed("before the validation reply".into()));
-            }
-            Ok(Err(status)) if status.code() == Code::PermissionDenied => {
-                return Err(ConnectorError::Rejected(status.message().to_owned()));
-            }
-            Ok(Err(status)) => return Err(ConnectorError::Closed(status.to_string())),
-            Err(_) => return Err(connect_error("no validation reply".into())),
+        match protocol::await_validation(&mut inbound, wait).await {
+            protocol::Validation::Accepted => {}
+            protocol::Validation::Rejected(reason) => return Err(ConnectorError::Rejected(reason)),
+            protocol::Validation::Failed(reason) => return Err(connect_error(reason)),
         }
 
         let pending: Pending = Arc::default();

@@ -111,6 +111,18 @@ impl Peer {
         })
     }
 
+    /// Reads the metadata of a stream that only `expected` components may open.
+    pub fn require(metadata: &MetadataMap, expected: ComponentType) -> Result<Self, String> {
+        let peer = Self::from_metadata(metadata)?;
+        if peer.component_type != expected {
+            return Err(format!(
+                "this server takes {0} streams only ({COMPONENT_TYPE}: {0})",
+                expected.as_str()
+            ));
+        }
+        Ok(peer)
+    }
+
     /// Writes this peer's metadata onto an outgoing stream request.
     pub fn write_metadata(&self, metadata: &mut MetadataMap) -> Result<(), String> {
         let mut put = |key: &'static str, value: &str| {
@@ -127,6 +139,52 @@ impl Peer {
             put(CONNECTOR_TYPE, kind)?;
         }
         Ok(())
+    }
+}
+
+/// How a server answered a stream's VALIDATION.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Validation {
+    Accepted,
+    /// The secret was refused; the server's reason.
+    Rejected(String),
+    /// No usable answer (timeout, closed stream, something else first).
+    Failed(String),
+}
+
+/// Reads the answer to the VALIDATION a client sent first: `VALIDATION_REPLY "true"`, or
+/// `"false"` followed by the server's PERMISSION_DENIED reason. Waits up to `wait`.
+pub async fn await_validation(
+    inbound: &mut tonic::Streaming<Envelope>,
+    wait: std::time::Duration,
+) -> Validation {
+    let first = tokio::time::timeout(wait, inbound.message()).await;
+    match first {
+        Ok(Ok(Some(Envelope {
+            body: Some(Body::Secret(reply)),
+            ..
+        }))) if reply.command == VALIDATION_REPLY => {
+            if reply.payload == "true" {
+                return Validation::Accepted;
+            }
+            let reason = match inbound.message().await {
+                Err(status) => status.message().to_owned(),
+                _ => "VALIDATION_REPLY false".to_owned(),
+            };
+            Validation::Rejected(reason)
+        }
+        Ok(Err(status)) if status.code() == tonic::Code::PermissionDenied => {
+            Validation::Rejected(status.message().to_owned())
+        }
+        Ok(Err(status)) => Validation::Failed(status.to_string()),
+        Ok(Ok(None)) => Validation::Failed("the stream ended before the validation reply".into()),
+        Ok(Ok(Some(other))) => {
+            Validation::Failed(format!("expected VALIDATION_REPLY first, got {other:?}"))
+        }
+        Err(_) => Validation::Failed(format!(
+            "no validation reply within {} ms",
+            wait.as_millis()
+        )),
     }
 }
 

@@ -41,13 +41,8 @@ impl aggregator_server::Aggregator for AggregatorService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let peer =
-            protocol::Peer::from_metadata(request.metadata()).map_err(Status::invalid_argument)?;
-        if peer.component_type != ComponentType::Connector {
-            return Err(Status::invalid_argument(
-                "only connectors connect to an aggregator (x-gandalf-component-type: connector)",
-            ));
-        }
+        let peer = protocol::Peer::require(request.metadata(), ComponentType::Connector)
+            .map_err(Status::invalid_argument)?;
         let (outbound, rx) = mpsc::channel(1024);
         tokio::spawn(serve_connector(
             self.router.clone(),

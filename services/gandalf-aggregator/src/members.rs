@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use gandalf::{
     protocol::{self, ComponentType},
-    wire::{Envelope, cluster_client::ClusterClient, envelope::Body},
+    wire::{Envelope, cluster_client::ClusterClient},
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
@@ -122,30 +122,10 @@ async fn open(
         }
         Err(status) => return Err(unreachable(status.to_string())),
     };
-    let first = tokio::time::timeout(Duration::from_secs(5), inbound.message()).await;
-    match first {
-        Ok(Ok(Some(Envelope {
-            body: Some(Body::Secret(reply)),
-            ..
-        }))) if reply.command == protocol::VALIDATION_REPLY && reply.payload == "true" => {
-            Ok((tx, inbound))
-        }
-        Ok(Ok(Some(Envelope {
-            body: Some(Body::Secret(reply)),
-            ..
-        }))) if reply.command == protocol::VALIDATION_REPLY => {
-            let reason = match inbound.message().await {
-                Err(status) => status.message().to_owned(),
-                _ => "VALIDATION_REPLY false".to_owned(),
-            };
-            Err(Failure::Rejected(reason))
-        }
-        Ok(Err(status)) if status.code() == Code::PermissionDenied => {
-            Err(Failure::Rejected(status.message().to_owned()))
-        }
-        Ok(Err(status)) => Err(unreachable(status.to_string())),
-        Ok(Ok(other)) => Err(unreachable(format!("unexpected first message {other:?}"))),
-        Err(_) => Err(unreachable("no validation reply within 5 s".into())),
+    match protocol::await_validation(&mut inbound, Duration::from_secs(5)).await {
+        protocol::Validation::Accepted => Ok((tx, inbound)),
+        protocol::Validation::Rejected(reason) => Err(Failure::Rejected(reason)),
+        protocol::Validation::Failed(reason) => Err(unreachable(reason)),
     }
 }
 

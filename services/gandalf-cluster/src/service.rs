@@ -39,12 +39,8 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<Streaming<Envelope>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let peer = Peer::from_metadata(request.metadata()).map_err(Status::invalid_argument)?;
-        if peer.component_type != ComponentType::Aggregator {
-            return Err(Status::invalid_argument(
-                "only aggregators connect to a cluster (x-gandalf-component-type: aggregator)",
-            ));
-        }
+        let peer = Peer::require(request.metadata(), ComponentType::Aggregator)
+            .map_err(Status::invalid_argument)?;
         let (outbound, rx) = mpsc::channel(1024);
         tokio::spawn(serve_stream(
             self.cluster.clone(),
