@@ -11,7 +11,7 @@ use std::{
 
 use gandalf::{
     protocol::{self, REPLY, REQUEST, SAVE},
-    wire::{Envelope, Header, envelope::Body},
+    wire::{Envelope, envelope::Body},
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -145,8 +145,15 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    /// Handles one well-formed envelope from aggregator `from` (of `tenant`).
-    pub async fn route(&self, from: u64, tenant: &str, header: &Header, body: &Body) {
+    /// Handles one well-formed envelope (checked by the caller) from aggregator `from`.
+    pub async fn route(&self, from: u64, tenant: &str, envelope: Envelope) {
+        // Events move on (and into the log) by value; the rest is answered from references.
+        if matches!(envelope.body, Some(Body::Event(_))) {
+            return self.route_event(from, tenant, envelope).await;
+        }
+        let (Some(header), Some(body)) = (&envelope.header, &envelope.body) else {
+            return;
+        };
         let reply_to_origin = |envelope: Envelope| self.send_to(from, envelope);
         match body {
             Body::Secret(secret) if secret.command == protocol::VALIDATION => {
@@ -280,7 +287,6 @@ impl Cluster {
                     }
                 }
             }
-            // Events take the owned path, route_event.
             Body::Event(_) => {}
         }
     }
@@ -319,7 +325,7 @@ impl Cluster {
 
     /// An event: to every other aggregator of the tenant, then into the log (moved
     /// there, not copied).
-    pub async fn route_event(&self, from: u64, tenant: &str, envelope: Envelope) {
+    async fn route_event(&self, from: u64, tenant: &str, envelope: Envelope) {
         let (origin, others): (String, Vec<u64>) = {
             let aggregators = read(&self.aggregators);
             let origin = aggregators

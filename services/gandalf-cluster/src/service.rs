@@ -177,15 +177,9 @@ async fn serve_stream(
                     )
                     .await;
             }
-            Ok((header, body)) => {
+            Ok((_, body)) => {
                 routed(body).increment(1);
-                if matches!(body, Body::Event(_)) {
-                    cluster
-                        .route_event(registration.id, &tenant, envelope)
-                        .await;
-                } else {
-                    cluster.route(registration.id, &tenant, header, body).await;
-                }
+                cluster.route(registration.id, &tenant, envelope).await;
             }
         }
     }
