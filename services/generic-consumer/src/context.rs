@@ -8,6 +8,7 @@ use std::{
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::Serialize;
@@ -156,6 +157,8 @@ pub struct Context {
     pub group_id: String,
     pub write_env: String,
     pub kafka_bootstrap: Vec<String>,
+    /// Security settings of the Kafka environment (`KAFKA_SECURITY_PROTOCOL_<ENV>`, ...).
+    pub kafka_properties: Vec<KafkaProperty>,
     pub topic_override: Option<String>,
     pub format_override: Option<Format>,
     pub row_mode: RowMode,
@@ -164,6 +167,105 @@ pub struct Context {
     pub jsonl_dir: PathBuf,
     pub bigquery: Option<BigQueryTarget>,
     pub admin_listen: SocketAddr,
+    pub tuning: Tuning,
+}
+
+/// Process-wide knobs with defaults that suit most topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Tuning {
+    /// `BATCH_ROWS`: rows per sink write, at most.
+    pub batch_rows: usize,
+    /// `BATCH_LINGER_MS`: how long a batch waits to fill before it is written.
+    #[serde(with = "platform::config::duration_ms")]
+    pub linger: Duration,
+    /// `MAX_IN_FLIGHT`: messages consumed and not yet finished before fetching pauses.
+    pub max_in_flight: usize,
+    /// `SHUTDOWN_GRACE_SECS`: how long SIGTERM waits for unfinished rows.
+    #[serde(with = "platform::config::duration_secs")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            batch_rows: 1000,
+            linger: Duration::from_millis(200),
+            max_in_flight: 20_000,
+            shutdown_grace: Duration::from_secs(25),
+        }
+    }
+}
+
+/// librdkafka security properties a Kafka environment may set: the variable's base name,
+/// the property, and whether the value is a secret.
+pub const KAFKA_SECURITY: [(&str, &str, bool); 8] = [
+    ("KAFKA_SECURITY_PROTOCOL", "security.protocol", false),
+    ("KAFKA_SASL_MECHANISM", "sasl.mechanism", false),
+    ("KAFKA_SASL_USERNAME", "sasl.username", false),
+    ("KAFKA_SASL_PASSWORD", "sasl.password", true),
+    ("KAFKA_SSL_CA_LOCATION", "ssl.ca.location", false),
+    (
+        "KAFKA_SSL_CERTIFICATE_LOCATION",
+        "ssl.certificate.location",
+        false,
+    ),
+    ("KAFKA_SSL_KEY_LOCATION", "ssl.key.location", false),
+    ("KAFKA_SSL_KEY_PASSWORD", "ssl.key.password", true),
+];
+
+/// One librdkafka property from the environment; secrets never reach `Debug` or `--check`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaProperty {
+    pub property: &'static str,
+    pub variable: String,
+    pub value: String,
+    pub secret: bool,
+}
+
+impl KafkaProperty {
+    fn shown(&self) -> &str {
+        if self.secret {
+            "<redacted>"
+        } else {
+            &self.value
+        }
+    }
+}
+
+impl fmt::Debug for KafkaProperty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.property, self.shown())
+    }
+}
+
+impl Serialize for KafkaProperty {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("KafkaProperty", 3)?;
+        s.serialize_field("property", self.property)?;
+        s.serialize_field("variable", &self.variable)?;
+        s.serialize_field("value", self.shown())?;
+        s.end()
+    }
+}
+
+/// Why `value` cannot be `property`, if it cannot.
+fn check_kafka_property(name: &str, property: &str, value: &str) -> Option<String> {
+    let allowed: &[&str] = match property {
+        "security.protocol" => &["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"],
+        "sasl.mechanism" => &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
+        _ => &[],
+    };
+    if !allowed.is_empty() && !allowed.iter().any(|a| a.eq_ignore_ascii_case(value)) {
+        return Some(format!(
+            "{name}: {value:?} is not one of {}",
+            allowed.join(", ")
+        ));
+    }
+    if property.ends_with(".location") && value != "probe" && !Path::new(value).is_file() {
+        return Some(format!("{name}: {value} is not a readable file"));
+    }
+    None
 }
 
 impl Context {
@@ -252,6 +354,26 @@ pub fn resolve(domain: &str, vars: &Vars) -> Result<Context, Problems> {
         }
     }
 
+    let mut kafka_properties = Vec::new();
+    if !consume_env.is_empty() {
+        let env = consume_env.to_ascii_uppercase();
+        for (base, property, secret) in KAFKA_SECURITY {
+            let variable = format!("{base}_{env}");
+            let Some(value) = vars.get(&variable).map(str::trim) else {
+                continue;
+            };
+            match check_kafka_property(&variable, property, value) {
+                Some(problem) => problems.push(problem),
+                None => kafka_properties.push(KafkaProperty {
+                    property,
+                    variable,
+                    value: value.to_owned(),
+                    secret,
+                }),
+            }
+        }
+    }
+
     let ignore_name = format!("IGNORE_EVENTS_{domain}");
     let ignore_events = match vars.get(&ignore_name) {
         None => BTreeSet::new(),
@@ -297,6 +419,32 @@ pub fn resolve(domain: &str, vars: &Vars) -> Result<Context, Problems> {
             SocketAddr::from(([0, 0, 0, 0], 9090))
         }),
     };
+
+    let mut tuning = Tuning::default();
+    let mut number = |name: &str, min: u64, max: u64| -> Option<u64> {
+        let raw = vars.get(name)?;
+        match raw.trim().parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                problems.push(format!(
+                    "{name}: {raw:?} is not a whole number from {min} to {max}"
+                ));
+                None
+            }
+        }
+    };
+    if let Some(n) = number("BATCH_ROWS", 1, 100_000) {
+        tuning.batch_rows = n as usize;
+    }
+    if let Some(n) = number("BATCH_LINGER_MS", 0, 60_000) {
+        tuning.linger = Duration::from_millis(n);
+    }
+    if let Some(n) = number("MAX_IN_FLIGHT", 1, 10_000_000) {
+        tuning.max_in_flight = n as usize;
+    }
+    if let Some(n) = number("SHUTDOWN_GRACE_SECS", 0, 3600) {
+        tuning.shutdown_grace = Duration::from_secs(n);
+    }
 
     let bigquery = (sink == SinkKind::Bigquery && !write_env.is_empty()).then(|| {
         let env = write_env.to_ascii_uppercase();
@@ -369,11 +517,13 @@ pub fn resolve(domain: &str, vars: &Vars) -> Result<Context, Problems> {
         group_id,
         write_env,
         kafka_bootstrap,
+        kafka_properties,
         format_override,
         row_mode,
         sink,
         bigquery,
         admin_listen,
+        tuning,
     })
 }
 
@@ -506,6 +656,57 @@ SINK=jsonl
                 "{expected}: {problems:#?}"
             );
         }
+    }
+
+    #[test]
+    fn kafka_security_comes_from_the_consume_environment_and_hides_secrets() {
+        let vars = seed_vars(&[
+            ("KAFKA_SECURITY_PROTOCOL_PROD", "SASL_SSL"),
+            ("KAFKA_SASL_MECHANISM_PROD", "SCRAM-SHA-512"),
+            ("KAFKA_SASL_USERNAME_PROD", "delivery-consumer"),
+            ("KAFKA_SASL_PASSWORD_PROD", "hunter2"),
+            ("KAFKA_SASL_PASSWORD_UAT", "not this environment"),
+        ]);
+        let context = resolve("DELIVERY", &vars).expect("resolves");
+        let set: Vec<_> = context
+            .kafka_properties
+            .iter()
+            .map(|p| (p.property, p.value.as_str()))
+            .collect();
+        assert_eq!(
+            set,
+            [
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", "delivery-consumer"),
+                ("sasl.password", "hunter2"),
+            ]
+        );
+        let shown = serde_json::to_string(&context).expect("json");
+        let debug = format!("{context:?}");
+        for text in [&shown, &debug] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+        }
+
+        let vars = seed_vars(&[
+            ("KAFKA_SECURITY_PROTOCOL_PROD", "tls"),
+            ("KAFKA_SSL_CA_LOCATION_PROD", "/nonexistent/ca.pem"),
+        ]);
+        let problems = resolve("DELIVERY", &vars).expect_err("malformed").0;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("KAFKA_SECURITY_PROTOCOL_PROD: \"tls\" is not one of")),
+            "{problems:#?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p
+                    == "KAFKA_SSL_CA_LOCATION_PROD: /nonexistent/ca.pem is not a readable file"),
+            "{problems:#?}"
+        );
     }
 
     #[test]

@@ -1,15 +1,30 @@
 //! generic-consumer: one image, many instances; each consumes one domain's Kafka topic
 //! into BigQuery.
 //!
-//! This crate holds, so far, what an instance resolves before it consumes anything:
+//! What an instance resolves before it consumes anything:
 //! - [`context`]: its `<BASE>_<DOMAIN>` variables from the environment and `.env`;
 //! - [`contract`]: the domain's topic message, found by `IMPORT_PATH` / `IMPORT_OBJECT` in
 //!   the embedded descriptor set, with its events, topic and payload format;
 //! - [`decode`]: a message's payload to a row (or to "ignored", or to an error for the
 //!   dead-letter topic);
 //! - [`sink`]: the `Sink` interface (batch in, per-row outcome out) and the `jsonl` sink.
+//!
+//! And how it consumes:
+//! - [`consumer`]: the thread that owns the Kafka consumer, with backpressure, rebalance
+//!   and shutdown handling;
+//! - [`offsets`]: per-partition contiguous watermarks (commit only what is written);
+//! - [`pipeline`]: batches, decoding, sink writes with retries, dead letters;
+//! - [`kafka`]: client settings and the dead-letter producer;
+//! - [`run`]: one instance wired end to end;
+//! - [`samples`]: sample events for any contract (demo, benchmark, tests).
 
+pub mod consumer;
 pub mod context;
 pub mod contract;
 pub mod decode;
+pub mod kafka;
+pub mod offsets;
+pub mod pipeline;
+pub mod run;
+pub mod samples;
 pub mod sink;
