@@ -13,9 +13,11 @@ NEXTEST_PROFILE ?= $(if $(CI),ci,default)
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-tools: ## Install what the build and tests need and is missing (nextest, C toolchain)
+tools: ## Install what the build and tests need and is missing (nextest, C toolchain, OpenSSL headers)
 	@command -v cc >/dev/null || { apt-get update -qq && apt-get install -y -qq build-essential; }
 	@command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3; }
+	@# rdkafka builds librdkafka from source against the system OpenSSL and zlib headers.
+	@dpkg -s libssl-dev zlib1g-dev >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libssl-dev zlib1g-dev; }
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
 
 build: ## Build every binary (debug)
