@@ -158,6 +158,41 @@ fn string_option(
     }
 }
 
+/// A domain's context and contract from the embedded descriptor set, for tests: the
+/// domain's required variables set, plus `extra`.
+#[cfg(test)]
+pub(crate) fn for_test(
+    domain: &str,
+    path: &str,
+    object: &str,
+    extra: &[(&str, &str)],
+) -> (Context, Contract) {
+    use crate::context::{Vars, resolve as resolve_context};
+    let d = domain.to_ascii_uppercase();
+    let names = [
+        format!("BQ_TABLE_{d}"),
+        format!("IMPORT_PATH_{d}"),
+        format!("IMPORT_OBJECT_{d}"),
+        format!("CONSUME_ENV_{d}"),
+        format!("GROUP_ID_{d}"),
+    ];
+    let mut pairs: Vec<(&str, &str)> = vec![
+        (&names[0], "events"),
+        (&names[1], path),
+        (&names[2], object),
+        (&names[3], "local"),
+        (&names[4], "group"),
+        ("WRITE_ENV", "local"),
+        ("KAFKA_BOOTSTRAP_LOCAL", "127.0.0.1:9092"),
+        ("SINK", "jsonl"),
+    ];
+    pairs.extend_from_slice(extra);
+    let context = resolve_context(domain, &Vars::from_pairs(pairs)).expect("context");
+    let pool = contracts::descriptor_pool().expect("pool");
+    let contract = resolve(&context, pool).expect("contract");
+    (context, contract)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -215,34 +215,9 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::{
-        context::{Vars, resolve as resolve_context},
-        contract::resolve as resolve_contract,
-    };
 
     fn decoder_for(domain: &str, path: &str, object: &str, extra: &[(&str, &str)]) -> Decoder {
-        let d = domain.to_ascii_uppercase();
-        let names = [
-            format!("BQ_TABLE_{d}"),
-            format!("IMPORT_PATH_{d}"),
-            format!("IMPORT_OBJECT_{d}"),
-            format!("CONSUME_ENV_{d}"),
-            format!("GROUP_ID_{d}"),
-        ];
-        let mut pairs: Vec<(&str, &str)> = vec![
-            (&names[0], "events"),
-            (&names[1], path),
-            (&names[2], object),
-            (&names[3], "local"),
-            (&names[4], "group"),
-            ("WRITE_ENV", "local"),
-            ("KAFKA_BOOTSTRAP_LOCAL", "127.0.0.1:9092"),
-            ("SINK", "jsonl"),
-        ];
-        pairs.extend_from_slice(extra);
-        let context = resolve_context(domain, &Vars::from_pairs(pairs)).expect("context");
-        let pool = contracts::descriptor_pool().expect("pool");
-        let contract = resolve_contract(&context, pool).expect("contract");
+        let (context, contract) = crate::contract::for_test(domain, path, object, extra);
         Decoder::new(contract, context.ignore_events.clone(), context.row_mode)
     }
 

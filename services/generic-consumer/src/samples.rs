@@ -123,32 +123,12 @@ mod tests {
 
     use super::*;
     use crate::{
-        context::{RowMode, Vars, resolve as resolve_context},
-        contract::resolve as resolve_contract,
+        context::RowMode,
         decode::{Decoded, Decoder, KafkaMeta},
     };
 
     fn contract(domain: &str, path: &str, object: &str) -> Contract {
-        let d = domain.to_ascii_uppercase();
-        let names = [
-            format!("BQ_TABLE_{d}"),
-            format!("IMPORT_PATH_{d}"),
-            format!("IMPORT_OBJECT_{d}"),
-            format!("CONSUME_ENV_{d}"),
-            format!("GROUP_ID_{d}"),
-        ];
-        let pairs: Vec<(&str, &str)> = vec![
-            (&names[0], "events"),
-            (&names[1], path),
-            (&names[2], object),
-            (&names[3], "local"),
-            (&names[4], "group"),
-            ("WRITE_ENV", "local"),
-            ("KAFKA_BOOTSTRAP_LOCAL", "127.0.0.1:9092"),
-            ("SINK", "jsonl"),
-        ];
-        let context = resolve_context(domain, &Vars::from_pairs(pairs)).expect("context");
-        resolve_contract(&context, contracts::descriptor_pool().expect("pool")).expect("contract")
+        crate::contract::for_test(domain, path, object, &[]).1
     }
 
     #[test]
