@@ -6,6 +6,9 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/platform-target
 export CARGO_TERM_COLOR ?= never
 CARGO ?= cargo
 NEXTEST_PROFILE ?= $(if $(CI),ci,default)
+# The Kafka-protocol broker the consumer's end-to-end tests, demo and benchmark start.
+TANSU_VERSION := 0.6.0
+export TANSU ?= $(or $(shell command -v tansu 2>/dev/null),$(HOME)/.cargo/bin/tansu)
 
 .DEFAULT_GOAL := help
 .PHONY: help tools build fmt lint proto-lint test test-only charts-test demo bench clean
@@ -13,12 +16,14 @@ NEXTEST_PROFILE ?= $(if $(CI),ci,default)
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-tools: ## Install what the build and tests need and is missing (nextest, C toolchain, OpenSSL headers)
+tools: ## Install what the build and tests need and is missing (nextest, tansu, C toolchain, OpenSSL headers)
 	@command -v cc >/dev/null || { apt-get update -qq && apt-get install -y -qq build-essential; }
 	@command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3; }
 	@# rdkafka builds librdkafka from source against the system OpenSSL and zlib headers.
 	@dpkg -s libssl-dev zlib1g-dev >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libssl-dev zlib1g-dev; }
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
+	@# tansu: a Kafka-protocol broker in one binary (in-memory storage); ~12 min to build.
+	@test -x "$(TANSU)" || $(CARGO) install --locked tansu --version $(TANSU_VERSION) --features dynostore
 
 build: ## Build every binary (debug)
 	$(CARGO) build --workspace --bins

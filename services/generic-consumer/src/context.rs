@@ -183,6 +183,10 @@ pub struct Tuning {
     /// `SHUTDOWN_GRACE_SECS`: how long SIGTERM waits for unfinished rows.
     #[serde(with = "platform::config::duration_secs")]
     pub shutdown_grace: Duration,
+    /// `KAFKA_SESSION_TIMEOUT_MS`: how long the group waits for a silent member (a killed
+    /// pod) before its partitions go to the others.
+    #[serde(with = "platform::config::duration_ms")]
+    pub session_timeout: Duration,
 }
 
 impl Default for Tuning {
@@ -192,6 +196,7 @@ impl Default for Tuning {
             linger: Duration::from_millis(200),
             max_in_flight: 20_000,
             shutdown_grace: Duration::from_secs(25),
+            session_timeout: Duration::from_secs(45),
         }
     }
 }
@@ -444,6 +449,9 @@ pub fn resolve(domain: &str, vars: &Vars) -> Result<Context, Problems> {
     }
     if let Some(n) = number("SHUTDOWN_GRACE_SECS", 0, 3600) {
         tuning.shutdown_grace = Duration::from_secs(n);
+    }
+    if let Some(n) = number("KAFKA_SESSION_TIMEOUT_MS", 1000, 3_600_000) {
+        tuning.session_timeout = Duration::from_millis(n);
     }
 
     let bigquery = (sink == SinkKind::Bigquery && !write_env.is_empty()).then(|| {

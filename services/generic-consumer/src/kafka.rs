@@ -49,6 +49,10 @@ pub fn consumer_config(context: &Context) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
+        .set(
+            "session.timeout.ms",
+            context.tuning.session_timeout.as_millis().to_string(),
+        )
         // Lag per partition comes from librdkafka's statistics.
         .set("statistics.interval.ms", "10000")
         // Prefetch is bounded too: at most this much per partition waits in librdkafka.

@@ -2,7 +2,12 @@
 //! (the consumer keeps the row and does not commit past it), or invalid (the row goes to
 //! the dead-letter path). `jsonl` writes newline-delimited JSON files, one per table.
 
-use std::{future::Future, path::PathBuf};
+use std::{
+    collections::HashSet,
+    future::Future,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
 
 use serde_json::{Map, Value as Json};
 use tokio::io::AsyncWriteExt;
@@ -26,15 +31,20 @@ pub trait Sink: Send + Sync {
 }
 
 /// Newline-delimited JSON files: `<dir>/<table>.jsonl`, each line a row with its
-/// `insert_id`. Appends, and syncs each batch to disk before answering.
+/// `insert_id`. Appends, and syncs each batch to disk before answering. A line cut short
+/// by a crash (never acknowledged, so consumed again) is cut off before the first append.
 #[derive(Debug, Clone)]
 pub struct JsonlSink {
     dir: PathBuf,
+    repaired: Arc<Mutex<HashSet<String>>>,
 }
 
 impl JsonlSink {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            repaired: Arc::default(),
+        }
     }
 
     /// The file a table's rows go to.
@@ -52,6 +62,28 @@ impl JsonlSink {
             text.push(b'\n');
         }
         tokio::fs::create_dir_all(&self.dir).await?;
+        let first = !self
+            .repaired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(table);
+        if first {
+            let path = self.path(table);
+            let cut = tokio::task::spawn_blocking(move || cut_partial_line(&path))
+                .await
+                .map_err(std::io::Error::other)??;
+            if let Some(bytes) = cut {
+                tracing::warn!(
+                    table,
+                    bytes,
+                    "cut a partial line left by an interrupted write"
+                );
+            }
+            self.repaired
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(table.to_owned());
+        }
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -60,6 +92,41 @@ impl JsonlSink {
         file.write_all(&text).await?;
         file.sync_data().await
     }
+}
+
+/// Truncates `path` after its last newline when it does not end with one; returns how
+/// many bytes were cut. A missing file is fine.
+fn cut_partial_line(path: &Path) -> std::io::Result<Option<u64>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut block = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let chunk = &mut block[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
+            end = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if end == len {
+        return Ok(None);
+    }
+    file.set_len(end)?;
+    file.sync_data()?;
+    Ok(Some(len - end))
 }
 
 /// A table name that is safe as a file name: letters, digits, `_`, `-`, `.` (not first).
@@ -126,6 +193,27 @@ mod tests {
         assert_eq!(lines[0]["insert_id"], "delivery.events.v10:0:1");
         assert_eq!(lines[2]["kafka_offset"], 3);
         assert_eq!(lines[1]["event_name"], "DeliveryScheduledEvent");
+    }
+
+    #[tokio::test]
+    async fn a_line_cut_short_by_a_crash_is_removed_before_the_first_append() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = JsonlSink::new(dir.path());
+        let path = sink.path("t");
+        std::fs::write(&path, "{\"insert_id\":\"a\"}\n{\"insert_id\":\"b\",\"kaf").expect("write");
+        assert_eq!(sink.write("t", &[row(7)]).await, vec![RowOutcome::Written]);
+        let text = std::fs::read_to_string(&path).expect("file");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0], "{\"insert_id\":\"a\"}");
+        assert!(lines[1].contains("delivery.events.v10:0:7"), "{text}");
+
+        // A file that is one partial line is emptied; a complete file is left alone.
+        std::fs::write(&path, "{\"insert_").expect("write");
+        assert_eq!(cut_partial_line(&path).expect("cut"), Some(9));
+        assert_eq!(std::fs::read(&path).expect("file"), b"");
+        std::fs::write(&path, "{}\n").expect("write");
+        assert_eq!(cut_partial_line(&path).expect("cut"), None);
     }
 
     #[tokio::test]

@@ -1,0 +1,379 @@
+//! The delivery guarantees, in-process against the mock cluster: exactly once in a clean
+//! run, ignored events never written, poison and invalid messages dead-lettered without
+//! stopping the partition, a failing sink never committed past, bounded fetching while the
+//! sink is down, and a rebalance between two instances.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use generic_consumer::{samples, sink::RowOutcome};
+
+use crate::helpers::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Produces `count` samples over `partitions`, runs one instance until every message is
+/// finished, and checks that each kept message landed exactly once with the row of its
+/// sample, ignored events never, and that the group committed the end of every partition.
+async fn clean_run(domain: (&str, &str, &str), topic: &str, ignore: &str) {
+    const PARTITIONS: i32 = 3;
+    const COUNT: u64 = 900;
+    let cluster = Cluster::new(&[(topic, PARTITIONS)]);
+    let ignore_var = format!("IGNORE_EVENTS_{}", domain.0);
+    let (context, contract) = resolve(
+        domain,
+        &cluster.bootstrap,
+        &[(&ignore_var, &format!("[\"{ignore}\"]"))],
+        None,
+    );
+    let group = context.group_id.clone();
+    produce_samples(&cluster.bootstrap, &contract, 0..COUNT, PARTITIONS);
+
+    let sink = RecordingSink::new();
+    let running = start(context, contract.clone(), sink.clone());
+    let counts = running.counts.clone();
+    eventually("every message finished", LIMIT, || {
+        let c = &counts;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        get(&c.written) + get(&c.ignored) == COUNT
+    })
+    .await;
+    let summary = running.stop().await;
+
+    let expected: BTreeSet<(i32, i64)> = (0..COUNT)
+        .filter(|n| samples::sample(&contract, *n).0 != ignore)
+        .map(|n| {
+            (
+                (n % PARTITIONS as u64) as i32,
+                (n / PARTITIONS as u64) as i64,
+            )
+        })
+        .collect();
+    let ignored = COUNT - expected.len() as u64;
+    assert!(ignored > 0, "the samples include the ignored event");
+    assert_eq!(summary.consumed, COUNT);
+    assert_eq!(summary.ignored, ignored);
+    assert_eq!(summary.written, expected.len() as u64);
+    assert_eq!(summary.dead_lettered, 0);
+    assert_eq!(summary.unfinished, 0);
+
+    let positions = sink.positions();
+    assert_eq!(
+        positions.keys().copied().collect::<BTreeSet<_>>(),
+        expected,
+        "every kept message is written"
+    );
+    assert!(
+        positions.values().all(|n| *n == 1),
+        "each exactly once: {:?}",
+        positions
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .collect::<Vec<_>>()
+    );
+    for row in sink.rows() {
+        let (partition, offset) = position(&row.columns);
+        let n = sample_number(&row.columns);
+        assert_eq!(
+            n,
+            offset as u64 * PARTITIONS as u64 + partition as u64,
+            "the row at {partition}:{offset} carries its own message"
+        );
+        assert_eq!(row.insert_id, format!("{topic}:{partition}:{offset}"));
+        assert_eq!(row.columns["event_name"], samples::sample(&contract, n).0);
+        assert_eq!(row.columns["kafka_topic"], topic);
+        assert!(row.columns["payload"].is_object(), "{row:?}");
+    }
+    assert_eq!(
+        committed(&cluster.bootstrap, &group, topic, PARTITIONS),
+        ends(&cluster.bootstrap, topic, PARTITIONS),
+        "the end of every partition is committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_run_writes_every_kept_protobuf_message_exactly_once() {
+    clean_run(DELIVERY, DELIVERY_TOPIC, "ShippingPricesEstimatedEvent").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_run_writes_every_kept_json_message_exactly_once() {
+    clean_run(PAYMENTS, PAYMENTS_TOPIC, "PaymentRefundedEvent").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_goes_to_the_dead_letter_topic_and_the_partition_keeps_flowing() {
+    let dlq = format!("{DELIVERY_TOPIC}.dlq");
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, 1), (&dlq, 1)]);
+    let (context, contract) = resolve(DELIVERY, &cluster.bootstrap, &[], None);
+    let group = context.group_id.clone();
+    produce_samples(&cluster.bootstrap, &contract, 0..10, 1);
+    // A length-delimited field whose length runs past the end: not protobuf.
+    let poison = vec![0x0a, 0xff, 0xff, 0x01];
+    produce(
+        &cluster.bootstrap,
+        DELIVERY_TOPIC,
+        vec![(0, b"poison".to_vec(), poison.clone())],
+    );
+    produce_samples(&cluster.bootstrap, &contract, 10..20, 1);
+
+    let sink = RecordingSink::new();
+    let running = start(context, contract, sink.clone());
+    eventually("the rows after the poison message", LIMIT, || {
+        sink.len() == 20
+    })
+    .await;
+    let summary = running.stop().await;
+    assert_eq!((summary.written, summary.dead_lettered), (20, 1));
+
+    let offsets: Vec<i64> = sink.positions().keys().map(|(_, o)| *o).collect();
+    assert_eq!(offsets, (0..10).chain(11..21).collect::<Vec<_>>());
+    let letters = read_topic(&cluster.bootstrap, &dlq, 1);
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    use rdkafka::Message;
+    assert_eq!(letter.payload(), Some(poison.as_slice()));
+    assert_eq!(letter.key(), Some(b"poison".as_slice()));
+    assert_eq!(header(letter, "dlq.stage").as_deref(), Some("decode"));
+    assert_eq!(
+        header(letter, "dlq.original.topic").as_deref(),
+        Some(DELIVERY_TOPIC)
+    );
+    assert_eq!(
+        header(letter, "dlq.original.partition").as_deref(),
+        Some("0")
+    );
+    assert_eq!(header(letter, "dlq.original.offset").as_deref(), Some("10"));
+    assert_eq!(
+        header(letter, "dlq.consumer.group").as_deref(),
+        Some(group.as_str())
+    );
+    let error = header(letter, "dlq.error").expect("error header");
+    assert!(
+        error.contains("not a valid DeliveryEventsV10Topic (protobuf)"),
+        "{error}"
+    );
+    assert_eq!(
+        committed(&cluster.bootstrap, &group, DELIVERY_TOPIC, 1),
+        vec![21]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_the_sink_rejects_as_invalid_are_dead_lettered_and_committed() {
+    let dlq = "delivery.rejected";
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, 1), (dlq, 1)]);
+    let (context, contract) = resolve(
+        DELIVERY,
+        &cluster.bootstrap,
+        &[("DLQ_TOPIC_DELIVERY", dlq)],
+        None,
+    );
+    let group = context.group_id.clone();
+    produce_samples(&cluster.bootstrap, &contract, 0..40, 1);
+
+    let sink = RecordingSink::new();
+    sink.answer(|row| {
+        if row.columns["event_name"] == "DeliveryDispatchedEvent" {
+            RowOutcome::Invalid("no such field: tracking_number".into())
+        } else {
+            RowOutcome::Written
+        }
+    });
+    let running = start(context, contract.clone(), sink.clone());
+    let counts = running.counts.clone();
+    eventually("every message finished", LIMIT, || {
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        get(&counts.written) + get(&counts.dead_lettered) == 40
+    })
+    .await;
+    let summary = running.stop().await;
+    assert_eq!((summary.written, summary.dead_lettered), (30, 10));
+
+    let letters = read_topic(&cluster.bootstrap, dlq, 1);
+    let mut offsets = Vec::new();
+    for letter in &letters {
+        assert_eq!(header(letter, "dlq.stage").as_deref(), Some("sink"));
+        assert_eq!(
+            header(letter, "dlq.error").as_deref(),
+            Some("no such field: tracking_number")
+        );
+        let offset: u64 = header(letter, "dlq.original.offset")
+            .expect("offset")
+            .parse()
+            .expect("number");
+        assert_eq!(
+            samples::sample(&contract, offset).0,
+            "DeliveryDispatchedEvent"
+        );
+        offsets.push(offset);
+    }
+    assert_eq!(offsets.len(), 10);
+    assert!(
+        sink.rows()
+            .iter()
+            .all(|r| r.columns["event_name"] != "DeliveryDispatchedEvent")
+    );
+    assert_eq!(
+        committed(&cluster.bootstrap, &group, DELIVERY_TOPIC, 1),
+        vec![40]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sink_is_never_committed_past_and_loses_nothing_when_it_recovers() {
+    const PARTITIONS: i32 = 2;
+    const COUNT: u64 = 400;
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, PARTITIONS)]);
+    let (context, contract) = resolve(DELIVERY, &cluster.bootstrap, &[("BATCH_ROWS", "50")], None);
+    let group = context.group_id.clone();
+    produce_samples(&cluster.bootstrap, &contract, 0..COUNT, PARTITIONS);
+
+    // The table refuses partition 1's rows from offset 50 on: an outage that began there.
+    let sink = RecordingSink::new();
+    sink.answer(|row| match position(&row.columns) {
+        (1, offset) if offset >= 50 => RowOutcome::Retry("backendError: try again".into()),
+        _ => RowOutcome::Written,
+    });
+    let running = start(context, contract, sink.clone());
+    let counts = running.counts.clone();
+    eventually("retries", LIMIT, || {
+        counts.retries.load(std::sync::atomic::Ordering::Relaxed) > 0
+    })
+    .await;
+    // While it fails: every commit stays at or below the first unwritten row.
+    let mut reached = false;
+    for _ in 0..20 {
+        let written = sink.positions();
+        let committed = committed(&cluster.bootstrap, &group, DELIVERY_TOPIC, PARTITIONS);
+        for (partition, position) in committed.iter().enumerate() {
+            let first_unwritten = (0..)
+                .find(|o| !written.contains_key(&(partition as i32, *o)))
+                .expect("some offset is unwritten");
+            assert!(
+                *position <= first_unwritten,
+                "partition {partition} committed at {position}, past unwritten offset {first_unwritten}"
+            );
+        }
+        reached |= committed[1] == 50;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(reached, "partition 1 is committed up to the outage");
+    assert!(!sink.positions().contains_key(&(1, 50)));
+
+    sink.answer(|_| RowOutcome::Written);
+    eventually("every row after the recovery", LIMIT, || {
+        sink.len() as u64 == COUNT
+    })
+    .await;
+    let summary = running.stop().await;
+    assert!(summary.retries > 0);
+    assert_eq!(summary.written, COUNT);
+    let positions = sink.positions();
+    assert_eq!(positions.len() as u64, COUNT);
+    assert!(positions.values().all(|n| *n == 1));
+    assert_eq!(
+        committed(&cluster.bootstrap, &group, DELIVERY_TOPIC, PARTITIONS),
+        vec![200, 200]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetching_stops_at_the_in_flight_bound_while_the_sink_is_down() {
+    const COUNT: u64 = 5000;
+    const MAX_IN_FLIGHT: u64 = 300;
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, 2)]);
+    let (context, contract) = resolve(
+        DELIVERY,
+        &cluster.bootstrap,
+        &[("MAX_IN_FLIGHT", "300"), ("BATCH_ROWS", "100")],
+        None,
+    );
+    let group = context.group_id.clone();
+    produce_samples(&cluster.bootstrap, &contract, 0..COUNT, 2);
+
+    let sink = RecordingSink::new();
+    sink.answer(|_| RowOutcome::Retry("503 Service Unavailable".into()));
+    let running = start(context, contract, sink.clone());
+    eventually("the buffer to fill", LIMIT, || {
+        running.consumed() >= MAX_IN_FLIGHT
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let consumed = running.consumed();
+    assert!(
+        consumed <= MAX_IN_FLIGHT + 256,
+        "consumed {consumed} with nothing written: the bound is {MAX_IN_FLIGHT}"
+    );
+    assert_eq!(sink.len(), 0);
+    // Nothing finished, so nothing committed beyond where it started.
+    let at_outage = committed(&cluster.bootstrap, &group, DELIVERY_TOPIC, 2);
+    assert!(at_outage.iter().all(|c| *c <= 0), "{at_outage:?}");
+
+    sink.answer(|_| RowOutcome::Written);
+    eventually("every row after the recovery", LIMIT, || {
+        sink.len() as u64 == COUNT
+    })
+    .await;
+    let summary = running.stop().await;
+    assert_eq!(summary.consumed, COUNT, "nothing fetched twice");
+    assert!(sink.positions().values().all(|n| *n == 1));
+    assert_eq!(
+        committed(&cluster.bootstrap, &group, DELIVERY_TOPIC, 2),
+        vec![2500, 2500]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalances_between_two_instances_lose_nothing() {
+    const PARTITIONS: i32 = 4;
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, PARTITIONS)]);
+    let (context, contract) = resolve(DELIVERY, &cluster.bootstrap, &[], None);
+    let group = context.group_id.clone();
+    produce_samples(&cluster.bootstrap, &contract, 0..2000, PARTITIONS);
+
+    let first_sink = RecordingSink::new();
+    let first = start(context.clone(), contract.clone(), first_sink.clone());
+    eventually("the first instance writing", LIMIT, || {
+        first_sink.len() >= 200
+    })
+    .await;
+
+    // A second member joins: the partitions are split between the two.
+    let second_sink = RecordingSink::new();
+    let second = start(context, contract.clone(), second_sink.clone());
+    produce_samples(&cluster.bootstrap, &contract, 2000..4000, PARTITIONS);
+    eventually("the second instance writing", LIMIT, || {
+        second_sink.len() > 0
+    })
+    .await;
+    let all = || {
+        let mut positions = first_sink.positions();
+        for (position, n) in second_sink.positions() {
+            *positions.entry(position).or_default() += n;
+        }
+        positions
+    };
+    eventually("every message written by one of them", LIMIT, || {
+        all().len() == 4000
+    })
+    .await;
+
+    // The first leaves: the second takes every partition over and commits their ends.
+    let first = first.stop().await;
+    let ends = ends(&cluster.bootstrap, DELIVERY_TOPIC, PARTITIONS);
+    eventually("the ends committed by the remaining member", LIMIT, || {
+        committed(&cluster.bootstrap, &group, DELIVERY_TOPIC, PARTITIONS) == ends
+    })
+    .await;
+    let second = second.stop().await;
+
+    let positions = all();
+    let expected: BTreeSet<(i32, i64)> = (0..PARTITIONS)
+        .flat_map(|p| (0..1000).map(move |o| (p, o)))
+        .collect();
+    assert_eq!(positions.keys().copied().collect::<BTreeSet<_>>(), expected);
+    assert!(first.written > 0 && second.written > 0);
+    let duplicates: usize = positions.values().map(|n| n - 1).sum();
+    assert_eq!(first.written + second.written, 4000 + duplicates as u64);
+    eprintln!("two rebalances, {duplicates} rows written twice (commits refused during them)");
+}

@@ -1,0 +1,407 @@
+//! The binary as Kubernetes runs it: configuration errors, `--check`, `kill -9` then a
+//! restart, and SIGTERM, against the mock cluster (which listens on loopback).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::helpers::*;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_generic-consumer");
+
+/// The binary with exactly `vars` as its environment, in `dir` (so no stray `.env`).
+fn command(dir: &Path, vars: &[(String, String)]) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .current_dir(dir)
+        .env_clear()
+        .envs(vars.iter().map(|(n, v)| (n, v)))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    command
+}
+
+fn run(dir: &Path, vars: &[(String, String)], args: &[&str]) -> Output {
+    command(dir, vars)
+        .args(args)
+        .output()
+        .expect("run the binary")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn a_missing_or_malformed_variable_exits_1_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vars: Vec<(String, String)> = domain_vars(DELIVERY, "127.0.0.1:9092", &[])
+        .into_iter()
+        .filter(|(name, _)| name != "GROUP_ID_DELIVERY")
+        .chain([(
+            "IGNORE_EVENTS_DELIVERY".to_owned(),
+            "[ShippingPricesEstimatedEvent".to_owned(),
+        )])
+        .collect();
+    let output = run(dir.path(), &vars, &["DELIVERY"]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("GROUP_ID_DELIVERY is not set"), "{stderr}");
+    assert!(stderr.contains("IGNORE_EVENTS_DELIVERY"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // From a .env file too: the message says where it looked.
+    let env_file = dir.path().join("consumers.env");
+    std::fs::write(&env_file, "BQ_TABLE_DELIVERY=delivery_events\n").expect("write");
+    let output = run(
+        dir.path(),
+        &[],
+        &["delivery", "--env-file", env_file.to_str().expect("utf-8")],
+    );
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("IMPORT_PATH_DELIVERY is not set"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("consumers.env"), "{stderr}");
+    assert!(!stderr.contains("BQ_TABLE_DELIVERY"), "{stderr}");
+
+    // An unknown event in the ignore list is a contract problem, named too.
+    let vars = domain_vars(
+        DELIVERY,
+        "127.0.0.1:9092",
+        &[("IGNORE_EVENTS_DELIVERY", r#"["NoSuchEvent"]"#)],
+    );
+    let output = run(dir.path(), &vars, &["DELIVERY", "--check"]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("NoSuchEvent"), "{stderr}");
+}
+
+#[test]
+fn check_prints_the_context_with_secrets_redacted_and_the_contract() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vars = domain_vars(
+        DELIVERY,
+        "prod1:9092,prod2:9092",
+        &[
+            (
+                "IGNORE_EVENTS_DELIVERY",
+                r#""[\"ShippingPricesEstimatedEvent\"]""#,
+            ),
+            ("KAFKA_SECURITY_PROTOCOL_LOCAL", "SASL_SSL"),
+            ("KAFKA_SASL_MECHANISM_LOCAL", "SCRAM-SHA-512"),
+            ("KAFKA_SASL_USERNAME_LOCAL", "consumer"),
+            ("KAFKA_SASL_PASSWORD_LOCAL", "hunter2-not-for-logs"),
+        ],
+    );
+    let output = run(dir.path(), &vars, &["DELIVERY", "--check"]);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    for expected in [
+        "topic_message: contracts.delivery.DeliveryEventsV10Topic",
+        "topic: delivery.events.v10",
+        "dead_letter_topic: delivery.events.v10.dlq",
+        "format: protobuf",
+        "ShippingPricesEstimatedEvent: ignored",
+        "DeliveryScheduledEvent: kept",
+        "prod1:9092",
+        "SCRAM-SHA-512",
+        "KAFKA_SASL_PASSWORD_LOCAL",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} in\n{stdout}");
+    }
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+}
+
+/// One row of a jsonl file, as the checks need it.
+#[derive(Debug, Clone, PartialEq)]
+struct Line {
+    position: (i32, i64),
+    insert_id: String,
+    payload: serde_json::Value,
+}
+
+fn lines(path: &Path) -> Vec<Line> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Map<_, _>>(line).ok())
+        .map(|row| Line {
+            position: position(&row),
+            insert_id: row["insert_id"].as_str().expect("insert_id").to_owned(),
+            payload: row["payload"].clone(),
+        })
+        .collect()
+}
+
+fn line_count(path: &Path) -> usize {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|c| **c == b'\n').count())
+        .unwrap_or(0)
+}
+
+struct Instance {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Instance {
+    fn start(dir: &Path, vars: &[(String, String)], name: &str) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = command(dir, vars)
+            .arg("DELIVERY")
+            .stdout(file.try_clone().expect("clone"))
+            .stderr(file)
+            .spawn()
+            .expect("start the binary");
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the consumer did not exit in {limit:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, instance: &Instance, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{}",
+            instance.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+#[test]
+fn kill_9_mid_stream_then_a_restart_loses_nothing() {
+    const PARTITIONS: i32 = 2;
+    const COUNT: u64 = 60_000;
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, PARTITIONS)]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let out_dir = out.to_str().expect("utf-8").to_owned();
+    let vars = |batch: &str| {
+        domain_vars(
+            DELIVERY,
+            &cluster.bootstrap,
+            &[
+                ("JSONL_DIR", out_dir.as_str()),
+                ("ADMIN_LISTEN", "127.0.0.1:0"),
+                ("BATCH_ROWS", batch),
+            ],
+        )
+    };
+    let (context, contract) = resolve(DELIVERY, &cluster.bootstrap, &[], None);
+    produce_samples(&cluster.bootstrap, &contract, 0..COUNT, PARTITIONS);
+    let file = out.join("delivery_events.jsonl");
+
+    // Small batches, each synced to disk: the first run is far from done when it dies.
+    let mut first = Instance::start(dir.path(), &vars("10"), "first");
+    wait_for(
+        "rows written and committed",
+        Duration::from_secs(60),
+        &first,
+        || {
+            line_count(&file) >= 1000
+                && committed(
+                    &cluster.bootstrap,
+                    &context.group_id,
+                    DELIVERY_TOPIC,
+                    PARTITIONS,
+                )
+                .iter()
+                .any(|c| *c > 0)
+        },
+    );
+    first.signal("-KILL");
+    let status = first.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), None, "killed by the signal");
+    let at_kill = committed(
+        &cluster.bootstrap,
+        &context.group_id,
+        DELIVERY_TOPIC,
+        PARTITIONS,
+    );
+    let written_at_kill = lines(&file).len();
+    assert!(
+        (written_at_kill as u64) < COUNT,
+        "the kill came mid-stream ({written_at_kill} of {COUNT} written)"
+    );
+
+    let mut second = Instance::start(dir.path(), &vars("1000"), "second");
+    wait_for(
+        "every message written",
+        Duration::from_secs(120),
+        &second,
+        || {
+            let seen: BTreeSet<(i32, i64)> = lines(&file).iter().map(|l| l.position).collect();
+            seen.len() as u64 == COUNT
+        },
+    );
+    second.signal("-TERM");
+    let status = second.wait(Duration::from_secs(40));
+    assert_eq!(status.code(), Some(0), "{}", second.log());
+
+    let mut copies: BTreeMap<(i32, i64), Vec<Line>> = BTreeMap::new();
+    for line in lines(&file) {
+        copies.entry(line.position).or_default().push(line);
+    }
+    assert_eq!(copies.len() as u64, COUNT, "every message is in the sink");
+    let mut duplicates = 0;
+    for ((partition, offset), lines) in &copies {
+        let id = format!("{DELIVERY_TOPIC}:{partition}:{offset}");
+        assert!(lines.iter().all(|l| l.insert_id == id), "{lines:?}");
+        if lines.len() > 1 {
+            duplicates += lines.len() - 1;
+            assert!(
+                *offset >= at_kill[*partition as usize],
+                "{partition}:{offset} written twice, below the offset committed at the kill ({at_kill:?})"
+            );
+            assert!(
+                lines.iter().all(|l| l.payload == lines[0].payload),
+                "the same message gives the same row: {lines:?}"
+            );
+        }
+    }
+    assert_eq!(
+        committed(
+            &cluster.bootstrap,
+            &context.group_id,
+            DELIVERY_TOPIC,
+            PARTITIONS
+        ),
+        vec![COUNT as i64 / 2; 2]
+    );
+    eprintln!(
+        "kill -9 after {written_at_kill} rows (committed {at_kill:?}): {duplicates} duplicates"
+    );
+}
+
+#[test]
+fn sigterm_flushes_commits_everything_written_and_exits_0() {
+    const PARTITIONS: i32 = 2;
+    const COUNT: u64 = 60_000;
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, PARTITIONS)]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let vars = domain_vars(
+        DELIVERY,
+        &cluster.bootstrap,
+        &[
+            ("JSONL_DIR", out.to_str().expect("utf-8")),
+            ("ADMIN_LISTEN", &admin),
+            ("BATCH_ROWS", "10"),
+        ],
+    );
+    let (context, contract) = resolve(DELIVERY, &cluster.bootstrap, &[], None);
+    produce_samples(&cluster.bootstrap, &contract, 0..COUNT, PARTITIONS);
+    let file = out.join("delivery_events.jsonl");
+
+    let mut instance = Instance::start(dir.path(), &vars, "consumer");
+    wait_for("rows written", Duration::from_secs(60), &instance, || {
+        line_count(&file) >= 1000
+    });
+    let metrics = http_get(&format!("http://{admin}/metrics"));
+    assert!(metrics.contains("consumer_rows_written_total"), "{metrics}");
+    assert!(metrics.contains("consumer_in_flight_rows"), "{metrics}");
+    let ready = http_get(&format!("http://{admin}/readyz"));
+    assert!(ready.contains(r#"{"ready":true}"#), "{ready}");
+
+    instance.signal("-TERM");
+    let status = instance.wait(Duration::from_secs(40));
+    let log = instance.log();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+
+    let written = lines(&file);
+    assert!(
+        (written.len() as u64) < COUNT,
+        "stopped mid-stream ({} of {COUNT})",
+        written.len()
+    );
+    let committed = committed(
+        &cluster.bootstrap,
+        &context.group_id,
+        DELIVERY_TOPIC,
+        PARTITIONS,
+    );
+    for partition in 0..PARTITIONS {
+        let offsets: Vec<i64> = written
+            .iter()
+            .filter(|l| l.position.0 == partition)
+            .map(|l| l.position.1)
+            .collect();
+        let end = committed[partition as usize].max(0);
+        assert_eq!(
+            offsets,
+            (0..end).collect::<Vec<_>>(),
+            "partition {partition}: exactly the rows below the commit ({end}), once, in order"
+        );
+    }
+}
+
+/// A GET with a plain TCP request (the ops endpoint speaks HTTP/1.1).
+fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').expect("path");
+    let mut stream = std::net::TcpStream::connect(host).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
