@@ -57,6 +57,7 @@ demo: tools ## Run each service's main flow locally on embedded defaults
 bench: tools ## Benchmarks with ratios against same-run baselines (see docs/benchmarks.md)
 	scripts/with-postgres.sh $(CARGO) bench -p provisioner-job --bench apply
 	$(CARGO) bench -p gandalf-aggregator --bench gandalf
+	$(CARGO) bench -p generic-consumer --bench consume
 
 clean: ## Remove build output
 	$(CARGO) clean

@@ -144,3 +144,98 @@ GANDALF_CONNECTOR_SECRET=wrong "$CONNECTOR" --endpoint "http://127.0.0.1:$A_GRPC
 step "the aggregator's connections (GET /v1/connections) and the cluster's event log (GET /v1/events)"
 get "http://127.0.0.1:$A_ADMIN/v1/connections" | python3 -c 'import json,sys; [print("  %-9s %s" % (c["kind"], c.get("logical_name") or c.get("member"))) for c in json.load(sys.stdin)["connections"]]'
 get "http://127.0.0.1:$C_ADMIN/v1/events?tenant=acme" | python3 -c 'import json,sys; [print("  %-14s %-16s from %s" % (e["topic"], e["event"], e["origin"])) for e in json.load(sys.stdin)["events"]]'
+
+# ---------------------------------------------------------------------------------------
+# generic-consumer: a local Kafka-protocol broker, two domains, one instance per domain.
+# ---------------------------------------------------------------------------------------
+step "generic-consumer: a tansu broker on loopback, one consumer per domain writing jsonl"
+K_PORT=$(free_port)
+"${TANSU:-tansu}" broker --listener-url "tcp://127.0.0.1:$K_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$K_PORT" --storage-engine memory://tansu/ \
+    > "$WORK/tansu.log" 2>&1 &
+PIDS+=($!)
+python3 - "$K_PORT" <<'PY'
+import socket, sys, time
+for _ in range(200):
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.1)
+sys.exit("tansu did not start")
+PY
+echo "broker ready on 127.0.0.1:$K_PORT"
+mkdir -p "$WORK/consumers"
+cd "$WORK/consumers"
+# The ConfigMap every consumer mounts as .env (the seed's form of IGNORE_EVENTS included).
+cat > .env <<ENV
+WRITE_ENV=local
+SINK=jsonl
+JSONL_DIR=./out
+KAFKA_BOOTSTRAP_LOCAL=127.0.0.1:$K_PORT
+BQ_TABLE_DELIVERY=delivery_events
+IMPORT_PATH_DELIVERY=contracts.delivery.delivery_events_v10
+IMPORT_OBJECT_DELIVERY=DeliveryEventsV10Topic
+IGNORE_EVENTS_DELIVERY='"[\"ShippingPricesEstimatedEvent\"]"'
+CONSUME_ENV_DELIVERY=local
+GROUP_ID_DELIVERY=delivery-consumer
+BQ_TABLE_PAYMENTS=payment_events
+IMPORT_PATH_PAYMENTS=contracts.payments.payment_events_v2
+IMPORT_OBJECT_PAYMENTS=PaymentEventsV2Topic
+IGNORE_EVENTS_PAYMENTS=[]
+CONSUME_ENV_PAYMENTS=local
+GROUP_ID_PAYMENTS=payments-consumer
+ENV
+GC="$BIN/generic-consumer"
+
+step "--check: the delivery consumer's context and contract"
+show "$GC" DELIVERY --check
+
+step "example events of both domains (protobuf for delivery, JSON for payments)"
+"$BIN/examples/produce" DELIVERY --count 400 --partitions 3
+"$BIN/examples/produce" PAYMENTS --count 300 --partitions 3
+
+step "one instance per domain, until every message is consumed; then SIGTERM"
+GC_PIDS=()
+for domain in DELIVERY PAYMENTS; do
+    port=$(free_port)
+    ADMIN_LISTEN="127.0.0.1:$port" RUST_LOG=info LOG_FORMAT=text "$GC" "$domain" \
+        > "$WORK/consumer-$domain.log" 2>&1 &
+    GC_PIDS+=($!); PIDS+=($!)
+    wait_ready "http://127.0.0.1:$port/readyz"
+    echo "generic-consumer $domain ready (metrics on 127.0.0.1:$port/metrics)"
+    eval "ADMIN_$domain=$port"
+done
+python3 - "$ADMIN_DELIVERY" 400 "$ADMIN_PAYMENTS" 300 <<'PY'
+import re, sys, time, urllib.request
+pairs = list(zip(sys.argv[1::2], map(int, sys.argv[2::2])))
+def consumed(port):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    m = re.search(r"^consumer_messages_consumed_total (\d+)", text, re.M)
+    return int(m.group(1)) if m else 0
+for _ in range(600):
+    if all(consumed(p) >= n for p, n in pairs):
+        sys.exit(0)
+    time.sleep(0.1)
+sys.exit("the consumers did not consume every message within a minute")
+PY
+sleep 1.5  # one more commit interval
+for pid in "${GC_PIDS[@]}"; do kill -TERM "$pid"; done
+for pid in "${GC_PIDS[@]}"; do wait "$pid"; echo "exit code: $?"; done
+for domain in DELIVERY PAYMENTS; do
+    echo "$domain: $(grep -oE 'stopped consumed=.*' "$WORK/consumer-$domain.log" | sed -E 's/\x1b\[[0-9;]*m//g')"
+done
+
+step "what landed: rows per table and event (ShippingPricesEstimatedEvent was ignored)"
+python3 - <<'PY'
+import collections, json, pathlib
+for path in sorted(pathlib.Path("out").glob("*.jsonl")):
+    rows = [json.loads(l) for l in path.read_text().splitlines()]
+    print(f"{path.name}: {len(rows)} rows, {len({r['insert_id'] for r in rows})} distinct insert ids")
+    for event, n in sorted(collections.Counter(r["event_name"] for r in rows).items()):
+        print(f"  {n:>5}  {event}")
+row = json.loads(pathlib.Path("out/delivery_events.jsonl").read_text().splitlines()[0])
+print("one delivery row:")
+print("  " + json.dumps(row, indent=2).replace("\n", "\n  "))
+PY
+cd - >/dev/null

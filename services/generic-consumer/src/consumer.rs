@@ -1,7 +1,8 @@
 //! The consuming side: one thread owns the librdkafka consumer, hands messages to the
 //! [`pipeline`](crate::pipeline) in chunks, moves the per-partition watermarks as the
-//! pipeline reports messages finished, and commits them. It pauses fetching while too
-//! many messages are unfinished (bounded memory), flushes and commits before partitions
+//! pipeline reports messages finished, and commits them. When too many messages are
+//! unfinished it stops polling until the pipeline catches up, and pauses fetching if that
+//! takes longer than a moment (a stalled sink), so memory stays bounded; it flushes and commits before partitions
 //! are revoked, and on shutdown stops fetching, waits for the pipeline (bounded by the
 //! grace period), commits and closes.
 
@@ -31,6 +32,12 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a revocation waits for the revoked partitions' rows.
 const REVOKE_FLUSH: Duration = Duration::from_secs(20);
+/// How long a full in-flight buffer holds polling (the pipeline catches up, nothing
+/// prefetched is dropped) before fetching is paused instead (a stalled sink: polling must
+/// go on to keep the group membership and serve rebalances).
+const HOLD_BEFORE_PAUSE: Duration = Duration::from_secs(2);
+/// How long one wait for the pipeline lasts while the buffer is full.
+const HOLD_STEP: Duration = Duration::from_millis(20);
 
 /// What the consuming thread shares with librdkafka's callbacks (which run on it too,
 /// inside `poll`).
@@ -64,6 +71,15 @@ impl Shared {
         while let Ok(finished) = self.finished.try_recv() {
             self.apply(finished);
         }
+    }
+
+    /// Waits up to `wait` for the pipeline to finish something.
+    fn wait_some(&mut self, wait: Duration) {
+        self.hand_over();
+        if let Ok(finished) = self.finished.recv_timeout(wait) {
+            self.apply(finished);
+        }
+        self.drain_finished();
     }
 
     /// Waits until `partitions` (all when `None`) have nothing unfinished, or `deadline`.
@@ -241,12 +257,42 @@ pub fn consume(
     let topic = hooks.topic.clone();
     let mut last_commit = Instant::now();
     let mut consumed = 0u64;
+    let mut full_since: Option<Instant> = None;
     while !shutdown.is_cancelled() {
-        let timeout = if hooks.shared().chunk.is_empty() {
+        let mut shared = hooks.shared();
+        shared.drain_finished();
+        let unfinished = shared.marks.unfinished();
+        if unfinished < options.max_in_flight {
+            full_since = None;
+        } else if !shared.paused {
+            // Full: let the pipeline catch up before fetching more.
+            let since = *full_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < HOLD_BEFORE_PAUSE {
+                shared.wait_some(HOLD_STEP);
+                drop(shared);
+                commit_due(&consumer, &topic, &mut last_commit);
+                continue;
+            }
+            if set_paused(&consumer, true) {
+                shared.paused = true;
+                tracing::info!(
+                    unfinished,
+                    "in-flight buffer full for {HOLD_BEFORE_PAUSE:?}: fetching paused"
+                );
+            }
+        }
+        if shared.paused && unfinished <= options.max_in_flight / 2 && set_paused(&consumer, false)
+        {
+            shared.paused = false;
+            tracing::info!(unfinished, "in-flight buffer: fetching resumed");
+        }
+        let timeout = if shared.chunk.is_empty() {
             IDLE_POLL
         } else {
             Duration::ZERO
         };
+        drop(shared);
+
         let polled = consumer.poll(timeout);
         let mut shared = hooks.shared();
         match polled {
@@ -271,32 +317,9 @@ pub fn consume(
             }
             None => shared.hand_over(),
         }
-        shared.drain_finished();
-
         let unfinished = shared.marks.unfinished();
-        // Pause at the limit, resume at half of it: no flapping at the boundary.
-        let flip = if shared.paused {
-            unfinished <= options.max_in_flight / 2
-        } else {
-            unfinished >= options.max_in_flight
-        };
-        if flip && set_paused(&consumer, !shared.paused) {
-            shared.paused = !shared.paused;
-            tracing::info!(
-                unfinished,
-                paused = shared.paused,
-                "in-flight buffer: fetching {}",
-                if shared.paused { "paused" } else { "resumed" }
-            );
-        }
-        if last_commit.elapsed() >= COMMIT_INTERVAL {
-            let positions = shared.marks.take_commits(None, false);
-            drop(shared);
-            commit(&consumer, &topic, &positions, CommitMode::Async);
-            last_commit = Instant::now();
-        } else {
-            drop(shared);
-        }
+        drop(shared);
+        commit_due(&consumer, &topic, &mut last_commit);
         if consumed > 0 {
             Counts::add(&counts.consumed, consumed as usize);
             metrics::counter!("consumer_messages_consumed_total").increment(consumed);
@@ -325,6 +348,16 @@ pub fn consume(
     // Dropping the consumer leaves the group (a last revoke, with nothing left to flush).
     drop(consumer);
     Stopped { unfinished }
+}
+
+/// Commits the acknowledged positions (asynchronously) when the commit interval is over.
+fn commit_due(consumer: &BaseConsumer<Hooks>, topic: &str, last_commit: &mut Instant) {
+    if last_commit.elapsed() < COMMIT_INTERVAL {
+        return;
+    }
+    let positions = consumer.context().shared().marks.take_commits(None, false);
+    commit(consumer, topic, &positions, CommitMode::Async);
+    *last_commit = Instant::now();
 }
 
 /// Pauses or resumes the whole assignment; false when librdkafka refused.
