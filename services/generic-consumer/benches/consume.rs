@@ -10,6 +10,8 @@
 //! - generic-consumer: an `Instance` (consumer thread, decode, rows, batches, watermarks,
 //!   commits) into a sink that acknowledges every row at once.
 //!
+//! Time: from creating the consumer (group join included) to the last message seen
+//! (bare) or the last row acknowledged (generic-consumer); closing is not included.
 //! Memory: resident set size sampled every 50 ms while each side runs; "growth" is the
 //! peak during the run minus the size before it.
 
@@ -241,7 +243,8 @@ fn produce(bootstrap: &str, contract: &Contract, count: u64) -> u64 {
 }
 
 /// The ceiling: the service's consumer settings, every message polled and dropped.
-fn bare_loop(context: &Context, count: u64, group: &str) {
+fn bare_loop(context: &Context, count: u64, group: &str) -> Duration {
+    let started = Instant::now();
     let mut config = kafka::consumer_config(context);
     config.set("group.id", group);
     let consumer: BaseConsumer = config.create().expect("consumer");
@@ -256,6 +259,7 @@ fn bare_loop(context: &Context, count: u64, group: &str) {
         }
     }
     std::hint::black_box(checksum);
+    started.elapsed()
 }
 
 /// A sink that takes every row at once.
@@ -271,7 +275,10 @@ impl Sink for InstantSink {
     }
 }
 
-async fn end_to_end(context: Context, contract: Contract, count: u64) {
+/// Runs an instance until every row is written; returns the time to the last row (the
+/// shutdown that follows is not part of the throughput).
+async fn end_to_end(context: Context, contract: Contract, count: u64) -> Duration {
+    let started = Instant::now();
     let instance = Instance::new(context, contract);
     let counts = Arc::clone(&instance.counts);
     let stop = CancellationToken::new();
@@ -280,16 +287,18 @@ async fn end_to_end(context: Context, contract: Contract, count: u64) {
         let stop = stop.clone();
         tokio::spawn(async move {
             while counts.written.load(Ordering::Relaxed) < count {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
+            let elapsed = started.elapsed();
             stop.cancel();
+            elapsed
         })
     };
     instance
         .run(sink, stop, || {})
         .await
         .expect("the instance runs");
-    watcher.await.expect("watcher");
+    watcher.await.expect("watcher")
 }
 
 struct Measured {
@@ -322,19 +331,15 @@ fn sampler() -> (Arc<AtomicBool>, std::thread::JoinHandle<f64>) {
     (done, handle)
 }
 
-async fn measure(work: impl FnOnce() + Send + 'static) -> Measured {
-    measure_async(async move {
-        tokio::task::spawn_blocking(work).await.expect("work");
-    })
-    .await
+async fn measure(work: impl FnOnce() -> Duration + Send + 'static) -> Measured {
+    measure_async(async move { tokio::task::spawn_blocking(work).await.expect("work") }).await
 }
 
-async fn measure_async(work: impl std::future::Future<Output = ()>) -> Measured {
+/// Runs `work` (which returns the time its measured part took) while sampling memory.
+async fn measure_async(work: impl std::future::Future<Output = Duration>) -> Measured {
     let before = rss_mib();
     let (done, sampler) = sampler();
-    let started = Instant::now();
-    work.await;
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = work.await.as_secs_f64();
     done.store(true, Ordering::Relaxed);
     let peak = sampler.join().expect("sampler");
     Measured {
