@@ -373,7 +373,11 @@ async fn rebalances_between_two_instances_lose_nothing() {
         .collect();
     assert_eq!(positions.keys().copied().collect::<BTreeSet<_>>(), expected);
     assert!(first.written > 0 && second.written > 0);
+    // Duplicates are allowed here (at least once): the mock cluster refuses every offset
+    // commit while a rebalance is in progress (REBALANCE_IN_PROGRESS), including the one
+    // made before revoking, which a real broker accepts from the current generation; so the
+    // new owner starts from the last commit made before the member joined.
     let duplicates: usize = positions.values().map(|n| n - 1).sum();
     assert_eq!(first.written + second.written, 4000 + duplicates as u64);
-    eprintln!("two rebalances, {duplicates} rows written twice (commits refused during them)");
+    eprintln!("two rebalances: {duplicates} rows written again");
 }
