@@ -176,16 +176,19 @@ pub struct Tuning {
     /// `BATCH_ROWS`: rows per sink write, at most.
     pub batch_rows: usize,
     /// `BATCH_LINGER_MS`: how long a batch waits to fill before it is written.
-    #[serde(with = "platform::config::duration_ms")]
+    #[serde(rename = "linger_ms", with = "platform::config::duration_ms")]
     pub linger: Duration,
     /// `MAX_IN_FLIGHT`: messages consumed and not yet finished before fetching pauses.
     pub max_in_flight: usize,
     /// `SHUTDOWN_GRACE_SECS`: how long SIGTERM waits for unfinished rows.
-    #[serde(with = "platform::config::duration_secs")]
+    #[serde(
+        rename = "shutdown_grace_secs",
+        with = "platform::config::duration_secs"
+    )]
     pub shutdown_grace: Duration,
     /// `KAFKA_SESSION_TIMEOUT_MS`: how long the group waits for a silent member (a killed
     /// pod) before its partitions go to the others.
-    #[serde(with = "platform::config::duration_ms")]
+    #[serde(rename = "session_timeout_ms", with = "platform::config::duration_ms")]
     pub session_timeout: Duration,
 }
 

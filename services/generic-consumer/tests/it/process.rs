@@ -112,6 +112,8 @@ fn check_prints_the_context_with_secrets_redacted_and_the_contract() {
         "prod1:9092",
         "SCRAM-SHA-512",
         "KAFKA_SASL_PASSWORD_LOCAL",
+        "linger_ms: 20",
+        "session_timeout_ms: 6000",
     ] {
         assert!(stdout.contains(expected), "{expected:?} in\n{stdout}");
     }
