@@ -11,6 +11,15 @@ use crate::{
     telemetry::{self, TelemetryGuard},
 };
 
+/// Parses the command line: `--help` / `--version` print and give exit code 0, a bad
+/// argument prints clap's message and gives 1 (a fatal start, as every bad input).
+pub fn parse<P: clap::Parser>() -> Result<P, ExitCode> {
+    P::try_parse().map_err(|err| {
+        let _ = err.print();
+        ExitCode::from(if err.use_stderr() { 1 } else { 0 })
+    })
+}
+
 /// `--config` and `--print-config`, flattened into each binary's own clap parser.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConfigArgs {

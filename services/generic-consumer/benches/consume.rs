@@ -16,7 +16,6 @@
 //! peak during the run minus the size before it.
 
 use std::{
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -35,14 +34,15 @@ use generic_consumer::{
 };
 use rdkafka::{
     ClientConfig, Message,
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
     mocking::MockCluster,
     producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer},
-    types::RDKafkaErrorCode,
 };
 use tokio_util::sync::CancellationToken;
+
+#[path = "../tests/it/tansu.rs"]
+mod tansu;
+use tansu::Tansu;
 
 /// The allocator the service binary uses.
 #[global_allocator]
@@ -108,7 +108,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 struct Broker {
     name: &'static str,
     bootstrap: String,
-    _tansu: Option<Child>,
+    _tansu: Option<Tansu>,
     _mock: Option<MockCluster<'static, DefaultProducerContext>>,
 }
 
@@ -124,60 +124,14 @@ impl Broker {
                 _mock: Some(mock),
             });
         }
-        let binary = std::env::var("TANSU").unwrap_or_else(|_| "tansu".to_owned());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&binary)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {binary}: {e} (`make tools` installs tansu)"))?;
-        let bootstrap = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&bootstrap).is_err() {
-            if Instant::now() > deadline {
-                return Err("tansu did not start listening".into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()?;
-        for result in admin
-            .create_topics(
-                &[NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(1))],
-                &AdminOptions::new(),
-            )
-            .await?
-        {
-            result.map_err(|(topic, err)| format!("cannot create {topic}: {err}"))?;
-        }
+        let tansu = Tansu::start(None)?;
+        tansu.create_topics(&[(TOPIC, PARTITIONS)]).await?;
         Ok(Self {
             name: "a tansu broker process (loopback, in-memory storage)",
-            bootstrap,
-            _tansu: Some(child),
+            bootstrap: tansu.bootstrap.clone(),
+            _tansu: Some(tansu),
             _mock: None,
         })
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self._tansu {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -221,22 +175,11 @@ fn produce(bootstrap: &str, contract: &Contract, count: u64) -> u64 {
         let (_, payload) = samples::encoded(contract, n);
         bytes += payload.len() as u64;
         let key = n.to_string();
-        let mut record = BaseRecord::to(TOPIC)
+        let record = BaseRecord::to(TOPIC)
             .partition((n % PARTITIONS as u64) as i32)
             .key(key.as_str())
             .payload(payload.as_slice());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((err, back))
-                    if err.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) =>
-                {
-                    producer.poll(Duration::from_millis(5));
-                    record = back;
-                }
-                Err((err, _)) => panic!("produce: {err}"),
-            }
-        }
+        samples::send(&producer, record).expect("produce");
     }
     producer.flush(Duration::from_secs(300)).expect("flush");
     bytes

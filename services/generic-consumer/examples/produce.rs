@@ -10,10 +10,7 @@
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use generic_consumer::{
-    context::{self, Vars},
-    contract, kafka, samples,
-};
+use generic_consumer::{kafka, samples};
 use rdkafka::{
     ClientConfig,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -54,10 +51,7 @@ async fn main() -> ExitCode {
 }
 
 async fn produce(cli: &Cli) -> Result<(), Vec<String>> {
-    let vars = Vars::load(cli.env_file.as_deref(), std::env::vars()).map_err(|p| p.0)?;
-    let context = context::resolve(&cli.domain, &vars).map_err(|p| p.0)?;
-    let pool = contracts::descriptor_pool().map_err(|e| vec![e])?;
-    let contract = contract::resolve(&context, pool)?;
+    let (context, contract) = generic_consumer::resolve(&cli.domain, cli.env_file.as_deref())?;
     let bootstrap = context.kafka_bootstrap.join(",");
     let fail = |what: &str, err: &dyn std::fmt::Display| vec![format!("{what}: {err}")];
 
@@ -93,21 +87,10 @@ async fn produce(cli: &Cli) -> Result<(), Vec<String>> {
     for n in 0..cli.count {
         let (event, payload) = samples::encoded(&contract, n);
         let key = n.to_string();
-        let mut record = BaseRecord::to(&contract.topic)
+        let record = BaseRecord::to(&contract.topic)
             .key(key.as_str())
             .payload(payload.as_slice());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((err, back))
-                    if err.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) =>
-                {
-                    producer.poll(Duration::from_millis(10));
-                    record = back;
-                }
-                Err((err, _)) => return Err(fail("produce", &err)),
-            }
-        }
+        samples::send(&producer, record).map_err(|e| fail("produce", &e))?;
         *per_event.entry(event).or_default() += 1;
     }
     producer

@@ -28,3 +28,21 @@ pub mod pipeline;
 pub mod run;
 pub mod samples;
 pub mod sink;
+
+use std::path::Path;
+
+/// The context and contract of `domain` as the binary resolves them: variables from the
+/// process environment and `env_file` (default `./.env` when it exists; the environment
+/// wins), the contract from the embedded descriptor set. `Err` lists every problem found,
+/// each naming its variable.
+pub fn resolve(
+    domain: &str,
+    env_file: Option<&Path>,
+) -> Result<(context::Context, contract::Contract), Vec<String>> {
+    let vars = context::Vars::load(env_file, std::env::vars()).map_err(|p| p.0)?;
+    let context = context::resolve(domain, &vars).map_err(|p| p.0)?;
+    let pool = contracts::descriptor_pool()
+        .map_err(|e| vec![format!("the embedded contracts cannot be read: {e}")])?;
+    let contract = contract::resolve(&context, pool)?;
+    Ok((context, contract))
+}

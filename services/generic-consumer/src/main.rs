@@ -5,8 +5,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 use generic_consumer::{
-    context::{self, Context, SinkKind, Vars},
-    contract::{self, Contract},
+    context::{Context, SinkKind},
+    contract::Contract,
     kafka,
     run::{self, Instance},
     sink::JsonlSink,
@@ -36,14 +36,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match platform::cli::parse() {
         Ok(cli) => cli,
-        Err(err) => {
-            let _ = err.print();
-            return ExitCode::from(if err.use_stderr() { 1 } else { 0 });
-        }
+        Err(code) => return code,
     };
-    let (context, contract) = match resolve(&cli) {
+    let (context, contract) = match generic_consumer::resolve(&cli.domain, cli.env_file.as_deref())
+    {
         Ok(resolved) => resolved,
         Err(problems) => {
             for problem in &problems {
@@ -77,16 +75,6 @@ async fn main() -> ExitCode {
     };
     telemetry.shutdown().await;
     code
-}
-
-/// The context and contract, or every problem found.
-fn resolve(cli: &Cli) -> Result<(Context, Contract), Vec<String>> {
-    let vars = Vars::load(cli.env_file.as_deref(), std::env::vars()).map_err(|p| p.0)?;
-    let context = context::resolve(&cli.domain, &vars).map_err(|p| p.0)?;
-    let pool = contracts::descriptor_pool()
-        .map_err(|e| vec![format!("the embedded contracts cannot be read: {e}")])?;
-    let contract = contract::resolve(&context, pool)?;
-    Ok((context, contract))
 }
 
 fn print_check(context: &Context, contract: &Contract) -> anyhow::Result<()> {

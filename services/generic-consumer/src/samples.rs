@@ -4,8 +4,16 @@
 //! every field filled: `event_id` unique per `n`, timestamps, numbers, enums, nested and
 //! repeated messages.
 
+use std::time::Duration;
+
 use prost::Message;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
+use rdkafka::{
+    error::KafkaError,
+    message::ToBytes,
+    producer::{BaseProducer, BaseRecord},
+    types::RDKafkaErrorCode,
+};
 
 use crate::{context::Format, contract::Contract};
 
@@ -39,6 +47,28 @@ pub fn encode(contract: &Contract, message: &DynamicMessage) -> Vec<u8> {
         Format::Protobuf => message.encode_to_vec(),
         // Serialising a dynamic message cannot fail: every value is representable.
         Format::Json => serde_json::to_vec(message).unwrap_or_default(),
+    }
+}
+
+/// Queues `record` on `producer`; while the producer's queue is full, serves its delivery
+/// reports and tries again (producing samples in bulk outruns the queue).
+pub fn send<K, P>(
+    producer: &BaseProducer,
+    mut record: BaseRecord<'_, K, P>,
+) -> Result<(), KafkaError>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((err, back)) if err.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                producer.poll(Duration::from_millis(5));
+                record = back;
+            }
+            Err((err, _)) => return Err(err),
+        }
     }
 }
 

@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use platform::job::JobExit;
 use provisioner_job::{
     Cli,
@@ -12,17 +11,9 @@ use provisioner_job::{
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match platform::cli::parse() {
         Ok(cli) => cli,
-        Err(err) => {
-            let _ = err.print();
-            // --help and --version are not errors; a bad flag is a fatal run (exit 1).
-            return if err.use_stderr() {
-                JobExit::Fatal.into()
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     if let Some(problem) = cli.usage_problem() {
         eprintln!("error: {problem}");

@@ -3,105 +3,27 @@
 //! the binary consuming each into jsonl until SIGTERM.
 
 use std::{
-    net::TcpStream,
-    path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use rdkafka::{
-    ClientConfig,
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
-};
-
-use crate::helpers::*;
-
-/// A tansu broker process, stopped when dropped.
-struct Tansu {
-    child: Child,
-    bootstrap: String,
-}
-
-impl Tansu {
-    fn start(dir: &Path) -> Self {
-        let binary = std::env::var("TANSU").unwrap_or_else(|_| "tansu".to_owned());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.join("tansu.log")).expect("log");
-        let child = Command::new(&binary)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|err| {
-                panic!("cannot start the tansu broker ({binary}): {err}; `make tools` installs it")
-            });
-        let bootstrap = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&bootstrap).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {bootstrap}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, bootstrap }
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let results = admin
-        .create_topics(&new, &AdminOptions::new())
-        .await
-        .expect("create topics");
-    for result in results {
-        result.expect("topic created");
-    }
-}
+use crate::{helpers::*, tansu::Tansu};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_domains_end_to_end_against_a_broker_process() {
     const COUNT: u64 = 2000;
     const PARTITIONS: i32 = 3;
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = Tansu::start(dir.path());
-    create_topics(
-        &broker.bootstrap,
-        &[
+    let broker = Tansu::start(Some(&dir.path().join("tansu.log"))).expect("tansu");
+    broker
+        .create_topics(&[
             (DELIVERY_TOPIC, PARTITIONS),
             (PAYMENTS_TOPIC, PARTITIONS),
             ("delivery.events.v10.dlq", 1),
             ("payments.events.v2.dlq", 1),
-        ],
-    )
-    .await;
+        ])
+        .await
+        .expect("topics created");
 
     let out = dir.path().join("out");
     let out_dir = out.to_str().expect("utf-8").to_owned();

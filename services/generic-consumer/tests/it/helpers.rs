@@ -27,7 +27,6 @@ use rdkafka::{
     message::OwnedMessage,
     mocking::MockCluster,
     producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer},
-    types::RDKafkaErrorCode,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -135,22 +134,12 @@ fn producer(bootstrap: &str) -> BaseProducer {
 pub fn produce(bootstrap: &str, topic: &str, messages: Vec<(i32, Vec<u8>, Vec<u8>)>) {
     let producer = producer(bootstrap);
     for (partition, key, payload) in &messages {
-        let mut record = BaseRecord::to(topic)
+        let record = BaseRecord::to(topic)
             .partition(*partition)
             .key(key.as_slice())
             .payload(payload.as_slice());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((err, back))
-                    if err.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) =>
-                {
-                    producer.poll(Duration::from_millis(10));
-                    record = back;
-                }
-                Err((err, _)) => panic!("cannot produce to {topic}: {err}"),
-            }
-        }
+        samples::send(&producer, record)
+            .unwrap_or_else(|err| panic!("cannot produce to {topic}: {err}"));
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
 }

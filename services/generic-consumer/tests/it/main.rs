@@ -7,3 +7,4 @@ mod consuming;
 mod domains;
 mod helpers;
 mod process;
+mod tansu;
