@@ -17,6 +17,12 @@ use serde::{Serialize, de::DeserializeOwned};
 pub trait Validate {
     /// Every problem found, one human-readable line each (naming the key); empty when valid.
     fn problems(&self) -> Vec<String>;
+
+    /// Things that work but should be changed (a legacy key name, ...), one line each;
+    /// printed on stderr at start.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Why the configuration could not be used. Each variant renders as lines fit for stderr.
@@ -28,18 +34,32 @@ pub enum ConfigError {
     /// A value has the wrong shape (type, missing field, unknown variant, ...).
     #[error("invalid config: {}", .0.join("; "))]
     Shape(Vec<String>),
-    /// Values that parse but cannot be used.
-    #[error("invalid config:\n  - {}", .0.join("\n  - "))]
-    Invalid(Vec<String>),
+    /// Values that parse but cannot be used; `loaded` is the configuration as it was
+    /// read (secrets redacted), for `--print-config`.
+    #[error("invalid config:\n  - {}", .problems.join("\n  - "))]
+    Invalid {
+        problems: Vec<String>,
+        loaded: String,
+    },
     /// The effective configuration could not be rendered.
     #[error("cannot render config: {0}")]
     Render(String),
 }
 
+impl ConfigError {
+    /// Every problem, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            Self::Shape(problems) | Self::Invalid { problems, .. } => problems.clone(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
 /// Loads `T` from the optional file and the environment, then validates it.
 pub fn load<T>(env_prefix: &str, file: Option<&Path>) -> Result<T, ConfigError>
 where
-    T: DeserializeOwned + Validate,
+    T: DeserializeOwned + Serialize + Validate,
 {
     let config: T = figment(env_prefix, file)?
         .extract()
@@ -48,7 +68,10 @@ where
     if problems.is_empty() {
         Ok(config)
     } else {
-        Err(ConfigError::Invalid(problems))
+        Err(ConfigError::Invalid {
+            loaded: render(&config)?,
+            problems,
+        })
     }
 }
 
@@ -184,7 +207,8 @@ mod tests {
             let err =
                 load::<Sample>("SAMPLE", Some(Path::new("zero.json"))).expect_err("must fail");
             assert!(
-                matches!(err, ConfigError::Invalid(ref p) if p == &["workers: must be at least 1"]),
+                matches!(err, ConfigError::Invalid { ref problems, ref loaded }
+                    if problems == &["workers: must be at least 1"] && loaded.contains("workers: 0")),
                 "{err}"
             );
             Ok(())

@@ -9,7 +9,11 @@
 //!   `/metrics`), to which a service merges its own routes.
 //! - [`shutdown`]: SIGTERM/SIGINT turned into a cancellation token, and a bounded drain.
 //! - [`job`]: the exit codes and the run summary shared by the CronJob binaries.
-//! - [`cli`]: the `--config` / `--print-config` flags every binary takes.
+//! - [`cli`]: the one command-line parser (exit codes shared by every binary), the
+//!   `--config` / `--print-config` flags and the start of every `main`.
+//!
+//! [`service!`] names the running service (its crate's name and version) for the
+//! telemetry and the logs.
 
 pub mod cli;
 pub mod config;
@@ -18,3 +22,23 @@ pub mod ops;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
+
+/// The running service: its name and version, as telemetry reports them
+/// (`service.name`, `service.version`). Build it with [`service!`] in the binary, so the
+/// version is the service's own, not this crate's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Service {
+    pub name: &'static str,
+    pub version: &'static str,
+}
+
+/// The [`Service`] of the crate this is written in: `platform::service!()`.
+#[macro_export]
+macro_rules! service {
+    () => {
+        $crate::Service {
+            name: env!("CARGO_PKG_NAME"),
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    };
+}

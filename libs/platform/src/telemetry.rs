@@ -22,6 +22,8 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::Service;
 use tracing_subscriber::{
     EnvFilter, Layer, Registry, layer::SubscriberExt, util::SubscriberInitExt,
 };
@@ -100,7 +102,7 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber. Call once, inside the tokio runtime, after the config
 /// has loaded (config errors are printed to stderr before telemetry exists).
-pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError> {
+pub fn init(service: Service) -> Result<TelemetryGuard, TelemetryError> {
     let format = LogFormat::from_env()?;
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.trim().is_empty() => {
@@ -122,10 +124,10 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
             .boxed(),
     };
 
-    let provider = otlp_provider(service_name)?;
+    let provider = otlp_provider(service)?;
     let otel_layer = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
-            .with_tracer(p.tracer(service_name))
+            .with_tracer(p.tracer(service.name))
             .boxed()
     });
 
@@ -144,7 +146,7 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
     Ok(TelemetryGuard { provider })
 }
 
-fn otlp_provider(service_name: &'static str) -> Result<Option<SdkTracerProvider>, TelemetryError> {
+fn otlp_provider(service: Service) -> Result<Option<SdkTracerProvider>, TelemetryError> {
     let endpoint_set = [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -158,19 +160,23 @@ fn otlp_provider(service_name: &'static str) -> Result<Option<SdkTracerProvider>
         .with_tonic()
         .build()
         .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-    let resource = Resource::builder()
-        .with_service_name(service_name)
-        .with_attribute(opentelemetry::KeyValue::new(
-            "service.version",
-            env!("CARGO_PKG_VERSION"),
-        ))
-        .build();
     Ok(Some(
         SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_resource(resource)
+            .with_resource(resource(service))
             .build(),
     ))
+}
+
+/// What the exported spans say about their source.
+fn resource(service: Service) -> Resource {
+    Resource::builder()
+        .with_service_name(service.name)
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            service.version,
+        ))
+        .build()
 }
 
 /// Makes `span` (created with `parent: None`) a child of the current span in the
@@ -230,9 +236,27 @@ impl Extractor for HeaderExtractor<'_> {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry::{Key, Value, trace::TraceContextExt};
 
     use super::*;
+
+    #[test]
+    fn the_resource_carries_the_service_s_own_name_and_version() {
+        let resource = resource(Service {
+            name: "some-service",
+            version: "7.3.1",
+        });
+        assert_eq!(
+            resource.get(&Key::new("service.name")),
+            Some(Value::from("some-service"))
+        );
+        assert_eq!(
+            resource.get(&Key::new("service.version")),
+            Some(Value::from("7.3.1")),
+            "the service's version, not the platform crate's ({})",
+            env!("CARGO_PKG_VERSION")
+        );
+    }
 
     #[test]
     fn a_traceparent_header_is_read_back_as_the_remote_parent() {

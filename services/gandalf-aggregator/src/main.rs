@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use gandalf_aggregator::{
     App,
     config::{Config, ENV_PREFIX},
@@ -12,7 +11,7 @@ use platform::cli::ConfigArgs;
 
 /// Routes events, commands, configuration and secrets between the connectors of one
 /// tenant and a Gandalf cluster.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = "gandalf-aggregator", version)]
 struct Cli {
     #[command(flatten)]
@@ -26,10 +25,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let (config, telemetry) = match cli.config.start::<Config>(ENV_PREFIX, "gandalf-aggregator") {
+    let started = platform::cli::parse::<Cli>()
+        .and_then(|cli| cli.config.start::<Config>(ENV_PREFIX, platform::service!()));
+    let (config, telemetry) = match started {
         Ok(started) => started,
-        Err(code) => return code,
+        Err(stop) => return stop.report(),
     };
     let result = match App::build(config).await {
         Ok(app) => {

@@ -38,7 +38,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let cli: Cli = match platform::cli::parse() {
         Ok(cli) => cli,
-        Err(code) => return code,
+        Err(stop) => return stop.report(),
     };
     let (context, contract) = match generic_consumer::resolve(&cli.domain, cli.env_file.as_deref())
     {
@@ -59,7 +59,7 @@ async fn main() -> ExitCode {
             }
         };
     }
-    let telemetry = match platform::telemetry::init("generic-consumer") {
+    let telemetry = match platform::telemetry::init(platform::service!()) {
         Ok(guard) => guard,
         Err(err) => {
             eprintln!("error: {err}");

@@ -19,7 +19,7 @@ use provisioner_job::{
     config::{ClientSpec, Config, DatabaseConfig},
     provision,
     reconcile::{new_api_key, new_crypto_key},
-    store::{STATE_QUERY, Store},
+    store::{Access, STATE_QUERY, Store},
 };
 use secrecy::ExposeSecret;
 use sqlx::{Connection, PgConnection, QueryBuilder};
@@ -47,7 +47,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let token = CancellationToken::new();
 
         let started = Instant::now();
-        let summary = provision(&config, &RunOptions::default(), &token).await;
+        let summary = provision(
+            &config,
+            &RunOptions {
+                no_key_delivery: true,
+                ..RunOptions::default()
+            },
+            &token,
+        )
+        .await;
         first.push(started.elapsed());
         assert_eq!(
             summary.created.len(),
@@ -57,7 +65,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
 
         let started = Instant::now();
-        let summary = provision(&config, &RunOptions::default(), &token).await;
+        let summary = provision(
+            &config,
+            &RunOptions {
+                no_key_delivery: true,
+                ..RunOptions::default()
+            },
+            &token,
+        )
+        .await;
         rerun.push(started.elapsed());
         assert_eq!(
             summary.unchanged.len(),
@@ -153,10 +169,13 @@ async fn fresh_database(admin: &str, purpose: &str) -> Result<String, Box<dyn st
         .rsplit_once('/')
         .ok_or("no database in TEST_DATABASE_URL")?;
     let url = format!("{base}/{name}");
-    let store = Store::connect(&DatabaseConfig {
-        url: FromStr::from_str(&url)?,
-        ..DatabaseConfig::default()
-    })
+    let store = Store::connect(
+        &DatabaseConfig {
+            url: FromStr::from_str(&url)?,
+            ..DatabaseConfig::default()
+        },
+        Access::ReadWrite,
+    )
     .await?;
     store.migrate().await?;
     let mut conn = PgConnection::connect(&url).await?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use platform::{cli::ConfigArgs, job::OutputFormat};
 
-use crate::RunOptions;
+use crate::{RunOptions, delivery::TargetSpec};
 
 /// Reconciles the client configurations declared in YAML into the aggregation database.
 ///
@@ -15,9 +15,14 @@ use crate::RunOptions;
 /// key is never rotated); clients in the database but no longer declared are reported as
 /// orphans and never deleted.
 ///
-/// Exit codes: 0 success or nothing to do; 1 fatal (bad config, database unreachable:
-/// nothing written); 2 changes pending (only with --dry-run --detailed-exitcode);
-/// 3 some clients failed, the others were applied.
+/// Every new API key is pending delivery until it reached --api-keys-secret or
+/// --api-keys-out; each run delivers all pending keys. A run that would create keys with
+/// neither refuses, unless --no-key-delivery is given.
+///
+/// Exit codes: 0 success or nothing to do; 1 fatal (bad flags or config, database
+/// unreachable: nothing written); 2 changes pending (only with --dry-run
+/// --detailed-exitcode); 3 some clients failed or keys could not be delivered, the rest
+/// was applied.
 #[derive(Debug, Parser)]
 #[command(name = "provisioner-job", version, max_term_width = 100)]
 pub struct Cli {
@@ -62,12 +67,29 @@ pub struct JobArgs {
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text, global = true)]
     pub output: OutputFormat,
 
-    /// Write the new API keys to PATH as a Kubernetes Secret manifest (mode 0600).
-    /// Not written when no key was created.
-    #[arg(long, value_name = "PATH", global = true)]
+    /// Deliver the pending API keys into this Kubernetes Secret, through the API server
+    /// (KUBECONFIG, or the pod's ServiceAccount): a merge patch that adds keys and never
+    /// removes other entries. The Secret must exist.
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME",
+        value_parser = secret_ref,
+        global = true,
+        conflicts_with_all = ["api_keys_out", "no_key_delivery"]
+    )]
+    pub api_keys_secret: Option<(String, String)>,
+
+    /// Deliver the pending API keys into PATH, a Kubernetes Secret manifest (mode 0600).
+    /// An existing file is merged with, never clobbered.
+    #[arg(
+        long,
+        value_name = "PATH",
+        global = true,
+        conflicts_with = "no_key_delivery"
+    )]
     pub api_keys_out: Option<PathBuf>,
 
-    /// metadata.name of the Secret in --api-keys-out.
+    /// metadata.name of the Secret in the --api-keys-out manifest.
     #[arg(
         long,
         value_name = "NAME",
@@ -76,17 +98,19 @@ pub struct JobArgs {
     )]
     pub api_keys_secret_name: String,
 
-    /// metadata.namespace of the Secret in --api-keys-out (omitted when not given).
+    /// metadata.namespace of the Secret in the --api-keys-out manifest (omitted when not
+    /// given).
     #[arg(long, value_name = "NAMESPACE", global = true)]
     pub api_keys_namespace: Option<String>,
+
+    /// Create clients without delivering their keys: they stay pending in the database
+    /// and the next run with a target delivers them.
+    #[arg(long, global = true)]
+    pub no_key_delivery: bool,
 }
 
-/// Where the new API keys go.
-#[derive(Debug, Clone)]
-pub struct KeysTarget {
-    pub path: PathBuf,
-    pub secret_name: String,
-    pub namespace: Option<String>,
+fn secret_ref(value: &str) -> Result<(String, String), String> {
+    crate::delivery::parse_secret_ref(value)
 }
 
 impl Cli {
@@ -95,12 +119,24 @@ impl Cli {
         RunOptions {
             dry_run: self.job.dry_run || self.command == Some(Command::Plan),
             repair: self.job.repair,
-            api_keys_out: self.job.api_keys_out.clone().map(|path| KeysTarget {
-                path,
-                secret_name: self.job.api_keys_secret_name.clone(),
-                namespace: self.job.api_keys_namespace.clone(),
-            }),
+            key_target: self.key_target(),
+            no_key_delivery: self.job.no_key_delivery,
         }
+    }
+
+    /// Where the keys go, from --api-keys-secret or --api-keys-out.
+    pub fn key_target(&self) -> Option<TargetSpec> {
+        if let Some((namespace, name)) = &self.job.api_keys_secret {
+            return Some(TargetSpec::Secret {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            });
+        }
+        self.job.api_keys_out.clone().map(|path| TargetSpec::File {
+            path,
+            secret_name: self.job.api_keys_secret_name.clone(),
+            namespace: self.job.api_keys_namespace.clone(),
+        })
     }
 
     /// `apply`, `plan` or `migrate`.
@@ -114,6 +150,27 @@ impl Cli {
 
     /// Flag combinations that make no sense, as one message.
     pub fn usage_problem(&self) -> Option<String> {
+        if self.command == Some(Command::Migrate) {
+            let job = &self.job;
+            let given: Vec<&str> = [
+                (job.dry_run, "--dry-run"),
+                (job.detailed_exitcode, "--detailed-exitcode"),
+                (job.repair, "--repair"),
+                (job.api_keys_secret.is_some(), "--api-keys-secret"),
+                (job.api_keys_out.is_some(), "--api-keys-out"),
+                (job.api_keys_namespace.is_some(), "--api-keys-namespace"),
+                (job.no_key_delivery, "--no-key-delivery"),
+            ]
+            .into_iter()
+            .filter_map(|(set, flag)| set.then_some(flag))
+            .collect();
+            if !given.is_empty() {
+                return Some(format!(
+                    "migrate only migrates the schema; it takes no {}",
+                    given.join(", ")
+                ));
+            }
+        }
         if self.job.detailed_exitcode && !self.options().dry_run {
             return Some("--detailed-exitcode needs --dry-run (or the plan command)".into());
         }

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 /// Prefix of the environment overrides: `PROVISIONER__DATABASE__URL`, ...
 pub const ENV_PREFIX: &str = "PROVISIONER";
 
-/// The whole configuration.
+/// The whole configuration. Keys beside `database` and `provisionClientsConfig` belong to
+/// the aggregation service whose YAML this is, and are ignored; inside those two sections
+/// an unknown key is an error.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Config {
@@ -31,8 +33,14 @@ pub struct DatabaseConfig {
     pub connect_timeout_secs: u64,
     /// How long to wait for another run's lock before giving up (exit 0), in seconds.
     pub lock_wait_secs: u64,
-    /// Clients written per transaction.
+    /// Clients written (created or repaired) per transaction.
     pub batch_size: usize,
+    /// PostgreSQL `statement_timeout` of the job's connections, in seconds (0: none): a
+    /// statement that runs longer is cancelled and reported.
+    pub statement_timeout_secs: u64,
+    /// PostgreSQL `lock_timeout` of the job's connections, in seconds (0: none): how long
+    /// a statement may wait for a row or table lock another session holds.
+    pub lock_timeout_secs: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -42,6 +50,8 @@ impl Default for DatabaseConfig {
             connect_timeout_secs: 10,
             lock_wait_secs: 60,
             batch_size: 500,
+            statement_timeout_secs: 60,
+            lock_timeout_secs: 10,
         }
     }
 }
@@ -58,12 +68,21 @@ impl DatabaseConfig {
     }
 }
 
-/// `provisionClientsConfig`: which clients must exist, and on which cluster.
+/// `provisionClientsConfig`: which clients must exist, and on which cluster. Strict: a
+/// misspelt key (`enable:`, `clusterID:`) is an error naming it, never silently ignored.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProvisionConfig {
     /// `false` opts this cluster out: the job logs it and exits 0 without touching the database.
     pub enabled: bool,
+    /// The original service's name for `enabled`, accepted with a warning; the two must
+    /// agree when both are given.
+    #[serde(
+        rename = "shouldProvisionClients",
+        alias = "shouldprovisionclients",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub should_provision_clients: Option<bool>,
     /// Cluster of every client that does not name its own.
     #[serde(rename = "clusterId", alias = "clusterid")]
     pub cluster_id: String,
@@ -75,6 +94,7 @@ impl Default for ProvisionConfig {
     fn default() -> Self {
         Self {
             enabled: true,
+            should_provision_clients: None,
             cluster_id: "oxford-production".into(),
             clients: BTreeMap::new(),
         }
@@ -82,6 +102,12 @@ impl Default for ProvisionConfig {
 }
 
 impl ProvisionConfig {
+    /// Whether this cluster provisions clients: `enabled`, or the legacy
+    /// `shouldProvisionClients` when only that one says `false`.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled && self.should_provision_clients != Some(false)
+    }
+
     /// The cluster a client belongs on: its own `clusterId`, else the default.
     pub fn cluster_of<'a>(&'a self, spec: &'a ClientSpec) -> &'a str {
         spec.cluster_id.as_deref().unwrap_or(&self.cluster_id)
@@ -153,7 +179,19 @@ impl Validate for Config {
         if self.database.connect_timeout_secs == 0 {
             problems.push("database.connect_timeout_secs: must be at least 1".into());
         }
-        if !self.provision.enabled {
+        if self
+            .provision
+            .should_provision_clients
+            .is_some_and(|legacy| legacy != self.provision.enabled)
+            && !self.provision.enabled
+        {
+            problems.push(
+                "provisionClientsConfig: enabled: false and shouldProvisionClients: true disagree; \
+                 keep only enabled"
+                    .into(),
+            );
+        }
+        if !self.provision.is_enabled() {
             // An opted-out cluster is not checked further: its clients are never read.
             return problems;
         }
@@ -180,6 +218,17 @@ impl Validate for Config {
             }
         }
         problems
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        match self.provision.should_provision_clients {
+            Some(_) => vec![format!(
+                "provisionClientsConfig.shouldProvisionClients is the legacy name of \
+                 provisionClientsConfig.enabled; read as enabled: {}; rename it",
+                self.provision.is_enabled()
+            )],
+            None => Vec::new(),
+        }
     }
 }
 

@@ -11,13 +11,12 @@
 
 pub mod cli;
 pub mod config;
-pub mod keys;
+pub mod delivery;
 pub mod reconcile;
 pub mod store;
 pub mod summary;
 
 use platform::job::{JobExit, print_summary};
-use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -26,10 +25,10 @@ use tracing::Instrument;
 pub use crate::cli::{Cli, Command};
 use crate::{
     config::Config,
-    keys::KeysFile,
+    delivery::{Delivery, TargetSpec},
     reconcile::{Applied, classify, missing_clusters},
-    store::{RunRecord, RunSession, Store, StoreError},
-    summary::{ClientError, Outcome, Summary},
+    store::{Access, RunRecord, RunSession, Store},
+    summary::{Outcome, Summary},
 };
 
 /// What to do in this run, from the command line.
@@ -39,8 +38,10 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Also fix drift.
     pub repair: bool,
-    /// Where to write the new API keys, with the Secret's name and namespace.
-    pub api_keys_out: Option<cli::KeysTarget>,
+    /// Where the pending API keys are delivered.
+    pub key_target: Option<TargetSpec>,
+    /// Create clients with no target: their keys stay pending.
+    pub no_key_delivery: bool,
 }
 
 /// Runs the whole job: prints the summary on stdout and returns the exit code.
@@ -73,25 +74,31 @@ pub async fn run(cli: &Cli, config: &Config, shutdown: CancellationToken) -> Job
 }
 
 async fn migrate(config: &Config) -> Summary {
-    let result = async {
-        let store = Store::connect(&config.database).await?;
-        let migrated = store.migrate().await;
-        store.close().await;
-        migrated.map(|()| store.backend())
-    }
-    .await;
-    match result {
-        Ok(backend) => {
+    let fail = |err: String| Summary {
+        command: "migrate",
+        ..fatal(err, false, false)
+    };
+    let store = match Store::connect(&config.database, Access::ReadWrite).await {
+        Ok(store) => store,
+        Err(err) => return fail(err.to_string()),
+    };
+    let started_at = OffsetDateTime::now_utc();
+    let mut summary = match store.migrate().await {
+        Ok(()) => {
             let mut summary = Summary::new(Outcome::Success, false, false);
             summary.command = "migrate";
-            summary.message = Some(format!("{backend} schema is up to date"));
+            summary.message = Some(format!("{} schema is up to date", store.backend()));
             summary
         }
-        Err(err) => Summary {
-            command: "migrate",
-            ..fatal(err.to_string(), false, false)
-        },
+        Err(err) => fail(err.to_string()),
+    };
+    if summary.outcome == Outcome::Success {
+        let record = new_record(config, started_at);
+        summary.run_id = Some(record.run_id.clone());
+        record_outside_the_lock(&store, &record, &mut summary).await;
     }
+    store.close().await;
+    summary
 }
 
 fn fatal(problem: String, dry_run: bool, repair: bool) -> Summary {
@@ -100,14 +107,15 @@ fn fatal(problem: String, dry_run: bool, repair: bool) -> Summary {
 }
 
 /// Reconciles the declared clients into the database (or, in a dry run, says what that
-/// would do). Never panics on bad input: every failure ends up in the summary.
+/// would do) and delivers the pending API keys. Never panics on bad input: every failure
+/// ends up in the summary.
 pub async fn provision(
     config: &Config,
     options: &RunOptions,
     shutdown: &CancellationToken,
 ) -> Summary {
     let (dry_run, repair) = (options.dry_run, options.repair);
-    if !config.provision.enabled {
+    if !config.provision.is_enabled() {
         tracing::info!("provisionClientsConfig.enabled is false: this cluster opted out");
         let mut summary = Summary::new(Outcome::Disabled, dry_run, repair);
         summary.message = Some(
@@ -117,22 +125,21 @@ pub async fn provision(
         return summary;
     }
 
-    // Opened before any database write, so an unwritable path changes nothing.
-    let keys_file = match (&options.api_keys_out, dry_run) {
-        (Some(target), false) => {
-            match KeysFile::prepare(
-                &target.path,
-                &target.secret_name,
-                target.namespace.as_deref(),
-            ) {
-                Ok(file) => Some(file),
-                Err(err) => return fatal(err.to_string(), dry_run, repair),
-            }
-        }
+    // Checked before any database write, so a target that cannot work changes nothing.
+    let delivery = match (&options.key_target, dry_run) {
+        (Some(target), false) => match Delivery::prepare(target).await {
+            Ok(delivery) => Some(delivery),
+            Err(err) => return fatal(err.to_string(), dry_run, repair),
+        },
         _ => None,
     };
 
-    let store = match Store::connect(&config.database).await {
+    let access = if dry_run {
+        Access::ReadOnly
+    } else {
+        Access::ReadWrite
+    };
+    let store = match Store::connect(&config.database, access).await {
         Ok(store) => store,
         Err(err) => return fatal(err.to_string(), dry_run, repair),
     };
@@ -143,36 +150,13 @@ pub async fn provision(
         "connected"
     );
 
-    let result = if dry_run {
-        Err(plan_only(&store, config, repair).await)
+    let summary = if dry_run {
+        plan_only(&store, config, repair).await
     } else {
-        apply_locked(&store, config, options, shutdown).await
+        apply_locked(&store, config, options, delivery, shutdown).await
     };
     // Connections end with a clean goodbye instead of being cut at exit.
     store.close().await;
-
-    let (mut summary, created) = match result {
-        Ok(done) => done,
-        Err(summary) => return summary,
-    };
-    if let Some(file) = keys_file {
-        let path = file.target().display().to_string();
-        match file.write(&created) {
-            Ok(true) => {
-                tracing::info!(path = %path, keys = created.len(), "new API keys written");
-                summary.api_keys_file = Some(path);
-            }
-            Ok(false) => tracing::info!("no new API keys; keys file not written"),
-            Err(err) => {
-                tracing::error!(error = %err, "new API keys are in the database but not in the keys file");
-                summary.outcome = Outcome::PartialFailure;
-                summary.errors.push(ClientError {
-                    client: None,
-                    error: format!("{err}; the keys are in client_configurations.api_client_key"),
-                });
-            }
-        }
-    }
     summary
 }
 
@@ -206,85 +190,118 @@ async fn plan_only(store: &Store, config: &Config, repair: bool) -> Summary {
     summary
 }
 
-type Created = Vec<(String, SecretString)>;
+fn new_record(config: &Config, started_at: OffsetDateTime) -> RunRecord {
+    RunRecord {
+        run_id: uuid::Uuid::new_v4().to_string(),
+        started_at,
+        config_sha256: config_digest(config),
+    }
+}
 
-/// Migrates, takes the run lock, validates the clusters, applies and records the run.
-/// `Err` carries a summary of a run that wrote no client.
+/// Stores the row of a run that did not hold the run lock (locked out, interrupted while
+/// waiting, a migration); a failure to store it is a failure of the run.
+async fn record_outside_the_lock(store: &Store, record: &RunRecord, summary: &mut Summary) {
+    summary.run_id = Some(record.run_id.clone());
+    let json = serde_json::to_value(&*summary).unwrap_or_default();
+    if let Err(err) = store
+        .record_run(record, summary.outcome.as_str(), &json)
+        .await
+    {
+        tracing::warn!(error = %err, "cannot record the run in provisioning_runs");
+        summary.message = summary
+            .message
+            .take()
+            .map(|m| format!("{m} (not recorded in provisioning_runs: {err})"));
+    }
+}
+
+/// Migrates, takes the run lock, then everything under it: the run's audit row, the
+/// reconciliation, the delivery of the pending keys and the finished audit row, which
+/// thus agrees with the exit code.
 async fn apply_locked(
     store: &Store,
     config: &Config,
     options: &RunOptions,
+    delivery: Option<Delivery>,
     shutdown: &CancellationToken,
-) -> Result<(Summary, Created), Summary> {
+) -> Summary {
     let (dry_run, repair) = (false, options.repair);
-    let fail = |err: StoreError| fatal(err.to_string(), dry_run, repair);
-
+    let waiting_since = OffsetDateTime::now_utc();
     if shutdown.is_cancelled() {
-        return Err(interrupted(dry_run, repair));
+        return interrupted(dry_run, repair);
     }
-    store.migrate().await.map_err(fail)?;
-    let session = store
-        .begin_run(config.database.lock_wait(), shutdown)
-        .await
-        .map_err(fail)?;
+    if let Err(err) = store.migrate().await {
+        return fatal(err.to_string(), dry_run, repair);
+    }
+    let session = match store.begin_run(config.database.lock_wait(), shutdown).await {
+        Ok(session) => session,
+        Err(err) => return fatal(err.to_string(), dry_run, repair),
+    };
     let Some(mut session) = session else {
-        if shutdown.is_cancelled() {
-            return Err(interrupted(dry_run, repair));
-        }
-        tracing::info!("another run held the lock for the whole wait; nothing done");
-        let mut summary = Summary::new(Outcome::Locked, dry_run, repair);
-        summary.message = Some(format!(
-            "another run holds the lock ({}); waited {}s, nothing done",
-            store.lock_kind(),
-            config.database.lock_wait_secs
-        ));
-        return Err(summary);
+        let mut summary = if shutdown.is_cancelled() {
+            interrupted(dry_run, repair)
+        } else {
+            locked_out(store, config, dry_run, repair).await
+        };
+        record_outside_the_lock(store, &new_record(config, waiting_since), &mut summary).await;
+        return summary;
     };
 
-    let (mut summary, created) =
-        match reconcile_locked(&mut session, config, options, shutdown).await {
-            Ok(done) => done,
-            Err(summary) => {
-                // Nothing was written under the lock: release it (SQLite rolls back).
-                session.abort().await;
-                return Err(summary);
-            }
-        };
-    let run_id = summary.run_id.clone().unwrap_or_default();
+    let record = new_record(config, OffsetDateTime::now_utc());
+    if let Err(err) = session.start_record(&record).await {
+        session.abort().await;
+        return fatal(err.to_string(), dry_run, repair);
+    }
+    let mut summary =
+        reconcile_locked(&mut session, config, options, delivery.is_some(), shutdown).await;
+    summary.run_id = Some(record.run_id.clone());
+    if summary.outcome != Outcome::Fatal {
+        deliver_pending(&mut session, delivery, &mut summary).await;
+    }
 
     let summary_json = serde_json::to_value(&summary).unwrap_or_default();
     let finished = async {
         session
-            .finish_record(&run_id, summary.outcome.as_str(), &summary_json)
+            .finish_record(&record.run_id, summary.outcome.as_str(), &summary_json)
             .await?;
         session.finish().await
     }
     .await;
     if let Err(err) = finished {
         match store {
-            // The run's transaction did not commit: nothing was written, no key exists.
-            Store::Sqlite(_) => {
-                return Err(fatal(
-                    format!("cannot commit the run: {err}"),
-                    dry_run,
-                    repair,
-                ));
+            // Nothing since the last commit_writes is kept: the clients and the delivery
+            // marks are, the audit row is not finished.
+            Store::Sqlite(_) if summary.outcome == Outcome::Fatal => {
+                return fatal(format!("cannot commit the run: {err}"), dry_run, repair);
             }
-            // The clients are committed and their keys must still reach the keys file;
-            // only the audit row is incomplete.
-            Store::Postgres(_) => {
-                summary.outcome = Outcome::PartialFailure;
-                summary.errors.push(ClientError {
-                    client: None,
-                    error: format!("cannot record the run in provisioning_runs: {err}"),
-                });
-            }
+            _ => summary.fail(format!("cannot record the run in provisioning_runs: {err}")),
         }
     }
-    Ok((summary, created))
+    summary
 }
 
-/// A run stopped by a signal before it took the lock: nothing written.
+/// Another run held the lock for the whole wait: nothing done, and who holds it.
+async fn locked_out(store: &Store, config: &Config, dry_run: bool, repair: bool) -> Summary {
+    let holder = store.lock_holder().await;
+    let held_by = holder
+        .as_ref()
+        .map(|h| format!(" by {h}"))
+        .unwrap_or_default();
+    tracing::warn!(
+        holder = holder.as_ref().map(ToString::to_string),
+        waited_secs = config.database.lock_wait_secs,
+        "another run held the lock for the whole wait; nothing done"
+    );
+    let mut summary = Summary::new(Outcome::Locked, dry_run, repair);
+    summary.message = Some(format!(
+        "another run holds the lock ({}{held_by}); waited {}s, nothing done",
+        store.lock_kind(),
+        config.database.lock_wait_secs
+    ));
+    summary
+}
+
+/// A run stopped by a signal before it wrote anything.
 fn interrupted(dry_run: bool, repair: bool) -> Summary {
     tracing::warn!("stopped by a shutdown signal before any write; nothing done");
     let mut summary = Summary::new(Outcome::Interrupted, dry_run, repair);
@@ -292,24 +309,77 @@ fn interrupted(dry_run: bool, repair: bool) -> Summary {
     summary
 }
 
-/// The part of a run that holds the lock: validate the clusters, classify, record the
-/// start, apply. `Err` carries the summary of a run that wrote nothing.
+/// Delivers every pending key (this run's and earlier ones) once the run's writes are
+/// durable, and marks them delivered once the delivery is.
+async fn deliver_pending(
+    session: &mut RunSession,
+    delivery: Option<Delivery>,
+    summary: &mut Summary,
+) {
+    if let Err(err) = session.commit_writes().await {
+        summary.fail(format!("cannot commit the run's writes: {err}"));
+        return;
+    }
+    let pending = match session.pending_keys().await {
+        Ok(pending) => pending,
+        Err(err) => {
+            summary.fail(format!("cannot read the API keys pending delivery: {err}"));
+            return;
+        }
+    };
+    let names: Vec<String> = pending.iter().map(|(name, _)| name.clone()).collect();
+    let Some(delivery) = delivery else {
+        if !names.is_empty() {
+            tracing::warn!(
+                pending = names.len(),
+                "API keys pending delivery and no target"
+            );
+        }
+        summary.key_delivery.pending = names;
+        return;
+    };
+    summary.key_delivery.target = Some(delivery.target());
+    if pending.is_empty() {
+        return;
+    }
+    match delivery.deliver(&pending).await {
+        Ok(delivered) => {
+            tracing::info!(target = %delivered.target, keys = names.len(), kept = delivered.kept, "API keys delivered");
+            summary.key_delivery.kept = delivered.kept;
+            if let Err(err) = session.mark_delivered(&names, &delivered.target).await {
+                summary.fail(format!(
+                    "the keys were delivered but cannot be marked so ({err}); the next run delivers them again"
+                ));
+            }
+            summary.key_delivery.delivered = names;
+        }
+        Err(err) => {
+            summary.fail(format!("{err}; {} API key(s) stay pending", names.len()));
+            summary.key_delivery.pending = names;
+        }
+    }
+}
+
+/// The part of a run that holds the lock: validate the clusters, classify, apply. A
+/// fatal summary means nothing was written but the audit row.
 async fn reconcile_locked(
     session: &mut RunSession,
     config: &Config,
     options: &RunOptions,
+    has_target: bool,
     shutdown: &CancellationToken,
-) -> Result<(Summary, Created), Summary> {
+) -> Summary {
     let (dry_run, repair) = (false, options.repair);
-    let fail = |err: StoreError| fatal(err.to_string(), dry_run, repair);
-
-    let state = session.read_state().await.map_err(fail)?;
+    let state = match session.read_state().await {
+        Ok(state) => state,
+        Err(err) => return fatal(err.to_string(), dry_run, repair),
+    };
     let problems = missing_clusters(&config.provision, &state);
     if !problems.is_empty() {
         for problem in &problems {
             tracing::error!(problem = %problem, "invalid configuration; nothing was written");
         }
-        return Err(Summary::fatal(problems, dry_run, repair));
+        return Summary::fatal(problems, dry_run, repair);
     }
     let plan = classify(&config.provision, &state);
     tracing::info!(
@@ -319,48 +389,52 @@ async fn reconcile_locked(
         orphans = plan.orphans.len(),
         "plan"
     );
+    if !plan.create.is_empty() && !has_target && !options.no_key_delivery {
+        return fatal(
+            format!(
+                "{} client(s) would get a new API key, but no delivery target is set: pass \
+                 --api-keys-secret NAMESPACE/NAME or --api-keys-out PATH, or --no-key-delivery \
+                 to leave the keys pending in the database",
+                plan.create.len()
+            ),
+            dry_run,
+            repair,
+        );
+    }
     for orphan in &plan.orphans {
         tracing::warn!(client = %orphan, "orphan: in the database but declared nowhere; left in place");
     }
 
-    let record = RunRecord {
-        run_id: uuid::Uuid::new_v4().to_string(),
-        started_at: OffsetDateTime::now_utc(),
-        config_sha256: config_digest(config),
-    };
-    session.start_record(&record).await.map_err(fail)?;
-
-    let applied =
-        reconcile::apply(session, &plan, config.database.batch_size, repair, shutdown).await;
     let Applied {
         created,
         raced,
         drift,
         errors,
-        interrupted,
-    } = applied;
+        interrupted: stopped,
+    } = reconcile::apply(session, &plan, config.database.batch_size, repair, shutdown).await;
 
-    let mut summary = Summary::new(
-        if errors.is_empty() {
-            Outcome::Success
-        } else {
-            Outcome::PartialFailure
-        },
-        dry_run,
-        repair,
-    );
-    summary.run_id = Some(record.run_id.clone());
-    summary.created = created.iter().map(|(name, _)| name.clone()).collect();
+    let nothing_applied = created.is_empty() && !drift.iter().any(|d| d.repaired);
+    let outcome = match (stopped, nothing_applied, errors.is_empty()) {
+        (true, true, _) => Outcome::Interrupted,
+        (_, _, true) => Outcome::Success,
+        _ => Outcome::PartialFailure,
+    };
+    let mut summary = Summary::new(outcome, dry_run, repair);
+    if outcome == Outcome::Interrupted {
+        summary.message =
+            Some("stopped by a shutdown signal before the first write; nothing applied".into());
+    }
+    summary.created = created;
     summary.unchanged = plan.unchanged;
     summary.unchanged.extend(raced);
     summary.unchanged.sort();
     summary.drift = drift;
     summary.orphans = plan.orphans;
     summary.errors = errors;
-    if interrupted {
+    if stopped {
         tracing::warn!("stopped early by a shutdown signal; the rest is left for the next run");
     }
-    Ok((summary, created))
+    summary
 }
 
 /// SHA-256 of the effective `provisionClientsConfig`, stored with each run.

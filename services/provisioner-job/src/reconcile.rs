@@ -150,8 +150,8 @@ pub fn new_crypto_key() -> Result<SecretString, getrandom::Error> {
 /// What [`apply`] did.
 #[derive(Debug, Default)]
 pub struct Applied {
-    /// Created clients and their new API keys, in declaration order.
-    pub created: Vec<(String, SecretString)>,
+    /// Created clients, in declaration order (their keys are pending delivery).
+    pub created: Vec<String>,
     /// Declared as missing, but created by someone else meanwhile: left as found.
     pub raced: Vec<String>,
     pub drift: Vec<DriftEntry>,
@@ -160,9 +160,10 @@ pub struct Applied {
     pub interrupted: bool,
 }
 
-/// Carries out `plan` under the run lock: creations in batches of `batch_size` (a failed
-/// batch is retried client by client), then, with `repair`, drift repairs one client per
-/// transaction. Checks `shutdown` between transactions.
+/// Carries out `plan` under the run lock: creations, then (with `repair`) drift repairs,
+/// each in transactions of `batch_size` clients; a failed transaction is retried client
+/// by client, so one bad client cannot fail the others. Checks `shutdown` between
+/// transactions.
 pub async fn apply(
     session: &mut RunSession,
     plan: &Plan,
@@ -171,11 +172,14 @@ pub async fn apply(
     shutdown: &CancellationToken,
 ) -> Applied {
     let mut applied = Applied::default();
+    let batch_size = batch_size.max(1);
     let total = plan.create.len();
-    for (index, chunk) in plan.create.chunks(batch_size.max(1)).enumerate() {
+    for (index, chunk) in plan.create.chunks(batch_size).enumerate() {
         if shutdown.is_cancelled() {
             applied.interrupted = true;
-            applied.errors.extend(chunk_not_applied(chunk));
+            applied
+                .errors
+                .extend(chunk.iter().map(|c| not_applied(&c.name)));
             continue;
         }
         let batch = match new_clients(chunk) {
@@ -191,21 +195,21 @@ pub async fn apply(
         match session.create_clients(&batch).await {
             Ok(created) => record_created(&mut applied, batch, &created),
             Err(err) => {
-                tracing::warn!(batch = index, clients = batch.len(), error = %err,
+                let error = scrub(&err, batch.iter().flat_map(NewClient::secrets));
+                tracing::warn!(batch = index, clients = batch.len(), error = %error,
                     "batch failed; retrying its clients one by one");
                 for client in batch {
                     let single = [client];
-                    match session.create_clients(&single).await {
-                        Ok(created) => {
-                            let [client] = single;
-                            record_created(&mut applied, vec![client], &created);
-                        }
+                    let result = session.create_clients(&single).await;
+                    let [client] = single;
+                    match result {
+                        Ok(created) => record_created(&mut applied, vec![client], &created),
                         Err(err) => {
-                            let [client] = single;
-                            tracing::warn!(client = %client.name, error = %err, "client not created");
+                            let error = scrub(&err, client.secrets());
+                            tracing::warn!(client = %client.name, error = %error, "client not created");
                             applied.errors.push(ClientError {
-                                client: Some(client.name.clone()),
-                                error: scrub(&err, &client),
+                                client: Some(client.name),
+                                error,
                             });
                         }
                     }
@@ -219,54 +223,81 @@ pub async fn apply(
         );
     }
 
-    for drift in &plan.drift {
-        let mut entry = DriftEntry {
-            client: drift.name.clone(),
-            differences: drift.differences.clone(),
-            repaired: false,
+    if !repair {
+        applied.drift = plan.drift.iter().map(|d| drift_entry(d, false)).collect();
+        return applied;
+    }
+    for chunk in plan.drift.chunks(batch_size) {
+        if shutdown.is_cancelled() {
+            applied.interrupted = true;
+            applied
+                .errors
+                .extend(chunk.iter().map(|d| not_applied(&d.name)));
+            applied
+                .drift
+                .extend(chunk.iter().map(|d| drift_entry(d, false)));
+            continue;
+        }
+        let repairs = match chunk.iter().map(repair_of).collect::<Result<Vec<_>, _>>() {
+            Ok(repairs) => repairs,
+            Err(err) => {
+                applied.errors.extend(chunk.iter().map(|d| ClientError {
+                    client: Some(d.name.clone()),
+                    error: format!("repair failed: cannot generate a crypto key: {err}"),
+                }));
+                applied
+                    .drift
+                    .extend(chunk.iter().map(|d| drift_entry(d, false)));
+                continue;
+            }
         };
-        if repair {
-            if shutdown.is_cancelled() {
-                applied.interrupted = true;
-                applied.errors.push(not_applied(&drift.name));
-            } else {
-                match repair_one(session, drift).await {
-                    Ok(()) => {
-                        tracing::info!(client = %drift.name, differences = ?drift.differences, "drift repaired");
-                        entry.repaired = true;
-                    }
-                    Err(err) => {
-                        tracing::warn!(client = %drift.name, error = %err, "drift not repaired");
-                        applied.errors.push(ClientError {
-                            client: Some(drift.name.clone()),
-                            error: format!("repair failed: {err}"),
-                        });
+        match session.repair_clients(&repairs).await {
+            Ok(()) => {
+                for drift in chunk {
+                    tracing::info!(client = %drift.name, differences = ?drift.differences, "drift repaired");
+                    applied.drift.push(drift_entry(drift, true));
+                }
+            }
+            Err(err) => {
+                let error = scrub(&err, repairs.iter().flat_map(Repair::secrets));
+                tracing::warn!(clients = repairs.len(), error = %error,
+                    "repair batch failed; retrying its clients one by one");
+                for (drift, repair) in chunk.iter().zip(&repairs) {
+                    match session.repair_clients(std::slice::from_ref(repair)).await {
+                        Ok(()) => applied.drift.push(drift_entry(drift, true)),
+                        Err(err) => {
+                            let error = scrub(&err, repair.secrets());
+                            tracing::warn!(client = %drift.name, error = %error, "drift not repaired");
+                            applied.errors.push(ClientError {
+                                client: Some(drift.name.clone()),
+                                error: format!("repair failed: {error}"),
+                            });
+                            applied.drift.push(drift_entry(drift, false));
+                        }
                     }
                 }
             }
         }
-        applied.drift.push(entry);
     }
     applied
 }
 
-async fn repair_one(session: &mut RunSession, drift: &PlannedDrift) -> Result<(), String> {
-    let crypto_key = if drift.add_crypto_key {
-        Some(new_crypto_key().map_err(|e| format!("cannot generate a crypto key: {e}"))?)
-    } else {
-        None
-    };
-    let repair = Repair {
+fn drift_entry(drift: &PlannedDrift, repaired: bool) -> DriftEntry {
+    DriftEntry {
+        client: drift.name.clone(),
+        differences: drift.differences.clone(),
+        repaired,
+    }
+}
+
+fn repair_of(drift: &PlannedDrift) -> Result<Repair, getrandom::Error> {
+    Ok(Repair {
         name: drift.name.clone(),
         aggregator_id: drift.aggregator_id.clone(),
         aggregator_info: drift.set_aggregator_info.clone(),
         cluster_id: drift.set_cluster_id.clone(),
-        crypto_key,
-    };
-    session
-        .repair_client(&repair)
-        .await
-        .map_err(|e| e.to_string())
+        crypto_key: drift.add_crypto_key.then(new_crypto_key).transpose()?,
+    })
 }
 
 fn new_clients(chunk: &[PlannedCreate]) -> Result<Vec<NewClient>, getrandom::Error> {
@@ -289,16 +320,12 @@ fn record_created(applied: &mut Applied, batch: Vec<NewClient>, created: &[Strin
     for client in batch {
         if created.contains(&client.name) {
             tracing::debug!(client = %client.name, cluster = %client.cluster_id, "client created");
-            applied.created.push((client.name, client.api_key));
+            applied.created.push(client.name);
         } else {
             tracing::info!(client = %client.name, "client appeared during the run; left as found");
             applied.raced.push(client.name);
         }
     }
-}
-
-fn chunk_not_applied(chunk: &[PlannedCreate]) -> impl Iterator<Item = ClientError> + '_ {
-    chunk.iter().map(|c| not_applied(&c.name))
 }
 
 fn not_applied(name: &str) -> ClientError {
@@ -308,16 +335,14 @@ fn not_applied(name: &str) -> ClientError {
     }
 }
 
-/// A database error as shown to the operator, with the client's generated secrets
-/// removed should the driver ever quote them.
-fn scrub(err: &StoreError, client: &NewClient) -> String {
+/// A database error as shown to the operator and the logs, with the generated secrets
+/// removed should the driver or a trigger ever quote them. Done before anything is
+/// logged.
+fn scrub<'a>(err: &StoreError, secrets: impl IntoIterator<Item = &'a SecretString>) -> String {
     use secrecy::ExposeSecret;
     let mut text = err.to_string();
-    for secret in [
-        client.api_key.expose_secret(),
-        client.crypto_key.expose_secret(),
-    ] {
-        text = text.replace(secret, "***");
+    for secret in secrets {
+        text = text.replace(secret.expose_secret(), "***");
     }
     text
 }

@@ -81,6 +81,13 @@ pub struct NewClient {
     pub crypto_key: SecretString,
 }
 
+impl NewClient {
+    /// The secrets generated for this client.
+    pub fn secrets(&self) -> [&SecretString; 2] {
+        [&self.api_key, &self.crypto_key]
+    }
+}
+
 /// The changes that bring a drifted client back to its declaration. The API key is never
 /// part of it.
 #[derive(Debug)]
@@ -90,6 +97,13 @@ pub struct Repair {
     pub aggregator_info: Option<String>,
     pub cluster_id: Option<String>,
     pub crypto_key: Option<SecretString>,
+}
+
+impl Repair {
+    /// The secrets generated for this repair.
+    pub fn secrets(&self) -> Option<&SecretString> {
+        self.crypto_key.as_ref()
+    }
 }
 
 /// One row of `provisioning_runs`.
@@ -146,6 +160,46 @@ pub const STATE_QUERY: &str = "SELECT c.client_name, c.cluster_id, c.aggregator_
     FROM client_configurations c \
     LEFT JOIN aggregator_configurations a ON a.aggregator_id = c.aggregator_id";
 
+/// A finished run in one statement.
+const INSERT_FINISHED_RUN: &str = "INSERT INTO provisioning_runs \
+     (run_id, started_at, finished_at, config_sha256, outcome, summary_json) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// The session holding the run lock, as PostgreSQL shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHolder {
+    pub pid: i32,
+    pub application_name: String,
+    /// When its connection was opened (UTC, RFC 3339).
+    pub since: String,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = if self.application_name.is_empty() {
+            "no application_name"
+        } else {
+            &self.application_name
+        };
+        write!(
+            f,
+            "pid {} ({name}), connected since {}",
+            self.pid, self.since
+        )
+    }
+}
+
+/// "No such table": PostgreSQL's `undefined_table`, SQLite's message.
+fn is_missing_table(err: &dyn sqlx::error::DatabaseError) -> bool {
+    err.code().is_some_and(|code| code == "42P01") || err.message().starts_with("no such table")
+}
+
+fn sqlite_file_exists(options: &SqliteConnectOptions) -> bool {
+    let file = options.get_filename();
+    // `:memory:` and friends are not files.
+    file.as_os_str() == ":memory:" || file.exists()
+}
+
 /// The state query, for any executor.
 macro_rules! read_state {
     ($conn:expr) => {{
@@ -175,9 +229,21 @@ macro_rules! read_state {
     }};
 }
 
+/// What a run may do to the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read only: a SQLite file that does not exist is an error, never created.
+    ReadOnly,
+    /// Read and write: a SQLite file is created when missing.
+    ReadWrite,
+}
+
+/// How the job's connections name themselves in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "provisioner-job";
+
 impl Store {
     /// Connects, waiting at most `database.connect_timeout_secs`.
-    pub async fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
+    pub async fn connect(config: &DatabaseConfig, access: Access) -> Result<Self, StoreError> {
         traced("connect", async move {
             let url = config.url.expose();
             let connect_error = |reason: String| StoreError::Connect {
@@ -186,8 +252,16 @@ impl Store {
             };
             if config.url.scheme() == "sqlite" {
                 let options = SqliteConnectOptions::from_str(url)
-                    .map_err(|e| connect_error(e.to_string()))?
-                    .create_if_missing(true)
+                    .map_err(|e| connect_error(e.to_string()))?;
+                if access == Access::ReadOnly && !sqlite_file_exists(&options) {
+                    return Err(StoreError::NotMigrated(format!(
+                        "the SQLite file {} does not exist",
+                        options.get_filename().display()
+                    )));
+                }
+                let options = options
+                    .create_if_missing(access == Access::ReadWrite)
+                    .read_only(access == Access::ReadOnly)
                     .journal_mode(SqliteJournalMode::Wal)
                     .busy_timeout(config.lock_wait());
                 let pool = SqlitePoolOptions::new()
@@ -198,8 +272,16 @@ impl Store {
                     .map_err(|e| connect_error(e.to_string()))?;
                 return Ok(Self::Sqlite(pool));
             }
-            let options =
-                PgConnectOptions::from_str(url).map_err(|e| connect_error(e.to_string()))?;
+            let options = PgConnectOptions::from_str(url)
+                .map_err(|e| connect_error(e.to_string()))?
+                .application_name(APPLICATION_NAME)
+                .options([
+                    (
+                        "statement_timeout",
+                        format!("{}s", config.statement_timeout_secs),
+                    ),
+                    ("lock_timeout", format!("{}s", config.lock_timeout_secs)),
+                ]);
             // One direct attempt first: a pool only says "timed out", this says why.
             match tokio::time::timeout(
                 config.connect_timeout(),
@@ -308,14 +390,80 @@ impl Store {
         });
         let applied: BTreeSet<i64> = match applied {
             Ok(versions) => versions.into_iter().collect(),
-            // No bookkeeping table yet: a fresh database.
-            Err(sqlx::Error::Database(_)) => BTreeSet::new(),
+            // No bookkeeping table yet: a fresh database. Any other error (no permission,
+            // a broken connection) is reported as it is.
+            Err(sqlx::Error::Database(err)) if is_missing_table(err.as_ref()) => BTreeSet::new(),
             Err(err) => return Err(err.into()),
         };
         Ok(migrator
             .iter()
             .filter(|m| !applied.contains(&m.version))
             .count())
+    }
+
+    /// Records a run that never held the run lock (another run held it throughout). Best
+    /// effort and short: on SQLite the other run holds the writer lock, so this waits at
+    /// most a second for it.
+    pub async fn record_run(
+        &self,
+        run: &RunRecord,
+        outcome: &str,
+        summary: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        traced("record_run", async move {
+            each_backend!(self, Self, |pool| {
+                let mut conn = pool.acquire().await?;
+                if matches!(self, Self::Sqlite(_)) {
+                    conn.execute("PRAGMA busy_timeout = 1000").await?;
+                }
+                sqlx::query(INSERT_FINISHED_RUN)
+                    .bind(&run.run_id)
+                    .bind(run.started_at)
+                    .bind(OffsetDateTime::now_utc())
+                    .bind(&run.config_sha256)
+                    .bind(outcome)
+                    .bind(sqlx::types::Json(summary))
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Who holds the run lock, for the operator: pid, application name and since when
+    /// its connection exists (PostgreSQL; `None` on SQLite or when it is gone).
+    pub async fn lock_holder(&self) -> Option<LockHolder> {
+        let Self::Postgres(pool) = self else {
+            return None;
+        };
+        // An advisory lock on a bigint key shows as classid = high half, objid = low half.
+        let row = sqlx::query(
+            "SELECT a.pid, a.application_name, \
+                    to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS since \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+               AND l.classid = $1 AND l.objid = $2 AND l.database = \
+                   (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             LIMIT 1",
+        )
+        .bind(i64::from((RUN_LOCK_KEY >> 32) as u32))
+        .bind(i64::from(RUN_LOCK_KEY as u32))
+        .fetch_optional(pool)
+        .instrument(db_span("lock_holder"))
+        .await;
+        match row {
+            Ok(Some(row)) => Some(LockHolder {
+                pid: row.try_get("pid").ok()?,
+                application_name: row.try_get("application_name").ok()?,
+                since: row.try_get("since").ok()?,
+            }),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot read who holds the run lock");
+                None
+            }
+        }
     }
 
     /// Reads the current state without any lock (dry runs).
@@ -469,6 +617,16 @@ impl RunSession {
                     });
                     insert.push(" ON CONFLICT DO NOTHING");
                     insert.build().execute(&mut *tx).await?;
+
+                    // The key is pending delivery from the moment it exists.
+                    let now = OffsetDateTime::now_utc();
+                    let mut insert = QueryBuilder::new(
+                        "INSERT INTO api_key_deliveries (client_name, created_at) ",
+                    );
+                    insert.push_values(&fresh, |mut row, c| {
+                        row.push_bind(c.name.clone()).push_bind(now);
+                    });
+                    insert.build().execute(&mut *tx).await?;
                 }
 
                 tx.commit().await?;
@@ -478,45 +636,119 @@ impl RunSession {
         .await
     }
 
-    /// Repairs one drifted client in one transaction. Never touches its API key.
-    pub async fn repair_client(&mut self, repair: &Repair) -> Result<(), StoreError> {
-        traced("repair_client", async move {
+    /// Repairs drifted clients in one transaction: all of them, or none (error). Never
+    /// touches an API key.
+    pub async fn repair_clients(&mut self, batch: &[Repair]) -> Result<(), StoreError> {
+        traced("repair_clients", async move {
             each_backend!(self, Self, |conn| {
                 let mut tx = conn.begin().await?;
-                if let Some(info) = &repair.aggregator_info {
-                    // Upsert: the aggregator row may be the thing that is missing.
-                    sqlx::query(
-                        "INSERT INTO aggregator_configurations (aggregator_id, aggregator_info) \
-                         VALUES ($1, $2) \
-                         ON CONFLICT (aggregator_id) DO UPDATE SET aggregator_info = excluded.aggregator_info",
-                    )
-                    .bind(&repair.aggregator_id)
-                    .bind(info)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                if let Some(cluster) = &repair.cluster_id {
-                    sqlx::query(
-                        "UPDATE client_configurations SET cluster_id = $1 WHERE client_name = $2",
-                    )
-                    .bind(cluster)
-                    .bind(&repair.name)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                if let Some(key) = &repair.crypto_key {
-                    sqlx::query(
-                        "INSERT INTO crypto_configurations (client_name, key_id, base64_encoded_key) \
-                         VALUES ($1, 1, $2) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(&repair.name)
-                    .bind(key.expose_secret())
-                    .execute(&mut *tx)
-                    .await?;
+                for repair in batch {
+                    if let Some(info) = &repair.aggregator_info {
+                        // Upsert: the aggregator row may be the thing that is missing.
+                        sqlx::query(
+                            "INSERT INTO aggregator_configurations (aggregator_id, aggregator_info) \
+                             VALUES ($1, $2) \
+                             ON CONFLICT (aggregator_id) DO UPDATE SET aggregator_info = excluded.aggregator_info",
+                        )
+                        .bind(&repair.aggregator_id)
+                        .bind(info)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    if let Some(cluster) = &repair.cluster_id {
+                        sqlx::query(
+                            "UPDATE client_configurations SET cluster_id = $1 WHERE client_name = $2",
+                        )
+                        .bind(cluster)
+                        .bind(&repair.name)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    if let Some(key) = &repair.crypto_key {
+                        sqlx::query(
+                            "INSERT INTO crypto_configurations (client_name, key_id, base64_encoded_key) \
+                             VALUES ($1, 1, $2) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(&repair.name)
+                        .bind(key.expose_secret())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                 }
                 tx.commit().await?;
                 Ok(())
             })
+        })
+        .await
+    }
+
+    /// Every API key still pending delivery (this run's and any earlier run's), by client.
+    pub async fn pending_keys(&mut self) -> Result<Vec<(String, SecretString)>, StoreError> {
+        traced("pending_keys", async move {
+            each_backend!(self, Self, |conn| {
+                let rows = sqlx::query(
+                    "SELECT d.client_name, c.api_client_key FROM api_key_deliveries d \
+                     JOIN client_configurations c ON c.client_name = d.client_name \
+                     WHERE d.delivered_at IS NULL ORDER BY d.client_name",
+                )
+                .fetch_all(&mut **conn)
+                .await?;
+                rows.into_iter()
+                    .map(|row| {
+                        Ok((
+                            row.try_get::<String, _>("client_name")?,
+                            SecretString::from(row.try_get::<String, _>("api_client_key")?),
+                        ))
+                    })
+                    .collect()
+            })
+        })
+        .await
+    }
+
+    /// Marks keys delivered to `target`, once that delivery is durable.
+    pub async fn mark_delivered(
+        &mut self,
+        clients: &[String],
+        target: &str,
+    ) -> Result<(), StoreError> {
+        traced("mark_delivered", async move {
+            if clients.is_empty() {
+                return Ok(());
+            }
+            each_backend!(self, Self, |conn| {
+                let now = OffsetDateTime::now_utc();
+                for chunk in clients.chunks(1000) {
+                    let mut update =
+                        QueryBuilder::new("UPDATE api_key_deliveries SET delivered_at = ");
+                    update
+                        .push_bind(now)
+                        .push(", delivered_to = ")
+                        .push_bind(target);
+                    update.push(" WHERE delivered_at IS NULL AND client_name IN (");
+                    let mut names = update.separated(", ");
+                    for name in chunk {
+                        names.push_bind(name.clone());
+                    }
+                    names.push_unseparated(")");
+                    update.build().execute(&mut **conn).await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Makes every write so far durable before the run goes on: a no-op on PostgreSQL
+    /// (each batch has committed), a commit on SQLite, whose run is one transaction; the
+    /// run then continues in a new `BEGIN IMMEDIATE` transaction.
+    pub async fn commit_writes(&mut self) -> Result<(), StoreError> {
+        traced("commit_writes", async move {
+            if let Self::Sqlite(tx) = self {
+                tx.execute("COMMIT").await?;
+                tx.execute("BEGIN IMMEDIATE").await?;
+            }
+            Ok(())
         })
         .await
     }

@@ -71,10 +71,23 @@ pub struct Summary {
     pub drift: Vec<DriftEntry>,
     pub orphans: Vec<String>,
     pub errors: Vec<ClientError>,
-    /// Where the new API keys were written, when any were.
-    pub api_keys_file: Option<String>,
-    /// One sentence for the outcomes that did no work (disabled, locked).
+    /// What became of the API keys pending delivery.
+    pub key_delivery: KeyDelivery,
+    /// One sentence for the outcomes that did no work (disabled, locked, interrupted).
     pub message: Option<String>,
+}
+
+/// The keys' delivery in a run. Names clients, never keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KeyDelivery {
+    /// Where pending keys go (`secret NAMESPACE/NAME`, `file PATH`); null without one.
+    pub target: Option<String>,
+    /// Clients whose keys this run delivered (created now or pending from earlier runs).
+    pub delivered: Vec<String>,
+    /// Clients whose keys are still pending: no target, or the delivery failed.
+    pub pending: Vec<String>,
+    /// Entries the target already held, kept beside the delivered ones.
+    pub kept: usize,
 }
 
 impl Summary {
@@ -91,9 +104,22 @@ impl Summary {
             drift: Vec::new(),
             orphans: Vec::new(),
             errors: Vec::new(),
-            api_keys_file: None,
+            key_delivery: KeyDelivery::default(),
             message: None,
         }
+    }
+
+    /// Adds a failure of the run as a whole (not of one client): a run that succeeded
+    /// so far becomes a partial failure.
+    pub fn fail(&mut self, error: String) {
+        tracing::error!(error = %error, "run failure");
+        if self.outcome == Outcome::Success {
+            self.outcome = Outcome::PartialFailure;
+        }
+        self.errors.push(ClientError {
+            client: None,
+            error,
+        });
     }
 
     /// A run that stopped before doing anything, with one line per problem.
@@ -192,12 +218,30 @@ impl RunSummary for Summary {
         for e in &self.errors {
             row(e.client.as_deref().unwrap_or("-"), "error", &e.error);
         }
-        if let Some(path) = &self.api_keys_file {
-            let _ = writeln!(out, "new API keys written to {path}");
-        } else if !self.dry_run && !self.created.is_empty() {
+        let delivery = &self.key_delivery;
+        if !delivery.delivered.is_empty() {
             let _ = writeln!(
                 out,
-                "new API keys were not exported (no --api-keys-out); they are only in client_configurations"
+                "{} API key(s) delivered to {}{}",
+                delivery.delivered.len(),
+                delivery.target.as_deref().unwrap_or("?"),
+                if delivery.kept > 0 {
+                    format!(" ({} entries already there kept)", delivery.kept)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if !delivery.pending.is_empty() {
+            let why = match &delivery.target {
+                Some(target) => format!("the delivery to {target} failed (see the errors)"),
+                None => "no target; a run with --api-keys-secret or --api-keys-out delivers them"
+                    .to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "{} API key(s) pending delivery: {why}",
+                delivery.pending.len()
             );
         }
         if !self.dry_run

@@ -1,6 +1,4 @@
-//! Creating clients, idempotence, plan, the keys file and the audit trail.
-
-use std::os::unix::fs::PermissionsExt;
+//! Creating clients, idempotence, plan and the audit trail.
 
 use crate::{
     helpers::{Backend, TestDb, run},
@@ -113,54 +111,6 @@ async fn plan_writes_nothing_and_exits_2_when_changes_are_pending(backend: Backe
     );
 }
 on_both_backends!(plan_writes_nothing_and_exits_2_when_changes_are_pending);
-
-async fn keys_file_is_0600_and_matches_the_database(backend: Backend) {
-    let db = TestDb::with_cluster(backend).await;
-    let config = db.config(&CLIENTS[..2]);
-    let keys = db.path("keys.yaml");
-
-    let out = run(
-        &[
-            "--api-keys-out",
-            keys.to_str().expect("utf8"),
-            "--api-keys-namespace",
-            "aggregation",
-        ],
-        &config,
-    )
-    .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let mode = std::fs::metadata(&keys)
-        .expect("keys file")
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(mode, 0o600);
-
-    let manifest: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&keys).expect("read")).expect("yaml");
-    assert_eq!(manifest["kind"], "Secret");
-    assert_eq!(manifest["metadata"]["name"], "provisioned-client-api-keys");
-    assert_eq!(manifest["metadata"]["namespace"], "aggregation");
-    let clients = db.clients().await;
-    let data = manifest["stringData"].as_mapping().expect("stringData");
-    assert_eq!(data.len(), 2);
-    for (name, row) in &clients {
-        assert_eq!(
-            manifest["stringData"][name.as_str()],
-            row.api_key.as_str(),
-            "{name}"
-        );
-    }
-    out.assert_no_secret(clients.values().map(|c| &c.api_key));
-
-    // A second run creates no key and so leaves the file from the first alone.
-    std::fs::remove_file(&keys).expect("rm");
-    let out = run(&["--api-keys-out", keys.to_str().expect("utf8")], &config).await;
-    assert_eq!(out.code, 0);
-    assert!(!keys.exists(), "no new keys, no file");
-}
-on_both_backends!(keys_file_is_0600_and_matches_the_database);
 
 async fn an_unwritable_keys_path_fails_before_any_write(backend: Backend) {
     let db = TestDb::with_cluster(backend).await;

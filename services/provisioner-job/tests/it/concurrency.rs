@@ -2,7 +2,7 @@
 
 use std::process::Stdio;
 
-use provisioner_job::store::{NewClient, RUN_LOCK_KEY, Store};
+use provisioner_job::store::{Access, NewClient, RUN_LOCK_KEY, Store};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
@@ -11,7 +11,9 @@ use crate::{
     on_both_backends,
 };
 
-async fn four_concurrent_applies_leave_200_clients_with_distinct_keys(backend: Backend) {
+async fn four_concurrent_applies_are_serialised_and_leave_200_clients_with_distinct_keys(
+    backend: Backend,
+) {
     let db = TestDb::with_cluster(backend).await;
     let clients = many_clients(200);
     let config = db.config_with(&as_specs(&clients), "  batch_size: 50\n");
@@ -19,7 +21,7 @@ async fn four_concurrent_applies_leave_200_clients_with_distinct_keys(backend: B
     let children: Vec<_> = (0..4)
         .map(|_| {
             binary()
-                .args(["--output", "json", "--config"])
+                .args(["--output", "json", "--no-key-delivery", "--config"])
                 .arg(&config)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -36,17 +38,28 @@ async fn four_concurrent_applies_leave_200_clients_with_distinct_keys(backend: B
     .await
     .expect("join");
 
-    let mut created_total = 0;
+    let mut created: Vec<usize> = Vec::new();
     for out in outputs.into_iter().map(into_run) {
         assert_eq!(out.code, 0, "no run fails: {}", out.stderr);
         let summary = out.json();
         assert_eq!(summary["errors"], serde_json::json!([]));
-        created_total += summary["created"].as_array().expect("created").len();
+        created.push(summary["created"].as_array().expect("created").len());
     }
-    assert_eq!(
-        created_total, 200,
-        "each client is created by exactly one run"
-    );
+    created.sort_unstable();
+    // ON CONFLICT alone would let several runs share the 200; the lock makes the first
+    // run create them all and the other three find them in place.
+    assert_eq!(created, [0, 0, 0, 200], "exactly one run created clients");
+
+    // Each run's audit row spans its time under the lock: the four never overlap.
+    let intervals = db.run_intervals().await;
+    assert_eq!(intervals.len(), 4);
+    for pair in intervals.windows(2) {
+        let ((_, first_finished), (second_started, _)) = (pair[0], pair[1]);
+        assert!(
+            first_finished <= second_started,
+            "runs overlap: {intervals:?}"
+        );
+    }
 
     let rows = db.clients().await;
     assert_eq!(rows.len(), 200);
@@ -58,9 +71,8 @@ async fn four_concurrent_applies_leave_200_clients_with_distinct_keys(backend: B
         "no stray aggregator rows"
     );
     assert_eq!(db.count("crypto_configurations").await, 200);
-    assert_eq!(db.count("provisioning_runs").await, 4);
 }
-on_both_backends!(four_concurrent_applies_leave_200_clients_with_distinct_keys);
+on_both_backends!(four_concurrent_applies_are_serialised_and_leave_200_clients_with_distinct_keys);
 
 /// Holds the run lock the way another run would, until the connection is closed.
 async fn hold_run_lock(db: &TestDb) -> sqlx::pool::PoolConnection<sqlx::Any> {
@@ -108,7 +120,7 @@ async fn a_client_created_by_someone_else_keeps_its_key(backend: Backend) {
     let original = db.clients().await["first"].clone();
 
     // A writer that does not take the lock tries to create the same client again.
-    let store = Store::connect(&database_config(&db.url))
+    let store = Store::connect(&database_config(&db.url), Access::ReadWrite)
         .await
         .expect("connect");
     let mut session = store
@@ -157,7 +169,7 @@ async fn sigterm_while_waiting_for_the_lock_stops_the_run_at_once(backend: Backe
     let holder = hold_run_lock(&db).await;
 
     let mut child = binary()
-        .args(["--output", "json", "--config"])
+        .args(["--output", "json", "--no-key-delivery", "--config"])
         .arg(&config)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

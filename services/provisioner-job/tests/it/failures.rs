@@ -8,7 +8,7 @@ use provisioner_job::{
     config::{ClientSpec, Config, ProvisionConfig},
     provision,
     reconcile::{self, classify},
-    store::Store,
+    store::{Access, Store},
     summary::Outcome,
 };
 use tokio_util::sync::CancellationToken;
@@ -105,6 +105,14 @@ async fn no_secret_reaches_stdout_or_stderr_even_at_trace_level(backend: Backend
 }
 on_both_backends!(no_secret_reaches_stdout_or_stderr_even_at_trace_level);
 
+/// Options of a run that leaves the keys pending (no delivery target).
+fn unattended() -> RunOptions {
+    RunOptions {
+        no_key_delivery: true,
+        ..RunOptions::default()
+    }
+}
+
 fn declared(n: usize) -> ProvisionConfig {
     let mut declared = ProvisionConfig::default();
     for (name, info) in many_clients(n) {
@@ -128,13 +136,13 @@ async fn a_stop_signal_before_the_run_writes_nothing_and_exits_1(backend: Backen
     let stopped = CancellationToken::new();
     stopped.cancel();
 
-    let summary = provision(&config, &RunOptions::default(), &stopped).await;
+    let summary = provision(&config, &unattended(), &stopped).await;
     assert_eq!(summary.outcome, Outcome::Interrupted);
     assert_eq!(summary.exit(false).code(), 1);
     assert_eq!(db.count("client_configurations").await, 0);
     assert_eq!(db.count("provisioning_runs").await, 0);
 
-    let summary = provision(&config, &RunOptions::default(), &CancellationToken::new()).await;
+    let summary = provision(&config, &unattended(), &CancellationToken::new()).await;
     assert_eq!(summary.exit(false).code(), 0);
     assert_eq!(summary.created.len(), 3);
 }
@@ -142,7 +150,7 @@ on_both_backends!(a_stop_signal_before_the_run_writes_nothing_and_exits_1);
 
 async fn batches_after_a_stop_signal_are_reported_as_not_applied(backend: Backend) {
     let db = TestDb::with_cluster(backend).await;
-    let store = Store::connect(&database_config(&db.url))
+    let store = Store::connect(&database_config(&db.url), Access::ReadWrite)
         .await
         .expect("connect");
     let mut session = store

@@ -7,7 +7,10 @@ use std::{
     str::FromStr,
 };
 
-use provisioner_job::{config::DatabaseConfig, store::Store};
+use provisioner_job::{
+    config::DatabaseConfig,
+    store::{Access, Store},
+};
 use sqlx::{AnyPool, Row, any::AnyPoolOptions};
 use tempfile::TempDir;
 
@@ -77,7 +80,7 @@ impl TestDb {
             }
         };
         // Schema first, through the job's own migrations, so tests can seed clusters.
-        let store = Store::connect(&database_config(&url))
+        let store = Store::connect(&database_config(&url), Access::ReadWrite)
             .await
             .expect("connect");
         store.migrate().await.expect("migrate");
@@ -176,6 +179,40 @@ impl TestDb {
     /// A connection of the test's own (to hold locks, run raw SQL).
     pub async fn connection(&self) -> sqlx::pool::PoolConnection<sqlx::Any> {
         self.pool.acquire().await.expect("acquire")
+    }
+
+    /// Clients whose API key is pending delivery.
+    pub async fn pending_keys(&self) -> Vec<String> {
+        sqlx::query(
+            "SELECT client_name FROM api_key_deliveries WHERE delivered_at IS NULL ORDER BY client_name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .expect("pending")
+        .into_iter()
+        .map(|r| r.get::<String, _>("client_name"))
+        .collect()
+    }
+
+    /// (started, finished) of every finished run, in seconds since the epoch, oldest first.
+    pub async fn run_intervals(&self) -> Vec<(f64, f64)> {
+        let epoch = |column: &str| match self.backend {
+            Backend::Postgres => format!("CAST(EXTRACT(EPOCH FROM {column}) AS DOUBLE PRECISION)"),
+            Backend::Sqlite => format!("(julianday({column}) - 2440587.5) * 86400.0"),
+        };
+        let sql = format!(
+            "SELECT {} AS started, {} AS finished FROM provisioning_runs \
+             WHERE finished_at IS NOT NULL ORDER BY started_at",
+            epoch("started_at"),
+            epoch("finished_at")
+        );
+        sqlx::query(&sql)
+            .fetch_all(&self.pool)
+            .await
+            .expect("runs")
+            .into_iter()
+            .map(|r| (r.get::<f64, _>("started"), r.get::<f64, _>("finished")))
+            .collect()
     }
 
     /// (outcome, summary JSON) of every recorded run, oldest first.
@@ -286,6 +323,8 @@ impl Run {
 pub fn binary() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_provisioner-job"));
     cmd.env_remove("RUST_LOG")
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
         .env_remove("LOG_FORMAT")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -303,9 +342,19 @@ pub async fn run(args: &[&str], config: &Path) -> Run {
     run_with(args, config, &[]).await
 }
 
+/// Flags that say where the keys go (or that they stay pending).
+const DELIVERY_FLAGS: &[&str] = &["--api-keys-out", "--api-keys-secret", "--no-key-delivery"];
+
+/// Runs the binary with `args` and `--config`. A run that names no delivery target gets
+/// `--no-key-delivery`, so tests about other things can create clients; the delivery
+/// tests always name their target.
 pub async fn run_with(args: &[&str], config: &Path, env: &[(&str, &str)]) -> Run {
     let mut cmd = binary();
     cmd.args(args).arg("--config").arg(config);
+    let names_delivery = args.iter().any(|a| DELIVERY_FLAGS.contains(a));
+    if !names_delivery && !args.contains(&"migrate") {
+        cmd.arg("--no-key-delivery");
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -2,10 +2,12 @@
 //! `TEST_DATABASE_URL`, which `make test` provides) and a real SQLite file.
 
 mod helpers;
+mod kube;
 
 mod apply;
 mod cli;
 mod concurrency;
+mod delivery;
 mod drift;
 mod failures;
 mod telemetry;

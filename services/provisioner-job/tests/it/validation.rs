@@ -26,7 +26,10 @@ async fn unknown_cluster_is_rejected_with_exit_1_and_nothing_written(backend: Ba
         "not even the valid client"
     );
     assert_eq!(db.count("aggregator_configurations").await, 0);
-    assert_eq!(db.count("provisioning_runs").await, 0);
+    let runs = db.runs().await;
+    assert_eq!(runs.len(), 1, "the apply is audited, the plan is read-only");
+    assert_eq!(runs[0].0, "fatal");
+    assert_eq!(runs[0].1["errors"][0]["client"], serde_json::Value::Null);
 }
 on_both_backends!(unknown_cluster_is_rejected_with_exit_1_and_nothing_written);
 
