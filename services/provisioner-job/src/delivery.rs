@@ -107,7 +107,8 @@ pub struct Delivered {
 /// A target checked at start, before anything is written to the database.
 pub enum Delivery {
     File(KeysFile),
-    Secret(SecretTarget),
+    // Boxed: the kube client is large, and there is one Delivery per run.
+    Secret(Box<SecretTarget>),
 }
 
 impl Delivery {
@@ -122,7 +123,7 @@ impl Delivery {
             } => KeysFile::prepare(path, secret_name, namespace.as_deref()).map(Self::File),
             TargetSpec::Secret { namespace, name } => SecretTarget::prepare(namespace, name)
                 .await
-                .map(Self::Secret),
+                .map(|target| Self::Secret(Box::new(target))),
         }
     }
 

@@ -312,7 +312,7 @@ async fn the_secret_target_adds_keys_through_the_api_server_and_keeps_other_entr
             error.contains(&code.to_string()) && error.contains("stay pending"),
             "{error}"
         );
-        assert_eq!(db.pending_keys().await, [name.clone()]);
+        assert_eq!(db.pending_keys().await, vec![name.clone()]);
         assert_eq!(db.runs().await.last().expect("row").0, "partial_failure");
 
         let out = run_with(&args, &db.config(&[(name.as_str(), "New AB", None)]), &env).await;
