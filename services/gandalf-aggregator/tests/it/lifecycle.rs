@@ -202,3 +202,51 @@ async fn bad_config_exits_1_naming_the_keys() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn usage_errors_exit_1_and_version_is_the_service_s_own() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gandalf-aggregator"))
+            .args(args)
+            .output()
+            .expect("runs")
+    };
+    let bad = run(&["--no-such-flag"]);
+    assert_eq!(bad.status.code(), Some(1), "a usage error is a fatal start");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("--no-such-flag"), "{stderr}");
+
+    let version = run(&["--version"]);
+    assert_eq!(version.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("gandalf-aggregator {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn print_config_of_an_invalid_config_shows_what_was_loaded_then_the_problems() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("aggregator.yaml");
+    std::fs::write(
+        &config,
+        "tenant: acme\nsecret: hush-hush\ncluster: [\"127.0.0.1:9100\"]\n",
+    )
+    .expect("write");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gandalf-aggregator"))
+        .arg("--print-config")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stdout.contains("tenant: acme"), "{stdout}");
+    assert!(stdout.contains("127.0.0.1:9100"), "{stdout}");
+    assert!(!stdout.contains("hush-hush"), "the secret stays redacted");
+    assert!(stderr.contains("logical_name: must be set"), "{stderr}");
+    assert!(stderr.contains("must start with http://"), "{stderr}");
+}
