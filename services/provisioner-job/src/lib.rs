@@ -413,12 +413,8 @@ async fn reconcile_locked(
         interrupted: stopped,
     } = reconcile::apply(session, &plan, config.database.batch_size, repair, shutdown).await;
 
-    let nothing_applied = created.is_empty() && !drift.iter().any(|d| d.repaired);
-    let outcome = match (stopped, nothing_applied, errors.is_empty()) {
-        (true, true, _) => Outcome::Interrupted,
-        (_, _, true) => Outcome::Success,
-        _ => Outcome::PartialFailure,
-    };
+    let applied_any = !created.is_empty() || drift.iter().any(|d| d.repaired);
+    let outcome = Outcome::after_apply(stopped, applied_any, !errors.is_empty());
     let mut summary = Summary::new(outcome, dry_run, repair);
     if outcome == Outcome::Interrupted {
         summary.message =

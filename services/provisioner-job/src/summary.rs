@@ -27,6 +27,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// How an apply ended: a stop signal before anything was applied is an interrupted
+    /// run (exit 1, nothing done), not a partial failure.
+    pub fn after_apply(stopped: bool, applied_any: bool, failed_any: bool) -> Self {
+        match (stopped, applied_any, failed_any) {
+            (true, false, _) => Self::Interrupted,
+            (_, _, false) => Self::Success,
+            _ => Self::PartialFailure,
+        }
+    }
+
     /// The value stored in `provisioning_runs.outcome`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -290,6 +300,25 @@ mod tests {
         assert_eq!(
             Summary::fatal(vec!["bad".into()], false, false).exit(false),
             JobExit::Fatal
+        );
+    }
+
+    #[test]
+    fn a_stop_before_the_first_write_is_interrupted_not_partial() {
+        let exit = |outcome| Summary::new(outcome, false, false).exit(false);
+        // Stopped before the first batch: every client is "not applied", none written.
+        let stopped_early = Outcome::after_apply(true, false, true);
+        assert_eq!(stopped_early, Outcome::Interrupted);
+        assert_eq!(exit(stopped_early), JobExit::Fatal);
+        // Stopped after some batches: the rest is a partial failure.
+        assert_eq!(
+            Outcome::after_apply(true, true, true),
+            Outcome::PartialFailure
+        );
+        assert_eq!(Outcome::after_apply(false, true, false), Outcome::Success);
+        assert_eq!(
+            Outcome::after_apply(false, false, true),
+            Outcome::PartialFailure
         );
     }
 

@@ -77,6 +77,12 @@ on_both_backends!(four_concurrent_applies_are_serialised_and_leave_200_clients_w
 /// Holds the run lock the way another run would, until the connection is closed.
 async fn hold_run_lock(db: &TestDb) -> sqlx::pool::PoolConnection<sqlx::Any> {
     let mut holder = db.connection().await;
+    if db.backend == Backend::Postgres {
+        sqlx::query("SET application_name = 'test-holder'")
+            .execute(&mut *holder)
+            .await
+            .expect("name the holder");
+    }
     let hold = match db.backend {
         Backend::Postgres => format!("SELECT pg_advisory_lock({RUN_LOCK_KEY})"),
         Backend::Sqlite => "BEGIN IMMEDIATE".to_owned(),
@@ -98,12 +104,24 @@ async fn a_run_that_cannot_get_the_lock_exits_0_and_writes_nothing(backend: Back
     let out = run(&["--output", "json"], &config).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.json()["outcome"], "locked");
+    let message = out.json()["message"].as_str().expect("message").to_owned();
+    assert!(message.contains("another run holds the lock"), "{message}");
     assert!(
-        out.json()["message"]
-            .as_str()
-            .expect("message")
-            .contains("another run holds the lock")
+        out.stderr.contains("WARN") && out.stderr.contains("held the lock for the whole wait"),
+        "a hung holder is visible in the logs: {}",
+        out.stderr
     );
+    if backend == Backend::Postgres {
+        // Who holds it, so that an operator can find a hung run.
+        assert!(
+            message.contains("(test-holder), connected since 20"),
+            "{message}"
+        );
+        assert!(message.contains("by pid "), "{message}");
+        let runs = db.runs().await;
+        assert_eq!(runs.len(), 1, "the locked-out run is audited");
+        assert_eq!(runs[0].0, "locked");
+    }
     holder.close().await.expect("release");
 
     assert_eq!(db.count("client_configurations").await, 0);

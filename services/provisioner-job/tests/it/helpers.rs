@@ -181,6 +181,17 @@ impl TestDb {
         self.pool.acquire().await.expect("acquire")
     }
 
+    /// The text column `s` of every row of `sql`.
+    pub async fn strings(&self, sql: &str) -> Vec<String> {
+        sqlx::query(sql)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .into_iter()
+            .map(|r| r.get::<String, _>("s"))
+            .collect()
+    }
+
     /// Clients whose API key is pending delivery.
     pub async fn pending_keys(&self) -> Vec<String> {
         sqlx::query(

@@ -7,6 +7,7 @@ mod kube;
 mod apply;
 mod cli;
 mod concurrency;
+mod database;
 mod delivery;
 mod drift;
 mod failures;

@@ -139,3 +139,78 @@ async fn an_unreachable_database_is_fatal_and_says_why() {
     );
     assert!(!out.stdout.contains("hunter2") && !out.stderr.contains("hunter2"));
 }
+
+#[tokio::test]
+async fn a_misspelt_key_in_provision_clients_config_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unreachable =
+        "database:\n  url: postgres://agg@127.0.0.1:1/agg\n  connect_timeout_secs: 1\n";
+    for (typo, key) in [
+        ("  enable: false\n", "enable"),
+        ("  clusterID: oxford-staging\n", "clusterID"),
+    ] {
+        let config = dir.path().join("typo.yaml");
+        std::fs::write(
+            &config,
+            format!("{unreachable}provisionClientsConfig:\n{typo}  clients: {{}}\n"),
+        )
+        .expect("write");
+        let out = run(&[], &config).await;
+        assert_eq!(out.code, 1, "{typo}: {}", out.stdout);
+        assert!(
+            out.stderr
+                .contains(&format!("unknown field: found `{key}`")),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            !out.stdout.contains("cannot connect"),
+            "rejected before any connection: {}",
+            out.stdout
+        );
+    }
+    // A typo inside a client entry is named too.
+    let config = dir.path().join("client.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{unreachable}provisionClientsConfig:\n  clients:\n    a:\n      aggregatorIdentifier: A\n      clusterID: x\n"
+        ),
+    )
+    .expect("write");
+    let out = run(&[], &config).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("`clusterID`"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn should_provision_clients_is_read_as_the_legacy_name_of_enabled_with_a_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("legacy.yaml");
+    // The database is unreachable: a disabled cluster never touches it.
+    std::fs::write(
+        &config,
+        "database:\n  url: postgres://agg@127.0.0.1:1/agg\n  connect_timeout_secs: 1\n\
+         provisionClientsConfig:\n  shouldProvisionClients: false\n  clients: {}\n",
+    )
+    .expect("write");
+    let out = run(&["--output", "json"], &config).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["outcome"], "disabled");
+    assert!(
+        out.stderr.contains(
+            "warning: provisionClientsConfig.shouldProvisionClients is the legacy name of provisionClientsConfig.enabled"
+        ),
+        "{}",
+        out.stderr
+    );
+
+    std::fs::write(
+        &config,
+        "provisionClientsConfig:\n  enabled: false\n  shouldProvisionClients: true\n",
+    )
+    .expect("write");
+    let out = run(&[], &config).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("disagree"), "{}", out.stderr);
+}
