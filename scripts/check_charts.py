@@ -84,6 +84,34 @@ def check_provisioner_job(bin_dir: Path) -> None:
     )
     check("OTEL_EXPORTER_OTLP_ENDPOINT" not in env, "provisioner-job: OTLP set without an endpoint")
 
+    # Key delivery: into the Secret by default, with RBAC limited to that one Secret.
+    args = pod["containers"][0]["args"]
+    keys_secret = "aggregation-controller-client-api-keys"
+    check("--api-keys-secret" in args and args[args.index("--api-keys-secret") + 1] == f"aggregation/{keys_secret}",
+          f"provisioner-job: the CronJob does not deliver keys into the Secret: {args}")
+    check(pod.get("automountServiceAccountToken") is True and pod.get("serviceAccountName"),
+          "provisioner-job: no ServiceAccount token for the Secret delivery")
+    (role,) = by_kind(default, "Role")
+    check(role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [keys_secret],
+                             "verbs": ["get", "patch"]}],
+          f"provisioner-job: the Role is not limited to get/patch on the keys Secret: {role['rules']}")
+    (binding,) = by_kind(default, "RoleBinding")
+    (account,) = by_kind(default, "ServiceAccount")
+    check(binding["subjects"][0]["name"] == account["metadata"]["name"] == pod["serviceAccountName"],
+          "provisioner-job: the RoleBinding does not bind the job's ServiceAccount")
+    (secret,) = by_kind(default, "Secret")
+    check(secret["metadata"]["name"] == keys_secret and "data" not in secret and "stringData" not in secret,
+          "provisioner-job: the keys Secret must be rendered without data")
+    check(secret["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep",
+          "provisioner-job: the keys Secret is not kept on uninstall")
+    undelivered = render(chart_dir, {"apiKeys": {"delivery": "none"}})
+    check(not by_kind(undelivered, "Role") and not by_kind(undelivered, "Secret"),
+          "provisioner-job: delivery none still renders RBAC or the Secret")
+    (cj_none,) = by_kind(undelivered, "CronJob")
+    pod_none = cj_none["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    check("--no-key-delivery" in pod_none["containers"][0]["args"], "provisioner-job: delivery none without --no-key-delivery")
+    check(pod_none.get("automountServiceAccountToken") is False, "provisioner-job: a token is mounted with delivery none")
+
     clients = {
         "company-inc-testing": {"aggregatorIdentifier": "Company Inc AB"},
         "staging-sandbox": {"aggregatorIdentifier": "Staging: Sandbox \"quoted\"", "clusterId": "oxford-staging"},

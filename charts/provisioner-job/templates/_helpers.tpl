@@ -34,6 +34,8 @@ database:
   lock_wait_secs: {{ .Values.database.lockWaitSecs }}
   batch_size: {{ .Values.database.batchSize }}
   connect_timeout_secs: {{ .Values.database.connectTimeoutSecs }}
+  statement_timeout_secs: {{ .Values.database.statementTimeoutSecs }}
+  lock_timeout_secs: {{ .Values.database.lockTimeoutSecs }}
 provisionClientsConfig:
   enabled: {{ .Values.provisioning.enabled }}
   clusterId: {{ .Values.provisioning.clusterId | quote }}
@@ -48,4 +50,14 @@ provisionClientsConfig:
 {{- end }}
 {{- else }} {}
 {{- end }}
+{{- end }}
+
+{{/* The job's ServiceAccount. */}}
+{{- define "provisioner-job.serviceAccountName" -}}
+{{- default (include "provisioner-job.fullname" .) .Values.serviceAccount.name }}
+{{- end }}
+
+{{/* Whether keys are delivered into a Secret through the API server. */}}
+{{- define "provisioner-job.secretDelivery" -}}
+{{- if eq .Values.apiKeys.delivery "secret" }}true{{ end }}
 {{- end }}
