@@ -57,13 +57,26 @@ step "plan: what an apply would do (exit 2 = changes pending)"
 set +e; show "$PJ" plan --config config.yaml --detailed-exitcode; code=$?; set -e
 echo "exit code: $code"
 
-step "first apply: creates the four clients; new API keys go to a 0600 Secret manifest"
+step "an apply that would create keys with nowhere to deliver them refuses (exit 1, nothing written)"
+set +e; show "$PJ" apply --config config.yaml; code=$?; set -e
+echo "exit code: $code"
+
+step "first apply: creates the four clients; their API keys are delivered into a 0600 Secret manifest"
 show "$PJ" apply --config config.yaml --api-keys-out api-keys.yaml --api-keys-namespace aggregation
 printf 'keys file: %s, Secret keys: %s\n' "$(stat -c '%A %n' api-keys.yaml)" \
     "$(python3 -c 'import re,sys; t=open("api-keys.yaml").read(); print(", ".join(re.findall(r"^  ([a-z0-9.-]+):", t.split("stringData:")[1], re.M)))')"
+python3 - <<'PY'
+import sqlite3
+rows = sqlite3.connect("provisioner.db").execute(
+    "SELECT client_name, delivered_to FROM api_key_deliveries ORDER BY client_name").fetchall()
+for name, target in rows:
+    print(f"  {name:<22} delivered to {target}")
+PY
 
-step "second apply: nothing to do"
-show "$PJ" apply --config config.yaml
+step "second apply: nothing to do, nothing new to deliver (the keys file is left as it is)"
+before=$(sha256sum api-keys.yaml)
+show "$PJ" apply --config config.yaml --api-keys-out api-keys.yaml --output json
+[ "$before" = "$(sha256sum api-keys.yaml)" ] && echo "keys file unchanged"
 
 step "drift and orphans: acme-bank renamed in the database, an undeclared client added by hand"
 python3 - <<'PY'
@@ -75,8 +88,8 @@ db.execute("INSERT INTO aggregator_configurations VALUES ('manual-agg', 'Manual'
 db.execute("INSERT INTO client_configurations VALUES ('manual-client', 'manual-key', 'oxford-production', 'manual-agg')")
 db.commit()
 PY
-show "$PJ" apply --config config.yaml
-show "$PJ" apply --config config.yaml --repair --output json
+show "$PJ" apply --config config.yaml --api-keys-out api-keys.yaml
+show "$PJ" apply --config config.yaml --api-keys-out api-keys.yaml --repair --output json
 
 step "audit trail (provisioning_runs)"
 python3 - <<'PY'
