@@ -8,6 +8,7 @@
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
+use schemars::JsonSchema;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
@@ -144,7 +145,7 @@ impl ConfigArgs {
     /// Loads and validates the configuration: defaults < `--config` file < environment.
     pub fn load<T>(&self, env_prefix: &str) -> Result<T, ConfigError>
     where
-        T: DeserializeOwned + Serialize + Validate,
+        T: DeserializeOwned + Serialize + Validate + JsonSchema,
     {
         config::load(env_prefix, self.config.as_deref())
     }
@@ -154,7 +155,7 @@ impl ConfigArgs {
     /// telemetry for `service`.
     pub fn start<T>(&self, env_prefix: &str, service: Service) -> Result<(T, TelemetryGuard), Stop>
     where
-        T: DeserializeOwned + Serialize + Validate,
+        T: DeserializeOwned + Serialize + Validate + JsonSchema,
     {
         let loaded = self.load::<T>(env_prefix);
         if self.print_config {

@@ -3,15 +3,21 @@
 //! Defaults live in the config structs themselves (`#[serde(default)]`), so the
 //! `Serialize` side of a config type is free to redact secrets for `--print-config`.
 //! The environment layer reads `<PREFIX>__section__key` (double underscore between
-//! levels; names are case-insensitive, e.g. `PROVISIONER__DATABASE__URL`).
+//! levels; names are case-insensitive, e.g. `PROVISIONER__DATABASE__URL`). Environment
+//! variable names are upper case while keys may be camelCase (`clusterId`): the loader
+//! maps each segment onto the field it names through the config type's JSON Schema, so
+//! `PROVISIONER__PROVISIONCLIENTSCONFIG__CLUSTERID` sets `provisionClientsConfig.clusterId`
+//! with no alias on the field. Map keys (`clients.<name>`) are taken lower case.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use figment::{
     Figment,
     providers::{Env, Format, Json, Toml, Yaml},
 };
+use schemars::JsonSchema;
 use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
 
 /// Checks that go beyond the shape serde already enforces.
 pub trait Validate {
@@ -59,9 +65,9 @@ impl ConfigError {
 /// Loads `T` from the optional file and the environment, then validates it.
 pub fn load<T>(env_prefix: &str, file: Option<&Path>) -> Result<T, ConfigError>
 where
-    T: DeserializeOwned + Serialize + Validate,
+    T: DeserializeOwned + Serialize + Validate + JsonSchema,
 {
-    let config: T = figment(env_prefix, file)?
+    let config: T = figment::<T>(env_prefix, file)?
         .extract()
         .map_err(|err| ConfigError::Shape(err.into_iter().map(describe).collect()))?;
     let problems = config.problems();
@@ -75,8 +81,12 @@ where
     }
 }
 
-/// The figment behind [`load`], for services that need to extract more than one type.
-pub fn figment(env_prefix: &str, file: Option<&Path>) -> Result<Figment, ConfigError> {
+/// The figment behind [`load`]: the file and the environment layers, the environment's
+/// keys mapped onto `T`'s field names.
+pub fn figment<T: JsonSchema>(
+    env_prefix: &str,
+    file: Option<&Path>,
+) -> Result<Figment, ConfigError> {
     let mut figment = Figment::new();
     if let Some(path) = file {
         let shown = path.display().to_string();
@@ -102,7 +112,177 @@ pub fn figment(env_prefix: &str, file: Option<&Path>) -> Result<Figment, ConfigE
             }
         };
     }
-    Ok(figment.merge(Env::prefixed(&format!("{env_prefix}__")).split("__")))
+    let keys = Arc::new(Keys::of::<T>());
+    let env = Env::prefixed(&format!("{env_prefix}__"))
+        .split("__")
+        .map(move |key| keys.normalize(key.as_str()).into())
+        // The mapping decides the case of every segment.
+        .lowercase(false);
+    Ok(figment.merge(env))
+}
+
+/// The key names of a config type, from its JSON Schema.
+struct Keys {
+    schema: Value,
+}
+
+impl Keys {
+    fn of<T: JsonSchema>() -> Self {
+        Self {
+            schema: schemars::schema_for!(T).to_value(),
+        }
+    }
+
+    /// `provisionclientsconfig.clusterid` (any case) -> `provisionClientsConfig.clusterId`.
+    /// Segments the schema does not know are lower-cased (and then rejected by the type
+    /// if it denies unknown fields).
+    fn normalize(&self, key: &str) -> String {
+        let mut node = Some(&self.schema);
+        let mut out = Vec::new();
+        for segment in key.split('.') {
+            match node.and_then(|n| self.step(n, segment)) {
+                Some((name, child)) => {
+                    out.push(name);
+                    node = Some(child);
+                }
+                None => {
+                    out.push(segment.to_ascii_lowercase());
+                    node = None;
+                }
+            }
+        }
+        out.join(".")
+    }
+
+    /// The field (or map entry) `segment` names in `schema`, and its schema.
+    fn step<'a>(&'a self, schema: &'a Value, segment: &str) -> Option<(String, &'a Value)> {
+        let alternatives = self.alternatives(schema);
+        for alternative in &alternatives {
+            if let Some(Value::Object(properties)) = alternative.get("properties")
+                && let Some((name, child)) = properties
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(segment))
+            {
+                return Some((name.clone(), child));
+            }
+        }
+        alternatives.into_iter().find_map(|alternative| {
+            match alternative.get("additionalProperties") {
+                Some(value @ Value::Object(_)) => Some((segment.to_ascii_lowercase(), value)),
+                _ => None,
+            }
+        })
+    }
+
+    /// `schema` with `$ref`s resolved, and the branches of `anyOf`/`oneOf`/`allOf`
+    /// (an `Option<Struct>` is `anyOf: [Struct, null]`).
+    fn alternatives<'a>(&'a self, schema: &'a Value) -> Vec<&'a Value> {
+        let mut out = Vec::new();
+        let mut todo = vec![schema];
+        while let Some(schema) = todo.pop() {
+            if out.len() > 64 {
+                break;
+            }
+            let schema = self.resolve(schema);
+            out.push(schema);
+            for combinator in ["anyOf", "oneOf", "allOf"] {
+                if let Some(Value::Array(branches)) = schema.get(combinator) {
+                    todo.extend(branches);
+                }
+            }
+        }
+        out
+    }
+
+    fn resolve<'a>(&'a self, mut schema: &'a Value) -> &'a Value {
+        for _ in 0..16 {
+            let Some(name) = schema
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix("#/$defs/"))
+            else {
+                break;
+            };
+            match self.schema.get("$defs").and_then(|defs| defs.get(name)) {
+                Some(target) => schema = target,
+                None => break,
+            }
+        }
+        schema
+    }
+
+    /// Every leaf key, as (environment variable, key path); a map contributes one
+    /// `example` entry.
+    fn leaves(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        self.walk(&self.schema, &mut Vec::new(), prefix, &mut out);
+        out
+    }
+
+    fn walk(
+        &self,
+        schema: &Value,
+        path: &mut Vec<String>,
+        prefix: &str,
+        out: &mut Vec<(String, String)>,
+    ) {
+        if path.len() > 8 {
+            return;
+        }
+        let mut inner = false;
+        for alternative in self.alternatives(schema) {
+            if let Some(Value::Object(properties)) = alternative.get("properties") {
+                for (name, child) in properties {
+                    inner = true;
+                    path.push(name.clone());
+                    self.walk(child, path, prefix, out);
+                    path.pop();
+                }
+            }
+            if let Some(child @ Value::Object(_)) = alternative.get("additionalProperties") {
+                inner = true;
+                path.push("example".into());
+                self.walk(child, path, prefix, out);
+                path.pop();
+            }
+        }
+        if !inner && !path.is_empty() {
+            let var = std::iter::once(prefix.to_owned())
+                .chain(path.iter().map(|s| s.to_ascii_uppercase()))
+                .collect::<Vec<_>>()
+                .join("__");
+            out.push((var, path.join(".")));
+        }
+    }
+}
+
+/// Checks that every key of `T` can be set from the environment: sets each variable
+/// with `set_env` (a `figment::Jail`'s, in a test) and looks for its value at the key
+/// path in the loaded figment. Returns what did not arrive, one line each; every service
+/// runs it over its own config type.
+pub fn check_env_overrides<T: JsonSchema>(
+    env_prefix: &str,
+    mut set_env: impl FnMut(&str, &str),
+) -> Vec<String> {
+    let keys = Keys::of::<T>().leaves(env_prefix);
+    if keys.is_empty() {
+        return vec!["the config type has no keys".into()];
+    }
+    for (index, (var, _)) in keys.iter().enumerate() {
+        set_env(var, &format!("from-env-{index}"));
+    }
+    let figment = match figment::<T>(env_prefix, None) {
+        Ok(figment) => figment,
+        Err(err) => return vec![err.to_string()],
+    };
+    keys.iter()
+        .enumerate()
+        .filter_map(|(index, (var, path))| {
+            let found = figment.find_value(path).ok().and_then(|v| v.into_string());
+            (found.as_deref() != Some(format!("from-env-{index}").as_str()))
+                .then(|| format!("{var} does not set {path} (found {found:?})"))
+        })
+        .collect()
 }
 
 /// One line per figment error: the key, the problem and where the value came from.
@@ -140,13 +320,25 @@ mod tests {
     use super::*;
     use crate::secret::SecretUrl;
 
-    #[derive(Debug, Deserialize, Serialize)]
+    #[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
     #[serde(default, deny_unknown_fields)]
     struct Sample {
         database: SecretUrl,
         #[serde(with = "crate::config::duration_secs")]
+        #[schemars(with = "u64")]
         grace: Duration,
         workers: u16,
+        #[serde(rename = "camelCase")]
+        camel_case: Nested,
+        tenants: std::collections::BTreeMap<String, Nested>,
+    }
+
+    #[derive(Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
+    #[serde(default, deny_unknown_fields)]
+    struct Nested {
+        #[serde(rename = "clusterId")]
+        cluster_id: String,
+        limit: Option<u32>,
     }
 
     impl Default for Sample {
@@ -155,6 +347,8 @@ mod tests {
                 database: SecretUrl::from_static("sqlite://local.db"),
                 grace: Duration::from_secs(30),
                 workers: 4,
+                camel_case: Nested::default(),
+                tenants: std::collections::BTreeMap::new(),
             }
         }
     }
@@ -179,6 +373,41 @@ mod tests {
             assert_eq!(config.workers, 9);
             assert_eq!(config.grace, Duration::from_secs(5));
             assert_eq!(config.database.expose(), "sqlite://local.db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn camel_case_keys_and_map_entries_are_set_from_upper_case_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SAMPLE__CAMELCASE__CLUSTERID", "from-env");
+            jail.set_env("SAMPLE__TENANTS__ACME__CLUSTERID", "acme-cluster");
+            jail.set_env("SAMPLE__TENANTS__ACME__LIMIT", "5");
+            let config: Sample = load("SAMPLE", None).map_err(|e| e.to_string())?;
+            assert_eq!(config.camel_case.cluster_id, "from-env");
+            assert_eq!(config.tenants["acme"].cluster_id, "acme-cluster");
+            assert_eq!(config.tenants["acme"].limit, Some(5));
+
+            jail.set_env("SAMPLE__CAMELCASE__CLUSTERIDD", "typo");
+            let err = load::<Sample>("SAMPLE", None).expect_err("unknown key");
+            assert!(err.to_string().contains("clusteridd"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_key_of_a_config_type_can_be_set_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            let failures = check_env_overrides::<Sample>("SAMPLE", |k, v| jail.set_env(k, v));
+            assert!(failures.is_empty(), "{failures:#?}");
+            let keys = Keys::of::<Sample>().leaves("SAMPLE");
+            assert!(
+                keys.contains(&(
+                    "SAMPLE__TENANTS__EXAMPLE__CLUSTERID".into(),
+                    "tenants.example.clusterId".into()
+                )),
+                "{keys:?}"
+            );
             Ok(())
         });
     }

@@ -137,6 +137,16 @@ impl fmt::Display for SecretUrl {
     }
 }
 
+impl schemars::JsonSchema for SecretUrl {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SecretUrl".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "format": "uri" })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use platform::config::Validate;
+use schemars::JsonSchema;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "GANDALF_AGGREGATOR";
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// This aggregator's name, as the cluster and connectors see it.
@@ -20,6 +21,7 @@ pub struct Config {
     pub tenant: String,
     /// Validated with the cluster at start.
     #[serde(serialize_with = "platform::secret::redact")]
+    #[schemars(with = "String")]
     pub secret: SecretString,
     /// gRPC address for connectors.
     pub listen: SocketAddr,
@@ -85,5 +87,23 @@ impl Validate for Config {
             problems.push("max_timeout_ms: must be at least 1".into());
         }
         problems
+    }
+}
+
+#[cfg(test)]
+// figment::Jail closures return figment::Error, whose size is not ours to choose.
+#[allow(clippy::result_large_err)]
+mod env_tests {
+    use super::*;
+
+    #[test]
+    fn every_key_can_be_set_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            let failures = platform::config::check_env_overrides::<Config>(ENV_PREFIX, |k, v| {
+                jail.set_env(k, v)
+            });
+            assert!(failures.is_empty(), "{failures:#?}");
+            Ok(())
+        });
     }
 }

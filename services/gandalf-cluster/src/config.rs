@@ -3,6 +3,7 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use platform::{config::Validate, secret::SecretUrl};
+use schemars::JsonSchema;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "GANDALF_CLUSTER";
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// gRPC address the aggregators connect to.
@@ -38,11 +39,12 @@ impl Default for Config {
 }
 
 /// One tenant.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct TenantConfig {
     /// Accepted secrets of this tenant's aggregators and connectors.
     #[serde(serialize_with = "platform::secret::redact_all")]
+    #[schemars(with = "Vec<String>")]
     pub secrets: Vec<SecretString>,
     /// What CONFIGURATION_DATABASE returns to this tenant's aggregators; none: they run
     /// without a command log.
@@ -50,7 +52,7 @@ pub struct TenantConfig {
 }
 
 /// A tenant's database.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseInfo {
     pub url: SecretUrl,
@@ -85,5 +87,23 @@ impl Validate for Config {
             }
         }
         problems
+    }
+}
+
+#[cfg(test)]
+// figment::Jail closures return figment::Error, whose size is not ours to choose.
+#[allow(clippy::result_large_err)]
+mod env_tests {
+    use super::*;
+
+    #[test]
+    fn every_key_can_be_set_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            let failures = platform::config::check_env_overrides::<Config>(ENV_PREFIX, |k, v| {
+                jail.set_env(k, v)
+            });
+            assert!(failures.is_empty(), "{failures:#?}");
+            Ok(())
+        });
     }
 }

@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use platform::{config::Validate, secret::SecretUrl};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Prefix of the environment overrides: `PROVISIONER__DATABASE__URL`, ...
@@ -13,18 +14,18 @@ pub const ENV_PREFIX: &str = "PROVISIONER";
 /// The whole configuration. Keys beside `database` and `provisionClientsConfig` belong to
 /// the aggregation service whose YAML this is, and are ignored; inside those two sections
 /// an unknown key is an error.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(default)]
 pub struct Config {
     /// The aggregation database.
     pub database: DatabaseConfig,
     /// The clients to provision (the aggregation service's `provisionClientsConfig`).
-    #[serde(rename = "provisionClientsConfig", alias = "provisionclientsconfig")]
+    #[serde(rename = "provisionClientsConfig")]
     pub provision: ProvisionConfig,
 }
 
 /// Where the aggregation database is and how the job uses it.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `postgres://user:password@host:5432/db` or `sqlite://file.db` (created if missing).
@@ -70,7 +71,7 @@ impl DatabaseConfig {
 
 /// `provisionClientsConfig`: which clients must exist, and on which cluster. Strict: a
 /// misspelt key (`enable:`, `clusterID:`) is an error naming it, never silently ignored.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProvisionConfig {
     /// `false` opts this cluster out: the job logs it and exits 0 without touching the database.
@@ -79,12 +80,11 @@ pub struct ProvisionConfig {
     /// agree when both are given.
     #[serde(
         rename = "shouldProvisionClients",
-        alias = "shouldprovisionclients",
         skip_serializing_if = "Option::is_none"
     )]
     pub should_provision_clients: Option<bool>,
     /// Cluster of every client that does not name its own.
-    #[serde(rename = "clusterId", alias = "clusterid")]
+    #[serde(rename = "clusterId")]
     pub cluster_id: String,
     /// `clientName -> { aggregatorIdentifier, clusterId? }`.
     pub clients: BTreeMap<String, ClientSpec>,
@@ -115,19 +115,14 @@ impl ProvisionConfig {
 }
 
 /// One declared client.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientSpec {
     /// Stored as the client's `aggregator_configurations.aggregator_info`.
-    #[serde(rename = "aggregatorIdentifier", alias = "aggregatoridentifier")]
+    #[serde(rename = "aggregatorIdentifier")]
     pub aggregator_identifier: String,
     /// Overrides the default cluster for this client.
-    #[serde(
-        rename = "clusterId",
-        alias = "clusterid",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "clusterId", default, skip_serializing_if = "Option::is_none")]
     pub cluster_id: Option<String>,
 }
 
@@ -235,6 +230,41 @@ impl Validate for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    // figment::Jail closures return figment::Error, whose size is not ours to choose.
+    #[allow(clippy::result_large_err)]
+    fn every_key_can_be_set_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            let failures = platform::config::check_env_overrides::<Config>(ENV_PREFIX, |k, v| {
+                jail.set_env(k, v)
+            });
+            assert!(failures.is_empty(), "{failures:#?}");
+            Ok(())
+        });
+        // The camelCase keys the README documents, with no alias on the fields.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "PROVISIONER__PROVISIONCLIENTSCONFIG__CLUSTERID",
+                "oxford-staging",
+            );
+            jail.set_env(
+                "PROVISIONER__PROVISIONCLIENTSCONFIG__CLIENTS__ACME__AGGREGATORIDENTIFIER",
+                "Acme AB",
+            );
+            jail.set_env("PROVISIONER__DATABASE__URL", "sqlite://x.db");
+            jail.set_env("PROVISIONER__DATABASE__BATCH_SIZE", "7");
+            let config: Config = platform::config::load(ENV_PREFIX, None)
+                .map_err(|e| figment::Error::from(e.to_string()))?;
+            assert_eq!(config.provision.cluster_id, "oxford-staging");
+            assert_eq!(
+                config.provision.clients["acme"].aggregator_identifier,
+                "Acme AB"
+            );
+            assert_eq!(config.database.batch_size, 7);
+            Ok(())
+        });
+    }
 
     #[test]
     fn client_names_follow_the_documented_pattern() {

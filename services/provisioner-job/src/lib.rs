@@ -309,17 +309,19 @@ fn interrupted(dry_run: bool, repair: bool) -> Summary {
     summary
 }
 
-/// Delivers every pending key (this run's and earlier ones) once the run's writes are
-/// durable, and marks them delivered once the delivery is.
+/// Delivers every pending key (this run's and earlier ones) and marks them delivered
+/// once the delivery is durable.
+///
+/// On PostgreSQL every batch has committed by now. On SQLite the whole run is one
+/// transaction, the writer lock that keeps runs apart, so the keys are delivered before it
+/// commits: committing first would free the lock mid-run and let another run in. Should
+/// that commit then fail, the target holds keys of clients that do not exist; the next run
+/// creates them with new keys and delivers those over the same entries.
 async fn deliver_pending(
     session: &mut RunSession,
     delivery: Option<Delivery>,
     summary: &mut Summary,
 ) {
-    if let Err(err) = session.commit_writes().await {
-        summary.fail(format!("cannot commit the run's writes: {err}"));
-        return;
-    }
     let pending = match session.pending_keys().await {
         Ok(pending) => pending,
         Err(err) => {

@@ -739,20 +739,6 @@ impl RunSession {
         .await
     }
 
-    /// Makes every write so far durable before the run goes on: a no-op on PostgreSQL
-    /// (each batch has committed), a commit on SQLite, whose run is one transaction; the
-    /// run then continues in a new `BEGIN IMMEDIATE` transaction.
-    pub async fn commit_writes(&mut self) -> Result<(), StoreError> {
-        traced("commit_writes", async move {
-            if let Self::Sqlite(tx) = self {
-                tx.execute("COMMIT").await?;
-                tx.execute("BEGIN IMMEDIATE").await?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
     /// Records the start of a run (`outcome = running`), so a run that dies is visible.
     pub async fn start_record(&mut self, run: &RunRecord) -> Result<(), StoreError> {
         traced("start_record", async move {
