@@ -413,6 +413,28 @@ mod tests {
     }
 
     #[test]
+    fn durations_take_a_bare_number_in_the_key_s_unit_or_a_unit() {
+        figment::Jail::expect_with(|jail| {
+            for (given, expected) in [("5", 5), ("30s", 30), ("2m", 120), ("1500ms", 1)] {
+                jail.create_file("d.yaml", &format!("grace: {given}\n"))?;
+                let config: Sample =
+                    load("SAMPLE", Some(Path::new("d.yaml"))).map_err(|e| e.to_string())?;
+                assert_eq!(config.grace.as_secs(), expected, "{given}");
+            }
+            jail.set_env("SAMPLE__GRACE", "45s");
+            let config: Sample = load("SAMPLE", None).map_err(|e| e.to_string())?;
+            assert_eq!(config.grace, Duration::from_secs(45));
+            jail.set_env("SAMPLE__GRACE", "soon");
+            let err = load::<Sample>("SAMPLE", None).expect_err("not a duration");
+            assert!(
+                err.to_string().contains("\"soon\" is not a duration"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn wrong_type_names_the_key_and_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("app.yaml", "workers: many\n")?;
@@ -474,32 +496,83 @@ mod tests {
     }
 }
 
-/// `Duration` as whole seconds in config files (`grace_period_secs: 30`).
+/// A duration in a config file: a bare number in the key's unit (`lock_wait_secs: 30`,
+/// `linger_ms: 200`), or a number with its unit (`30s`, `500ms`, `2m`, `1h 30m`).
+fn parse_duration<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    unit: fn(u64) -> std::time::Duration,
+    unit_name: &'static str,
+) -> Result<std::time::Duration, D::Error> {
+    use serde::de::{Error, Visitor};
+
+    struct DurationVisitor(fn(u64) -> std::time::Duration, &'static str);
+
+    impl Visitor<'_> for DurationVisitor {
+        type Value = std::time::Duration;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "a duration: a number of {}, or a number with its unit (30s, 500ms, 2m)",
+                self.1
+            )
+        }
+
+        fn visit_u64<E: Error>(self, value: u64) -> Result<Self::Value, E> {
+            Ok((self.0)(value))
+        }
+
+        fn visit_i64<E: Error>(self, value: i64) -> Result<Self::Value, E> {
+            u64::try_from(value)
+                .map(self.0)
+                .map_err(|_| E::custom(format!("a duration cannot be negative ({value})")))
+        }
+
+        fn visit_str<E: Error>(self, value: &str) -> Result<Self::Value, E> {
+            let value = value.trim();
+            // Environment values arrive as strings: "30" is 30 of the key's unit.
+            if let Ok(number) = value.parse::<u64>() {
+                return Ok((self.0)(number));
+            }
+            humantime::parse_duration(value).map_err(|e| {
+                E::custom(format!(
+                    "{value:?} is not a duration ({e}); write e.g. 30s, 500ms or 2m"
+                ))
+            })
+        }
+    }
+
+    deserializer.deserialize_any(DurationVisitor(unit, unit_name))
+}
+
+/// `Duration` in config files, in seconds when no unit is given (`grace_secs: 30` or
+/// `grace_secs: 2m`); written back as whole seconds.
 pub mod duration_secs {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_u64(value.as_secs())
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        u64::deserialize(deserializer).map(Duration::from_secs)
+        super::parse_duration(deserializer, Duration::from_secs, "seconds")
     }
 }
 
-/// `Duration` as whole milliseconds in config files (`linger_ms: 200`).
+/// `Duration` in config files, in milliseconds when no unit is given (`linger_ms: 200`
+/// or `linger_ms: 1s`); written back as whole milliseconds.
 pub mod duration_ms {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_u64(value.as_millis().try_into().unwrap_or(u64::MAX))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        u64::deserialize(deserializer).map(Duration::from_millis)
+        super::parse_duration(deserializer, Duration::from_millis, "milliseconds")
     }
 }

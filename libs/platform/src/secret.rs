@@ -30,11 +30,9 @@ pub fn redact_all<S: Serializer>(
 /// Compares a presented secret with a known one in time that does not depend on where
 /// they differ.
 pub fn constant_time_eq(presented: &str, known: &SecretString) -> bool {
-    let (a, b) = (presented.as_bytes(), known.expose_secret().as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    // Unequal lengths compare unequal at once: the length of a secret is not secret here.
+    bool::from(presented.as_bytes().ct_eq(known.expose_secret().as_bytes()))
 }
 
 /// A connection URL that may carry a password (`postgres://user:pass@host/db`).

@@ -30,29 +30,39 @@ pub struct Config {
 pub struct DatabaseConfig {
     /// `postgres://user:password@host:5432/db` or `sqlite://file.db` (created if missing).
     pub url: SecretUrl,
-    /// How long to wait for the database to answer at start, in seconds.
-    pub connect_timeout_secs: u64,
-    /// How long to wait for another run's lock before giving up (exit 0), in seconds.
-    pub lock_wait_secs: u64,
+    /// How long to wait for the database to answer at start, in seconds or with a unit
+    /// (`30s`, `2m`).
+    #[serde(with = "platform::config::duration_secs")]
+    #[schemars(with = "u64")]
+    pub connect_timeout_secs: Duration,
+    /// How long to wait for another run's lock before giving up (exit 0), in seconds or
+    /// with a unit.
+    #[serde(with = "platform::config::duration_secs")]
+    #[schemars(with = "u64")]
+    pub lock_wait_secs: Duration,
     /// Clients written (created or repaired) per transaction.
     pub batch_size: usize,
-    /// PostgreSQL `statement_timeout` of the job's connections, in seconds (0: none): a
+    /// PostgreSQL `statement_timeout` of the job's connections, in seconds or with a unit (`90s`, `2m`; 0: none): a
     /// statement that runs longer is cancelled and reported.
-    pub statement_timeout_secs: u64,
-    /// PostgreSQL `lock_timeout` of the job's connections, in seconds (0: none): how long
+    #[serde(with = "platform::config::duration_secs")]
+    #[schemars(with = "u64")]
+    pub statement_timeout_secs: Duration,
+    /// PostgreSQL `lock_timeout` of the job's connections, in seconds or with a unit (`90s`, `2m`; 0: none): how long
     /// a statement may wait for a row or table lock another session holds.
-    pub lock_timeout_secs: u64,
+    #[serde(with = "platform::config::duration_secs")]
+    #[schemars(with = "u64")]
+    pub lock_timeout_secs: Duration,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: SecretUrl::from_static("sqlite://provisioner.db"),
-            connect_timeout_secs: 10,
-            lock_wait_secs: 60,
+            connect_timeout_secs: Duration::from_secs(10),
+            lock_wait_secs: Duration::from_secs(60),
             batch_size: 500,
-            statement_timeout_secs: 60,
-            lock_timeout_secs: 10,
+            statement_timeout_secs: Duration::from_secs(60),
+            lock_timeout_secs: Duration::from_secs(10),
         }
     }
 }
@@ -60,12 +70,12 @@ impl Default for DatabaseConfig {
 impl DatabaseConfig {
     /// [`DatabaseConfig::connect_timeout_secs`] as a duration.
     pub fn connect_timeout(&self) -> Duration {
-        Duration::from_secs(self.connect_timeout_secs)
+        self.connect_timeout_secs
     }
 
     /// [`DatabaseConfig::lock_wait_secs`] as a duration.
     pub fn lock_wait(&self) -> Duration {
-        Duration::from_secs(self.lock_wait_secs)
+        self.lock_wait_secs
     }
 }
 
@@ -171,8 +181,8 @@ impl Validate for Config {
                 self.database.batch_size
             ));
         }
-        if self.database.connect_timeout_secs == 0 {
-            problems.push("database.connect_timeout_secs: must be at least 1".into());
+        if self.database.connect_timeout_secs < Duration::from_secs(1) {
+            problems.push("database.connect_timeout_secs: must be at least 1s".into());
         }
         if self
             .provision

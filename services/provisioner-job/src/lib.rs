@@ -289,14 +289,14 @@ async fn locked_out(store: &Store, config: &Config, dry_run: bool, repair: bool)
         .unwrap_or_default();
     tracing::warn!(
         holder = holder.as_ref().map(ToString::to_string),
-        waited_secs = config.database.lock_wait_secs,
+        waited_secs = config.database.lock_wait().as_secs(),
         "another run held the lock for the whole wait; nothing done"
     );
     let mut summary = Summary::new(Outcome::Locked, dry_run, repair);
     summary.message = Some(format!(
-        "another run holds the lock ({}{held_by}); waited {}s, nothing done",
+        "another run holds the lock ({}{held_by}); waited {}, nothing done",
         store.lock_kind(),
-        config.database.lock_wait_secs
+        humantime::format_duration(config.database.lock_wait())
     ));
     summary
 }

@@ -278,9 +278,12 @@ impl Store {
                 .options([
                     (
                         "statement_timeout",
-                        format!("{}s", config.statement_timeout_secs),
+                        format!("{}ms", config.statement_timeout_secs.as_millis()),
                     ),
-                    ("lock_timeout", format!("{}s", config.lock_timeout_secs)),
+                    (
+                        "lock_timeout",
+                        format!("{}ms", config.lock_timeout_secs.as_millis()),
+                    ),
                 ]);
             // One direct attempt first: a pool only says "timed out", this says why.
             match tokio::time::timeout(
@@ -295,8 +298,8 @@ impl Store {
                 Ok(Err(err)) => return Err(connect_error(err.to_string())),
                 Err(_) => {
                     return Err(connect_error(format!(
-                        "no answer within {}s",
-                        config.connect_timeout_secs
+                        "no answer within {}",
+                        humantime::format_duration(config.connect_timeout_secs)
                     )));
                 }
             }
