@@ -8,6 +8,7 @@ use gandalf::{
     protocol::{self, ComponentType},
     wire::{Envelope, Secret, aggregator_server, envelope::Body},
 };
+use platform::shutdown::Drain;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -21,11 +22,17 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct AggregatorService {
     router: Arc<Router>,
     shutdown: CancellationToken,
+    /// Tracks every stream's handler, so that the shutdown drain waits for them.
+    drain: Drain,
 }
 
 impl AggregatorService {
-    pub fn new(router: Arc<Router>, shutdown: CancellationToken) -> Self {
-        Self { router, shutdown }
+    pub fn new(router: Arc<Router>, shutdown: CancellationToken, drain: Drain) -> Self {
+        Self {
+            router,
+            shutdown,
+            drain,
+        }
     }
 }
 
@@ -44,7 +51,7 @@ impl aggregator_server::Aggregator for AggregatorService {
         let peer = protocol::Peer::require(request.metadata(), ComponentType::Connector)
             .map_err(Status::invalid_argument)?;
         let (outbound, rx) = mpsc::channel(1024);
-        tokio::spawn(serve_connector(
+        self.drain.spawn(serve_connector(
             self.router.clone(),
             peer,
             address,

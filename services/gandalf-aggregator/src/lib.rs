@@ -212,7 +212,8 @@ impl App {
         reporter
             .set_serving::<AggregatorServer<AggregatorService>>()
             .await;
-        let service = AggregatorService::new(router.clone(), shutdown.clone());
+        let drain = platform::shutdown::Drain::new();
+        let service = AggregatorService::new(router.clone(), shutdown.clone(), drain.clone());
         let serve = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(AggregatorServer::new(service))
@@ -244,10 +245,15 @@ impl App {
         reporter
             .set_not_serving::<AggregatorServer<AggregatorService>>()
             .await;
+        shutdown.cancel();
+        // The connector handlers end on the token; wait for exactly them, then flush
+        // what they logged.
+        if let Err(err) = drain.wait(grace).await {
+            tracing::warn!(error = %err, "connector handlers still running at exit");
+        }
         if let Some(log) = router.command_log() {
             let _ = tokio::time::timeout(grace, log.flush()).await;
         }
-        shutdown.cancel();
         let _ = ops_task.await;
         outcome
     }

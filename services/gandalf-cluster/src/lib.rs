@@ -71,7 +71,8 @@ impl App {
         reporter
             .set_serving::<ClusterServer<ClusterService>>()
             .await;
-        let service = ClusterService::new(self.cluster.clone(), shutdown.clone());
+        let drain = platform::shutdown::Drain::new();
+        let service = ClusterService::new(self.cluster.clone(), shutdown.clone(), drain.clone());
         let grpc = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(ClusterServer::new(service))
@@ -90,6 +91,10 @@ impl App {
         reporter
             .set_not_serving::<ClusterServer<ClusterService>>()
             .await;
+        // The stream handlers end on the token; wait for exactly them.
+        if let Err(err) = drain.wait(grace).await {
+            tracing::warn!(error = %err, "stream handlers still running at exit");
+        }
         let _ = ops.await;
         served
     }

@@ -9,6 +9,7 @@ use gandalf::{
     protocol::{self, ComponentType, Peer},
     wire::{Envelope, cluster_server, envelope::Body},
 };
+use platform::shutdown::Drain;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -23,11 +24,17 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ClusterService {
     cluster: Arc<Cluster>,
     shutdown: CancellationToken,
+    /// Tracks every stream's handler, so that the shutdown drain waits for them.
+    drain: Drain,
 }
 
 impl ClusterService {
-    pub fn new(cluster: Arc<Cluster>, shutdown: CancellationToken) -> Self {
-        Self { cluster, shutdown }
+    pub fn new(cluster: Arc<Cluster>, shutdown: CancellationToken, drain: Drain) -> Self {
+        Self {
+            cluster,
+            shutdown,
+            drain,
+        }
     }
 }
 
@@ -42,7 +49,7 @@ impl cluster_server::Cluster for ClusterService {
         let peer = Peer::require(request.metadata(), ComponentType::Aggregator)
             .map_err(Status::invalid_argument)?;
         let (outbound, rx) = mpsc::channel(1024);
-        tokio::spawn(serve_stream(
+        self.drain.spawn(serve_stream(
             self.cluster.clone(),
             peer,
             request.into_inner(),
