@@ -496,6 +496,19 @@ mod tests {
     }
 }
 
+/// Test support (feature `testing`): asserts that every key of `T` can be set from the
+/// environment (see [`check_env_overrides`]), in a `figment::Jail`.
+#[cfg(feature = "testing")]
+// figment::Jail closures return figment::Error, whose size is not ours to choose.
+#[allow(clippy::result_large_err)]
+pub fn assert_env_overrides<T: JsonSchema>(env_prefix: &str) {
+    figment::Jail::expect_with(|jail| {
+        let failures = check_env_overrides::<T>(env_prefix, |k, v| jail.set_env(k, v));
+        assert!(failures.is_empty(), "{failures:#?}");
+        Ok(())
+    });
+}
+
 /// A duration in a config file: a bare number in the key's unit (`lock_wait_secs: 30`,
 /// `linger_ms: 200`), or a number with its unit (`30s`, `500ms`, `2m`, `1h 30m`).
 fn parse_duration<'de, D: serde::Deserializer<'de>>(

@@ -45,17 +45,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for round in 0..ROUNDS {
         let config = config(&fresh_database(&admin, "apply").await?);
         let token = CancellationToken::new();
+        // Keys stay pending: the benchmark measures the reconciliation, not a target.
+        let options = RunOptions {
+            no_key_delivery: true,
+            ..RunOptions::default()
+        };
 
         let started = Instant::now();
-        let summary = provision(
-            &config,
-            &RunOptions {
-                no_key_delivery: true,
-                ..RunOptions::default()
-            },
-            &token,
-        )
-        .await;
+        let summary = provision(&config, &options, &token).await;
         first.push(started.elapsed());
         assert_eq!(
             summary.created.len(),
@@ -65,15 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
 
         let started = Instant::now();
-        let summary = provision(
-            &config,
-            &RunOptions {
-                no_key_delivery: true,
-                ..RunOptions::default()
-            },
-            &token,
-        )
-        .await;
+        let summary = provision(&config, &options, &token).await;
         rerun.push(started.elapsed());
         assert_eq!(
             summary.unchanged.len(),

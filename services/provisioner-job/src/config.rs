@@ -245,13 +245,7 @@ mod tests {
     // figment::Jail closures return figment::Error, whose size is not ours to choose.
     #[allow(clippy::result_large_err)]
     fn every_key_can_be_set_from_the_environment() {
-        figment::Jail::expect_with(|jail| {
-            let failures = platform::config::check_env_overrides::<Config>(ENV_PREFIX, |k, v| {
-                jail.set_env(k, v)
-            });
-            assert!(failures.is_empty(), "{failures:#?}");
-            Ok(())
-        });
+        platform::config::assert_env_overrides::<Config>(ENV_PREFIX);
         // The camelCase keys the README documents, with no alias on the fields.
         figment::Jail::expect_with(|jail| {
             jail.set_env(

@@ -20,6 +20,29 @@ fn utf8(path: &std::path::Path) -> &str {
     path.to_str().expect("utf8 path")
 }
 
+/// A run with `keys` as its target that creates nothing and delivers the keys of
+/// acme-bank and company-inc-testing, pending from an earlier run; the file then holds
+/// the database's keys and nothing is pending.
+async fn a_run_with_the_keys_file_delivers_the_two_pending_keys(
+    db: &TestDb,
+    config: &std::path::Path,
+    keys: &std::path::Path,
+) {
+    let out = run(&["--api-keys-out", utf8(keys), "--output", "json"], config).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["created"], serde_json::json!([]));
+    assert_eq!(
+        out.json()["key_delivery"]["delivered"],
+        serde_json::json!(["acme-bank", "company-inc-testing"])
+    );
+    assert!(db.pending_keys().await.is_empty());
+    let manifest: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(keys).expect("keys")).expect("yaml");
+    for (name, row) in db.clients().await {
+        assert_eq!(manifest["stringData"][name.as_str()], row.api_key.as_str());
+    }
+}
+
 async fn a_run_that_would_create_keys_without_a_target_refuses_before_any_write(backend: Backend) {
     let db = TestDb::with_cluster(backend).await;
     let config = db.config(TWO);
@@ -52,23 +75,7 @@ async fn a_run_that_would_create_keys_without_a_target_refuses_before_any_write(
 
     // ... and the next run with a target delivers them, though it creates nothing.
     let keys = db.path("keys.yaml");
-    let out = run(
-        &["--api-keys-out", utf8(&keys), "--output", "json"],
-        &config,
-    )
-    .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(out.json()["created"], serde_json::json!([]));
-    assert_eq!(
-        out.json()["key_delivery"]["delivered"],
-        serde_json::json!(["acme-bank", "company-inc-testing"])
-    );
-    assert!(db.pending_keys().await.is_empty());
-    let manifest: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&keys).expect("keys")).expect("yaml");
-    for (name, row) in db.clients().await {
-        assert_eq!(manifest["stringData"][name.as_str()], row.api_key.as_str());
-    }
+    a_run_with_the_keys_file_delivers_the_two_pending_keys(&db, &config, &keys).await;
 }
 on_both_backends!(a_run_that_would_create_keys_without_a_target_refuses_before_any_write);
 
@@ -217,23 +224,7 @@ async fn keys_lost_to_a_crash_after_the_commit_are_delivered_by_the_next_run() {
         ["acme-bank", "company-inc-testing"]
     );
 
-    let out = run(
-        &["--api-keys-out", utf8(&keys), "--output", "json"],
-        &config,
-    )
-    .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(out.json()["created"], serde_json::json!([]));
-    assert_eq!(
-        out.json()["key_delivery"]["delivered"],
-        serde_json::json!(["acme-bank", "company-inc-testing"])
-    );
-    let manifest: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&keys).expect("keys")).expect("yaml");
-    for (name, row) in db.clients().await {
-        assert_eq!(manifest["stringData"][name.as_str()], row.api_key.as_str());
-    }
-    assert!(db.pending_keys().await.is_empty());
+    a_run_with_the_keys_file_delivers_the_two_pending_keys(&db, &config, &keys).await;
 }
 
 async fn the_secret_target_adds_keys_through_the_api_server_and_keeps_other_entries(
