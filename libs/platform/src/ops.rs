@@ -9,6 +9,7 @@
 
 use std::{
     collections::BTreeMap,
+    future::Future,
     net::SocketAddr,
     sync::{Arc, OnceLock, RwLock},
     time::Duration,
@@ -75,6 +76,53 @@ impl Readiness {
     /// True when every registered component is ready.
     pub fn is_ready(&self) -> bool {
         self.not_ready().is_empty()
+    }
+
+    /// Drives `component` from a probe of a dependency instead of flags the service sets:
+    /// every `every`, `check` runs (at most `timeout`; a probe that hangs counts as not
+    /// ready) and its answer becomes the component's readiness, until `stop` is
+    /// cancelled. Changes are logged.
+    pub fn probe<F, Fut>(
+        &self,
+        component: impl Into<String>,
+        every: Duration,
+        timeout: Duration,
+        check: F,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), String>> + Send,
+    {
+        let component = component.into();
+        self.set(component.clone(), false);
+        let readiness = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut was_ready = None;
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let answer = match tokio::time::timeout(timeout, check()).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(format!("no answer within {timeout:?}")),
+                };
+                let ready = answer.is_ok();
+                if was_ready != Some(ready) {
+                    match &answer {
+                        Ok(()) => tracing::info!(component = %component, "dependency ready"),
+                        Err(why) => {
+                            tracing::warn!(component = %component, reason = %why, "dependency not ready")
+                        }
+                    }
+                }
+                was_ready = Some(ready);
+                readiness.set(component.clone(), ready);
+            }
+        })
     }
 }
 
@@ -148,7 +196,60 @@ async fn render_metrics() -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU8, Ordering};
+
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_drives_readiness_and_a_hanging_probe_is_not_ready() {
+        // 0: answers ok, 1: answers an error, 2: hangs.
+        let mode = Arc::new(AtomicU8::new(0));
+        let readiness = Readiness::default();
+        let stop = CancellationToken::new();
+        let probe_mode = mode.clone();
+        let task = readiness.probe(
+            "database",
+            Duration::from_secs(1),
+            Duration::from_millis(200),
+            move || {
+                let mode = probe_mode.load(Ordering::SeqCst);
+                async move {
+                    match mode {
+                        0 => Ok(()),
+                        1 => Err("refused".to_owned()),
+                        _ => std::future::pending().await,
+                    }
+                }
+            },
+            stop.clone(),
+        );
+        assert_eq!(
+            readiness.not_ready(),
+            ["database"],
+            "not ready before the first answer"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(readiness.is_ready());
+
+        mode.store(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(readiness.not_ready(), ["database"]);
+
+        mode.store(0, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(readiness.is_ready());
+
+        mode.store(2, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            readiness.not_ready(),
+            ["database"],
+            "a hanging probe is not ready"
+        );
+
+        stop.cancel();
+        task.await.expect("probe stops");
+    }
 
     async fn start(
         readiness: Readiness,
