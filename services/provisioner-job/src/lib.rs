@@ -269,12 +269,16 @@ async fn apply_locked(
     .await;
     if let Err(err) = finished {
         match store {
-            // Nothing since the last commit_writes is kept: the clients and the delivery
-            // marks are, the audit row is not finished.
-            Store::Sqlite(_) if summary.outcome == Outcome::Fatal => {
+            // SQLite's run is one transaction: it rolled back, so no client of this run
+            // exists (keys it delivered are replaced when the next run creates them).
+            Store::Sqlite(_) => {
                 return fatal(format!("cannot commit the run: {err}"), dry_run, repair);
             }
-            _ => summary.fail(format!("cannot record the run in provisioning_runs: {err}")),
+            // The clients and the delivery marks are committed; only the audit row is
+            // not finished.
+            Store::Postgres(_) => {
+                summary.fail(format!("cannot record the run in provisioning_runs: {err}"))
+            }
         }
     }
     summary
@@ -322,6 +326,22 @@ async fn deliver_pending(
     delivery: Option<Delivery>,
     summary: &mut Summary,
 ) {
+    let Some(delivery) = delivery else {
+        // No target: only the names are reported; the keys stay in the database.
+        match session.pending_clients().await {
+            Ok(names) => {
+                if !names.is_empty() {
+                    tracing::warn!(
+                        pending = names.len(),
+                        "API keys pending delivery and no target"
+                    );
+                }
+                summary.key_delivery.pending = names;
+            }
+            Err(err) => summary.fail(format!("cannot read the API keys pending delivery: {err}")),
+        }
+        return;
+    };
     let pending = match session.pending_keys().await {
         Ok(pending) => pending,
         Err(err) => {
@@ -330,16 +350,6 @@ async fn deliver_pending(
         }
     };
     let names: Vec<String> = pending.iter().map(|(name, _)| name.clone()).collect();
-    let Some(delivery) = delivery else {
-        if !names.is_empty() {
-            tracing::warn!(
-                pending = names.len(),
-                "API keys pending delivery and no target"
-            );
-        }
-        summary.key_delivery.pending = names;
-        return;
-    };
     summary.key_delivery.target = Some(delivery.target());
     if pending.is_empty() {
         return;

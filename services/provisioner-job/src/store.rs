@@ -685,6 +685,21 @@ impl RunSession {
         .await
     }
 
+    /// The clients whose API key is still pending delivery (the keys are not read).
+    pub async fn pending_clients(&mut self) -> Result<Vec<String>, StoreError> {
+        traced("pending_clients", async move {
+            each_backend!(self, Self, |conn| {
+                Ok(sqlx::query_scalar(
+                    "SELECT client_name FROM api_key_deliveries \
+                     WHERE delivered_at IS NULL ORDER BY client_name",
+                )
+                .fetch_all(&mut **conn)
+                .await?)
+            })
+        })
+        .await
+    }
+
     /// Every API key still pending delivery (this run's and any earlier run's), by client.
     pub async fn pending_keys(&mut self) -> Result<Vec<(String, SecretString)>, StoreError> {
         traced("pending_keys", async move {
