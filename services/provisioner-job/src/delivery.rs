@@ -47,15 +47,6 @@ pub enum TargetSpec {
     Secret { namespace: String, name: String },
 }
 
-impl std::fmt::Display for TargetSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::File { path, .. } => write!(f, "file {}", path.display()),
-            Self::Secret { namespace, name } => write!(f, "secret {namespace}/{name}"),
-        }
-    }
-}
-
 /// Parses `NAMESPACE/NAME` for `--api-keys-secret`.
 pub fn parse_secret_ref(value: &str) -> Result<(String, String), String> {
     let Some((namespace, name)) = value.split_once('/') else {
