@@ -1,19 +1,24 @@
 //! `make bench`: generic-consumer end to end next to a bare rdkafka consume loop, same
-//! broker, same messages, in the same run.
+//! broker, same messages, in the same run, each side with a fresh consumer group.
 //!
 //! - broker: a tansu process on loopback (`$TANSU`, in-memory storage), or librdkafka's
-//!   mock cluster in this process when `BENCH_BROKER=mock`;
-//! - messages: `BENCH_MESSAGES` (default 1,000,000) delivery samples, protobuf, over 6
-//!   partitions;
+//!   mock cluster in this process when `BENCH_BROKER=mock` (it keeps only 5 MB per
+//!   partition: use it with a few thousand messages);
+//! - messages: `BENCH_MESSAGES` (default 1,000,000) delivery samples, protobuf, about a
+//!   KiB each, over 6 partitions; a second topic holds a quarter as many (the backlog
+//!   comparison);
 //! - bare: a `BaseConsumer` with the service's own consumer settings, polling until it has
-//!   seen every message and doing nothing with them (the ceiling);
-//! - generic-consumer: an `Instance` (consumer thread, decode, rows, batches, watermarks,
-//!   commits) into a sink that acknowledges every row at once.
+//!   seen every message and doing nothing with them (the floor);
+//! - generic-consumer: an `Instance` as the binary runs it (consumer thread, decode, typed
+//!   rows, batches, watermarks, commits) into the `jsonl` sink (files in a temporary
+//!   directory, each batch synced), and once more into a sink that acknowledges at once
+//!   (what the sink's own work costs).
 //!
 //! Time: from creating the consumer (group join included) to the last message seen
-//! (bare) or the last row acknowledged (generic-consumer); closing is not included.
-//! Memory: resident set size sampled every 50 ms while each side runs; "growth" is the
-//! peak during the run minus the size before it.
+//! (bare) or the last row acknowledged (generic-consumer). CPU: this process's user +
+//! system time over the same span (`/proc/self/stat`; the broker is another process), per
+//! 1,000 messages. Memory: resident set size sampled every 50 ms while each side runs;
+//! "growth" is the peak during the run minus the size before it.
 
 use std::{
     sync::{
@@ -26,11 +31,11 @@ use std::{
 use generic_consumer::{
     context::{self, Context, Vars},
     contract::{self, Contract},
-    decode::Row,
     kafka,
+    row::Row,
     run::Instance,
     samples,
-    sink::{RowOutcome, Sink},
+    sink::{Fatal, JsonlSink, RowOutcome, Sink, Table},
 };
 use rdkafka::{
     ClientConfig, Message,
@@ -50,6 +55,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PARTITIONS: i32 = 6;
 const TOPIC: &str = "delivery.events.v10";
+/// The same events, a quarter as many: memory must not grow with the backlog.
+const SMALL_TOPIC: &str = "delivery.events.v10.quarter";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -62,43 +69,95 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(1_000_000);
     let broker = Broker::start().await?;
     let bootstrap = broker.bootstrap.clone();
-    let (context, contract) = delivery(&bootstrap, "bench-e2e")?;
+    let (context, contract) = delivery(&bootstrap, "bench-e2e", None)?;
 
     let started = Instant::now();
-    let bytes = produce(&bootstrap, &contract, messages);
+    let bytes = produce(&bootstrap, &contract, TOPIC, messages);
+    let small = messages / 4;
+    produce(&bootstrap, &contract, SMALL_TOPIC, small);
     println!(
         "generic-consumer: {messages} delivery events ({:.0} bytes each on average, {PARTITIONS} partitions) \
-         produced to {} in {:.1} s",
+         and {small} more on a second topic, produced to {} in {:.1} s",
         bytes as f64 / messages as f64,
         broker.name,
         started.elapsed().as_secs_f64()
     );
     println!(
-        "  {:<44} {:>10} {:>12} {:>14} {:>7}",
-        "side", "time", "messages/s", "RSS growth", "ratio"
+        "  {:<46} {:>9} {:>11} {:>14} {:>11} {:>7}",
+        "side", "time", "messages/s", "CPU / 1k msg", "RSS growth", "CPU x"
     );
+    let row = |name: &str, m: &Measured, count: u64, floor: Option<f64>| {
+        let per_k = m.cpu_seconds * 1000.0 / count as f64;
+        println!(
+            "  {:<46} {:>7.2} s {:>11.0} {:>11.3} ms {:>7.1} MiB {:>6.2}x",
+            name,
+            m.seconds,
+            count as f64 / m.seconds,
+            per_k * 1000.0,
+            m.rss_growth_mib,
+            floor.map_or(1.0, |f| per_k / f)
+        );
+        per_k
+    };
 
     let bare_context = context.clone();
     let bare = measure(move || bare_loop(&bare_context, messages, "bench-bare")).await;
-    println!(
-        "  {:<44} {:>8.2} s {:>12.0} {:>11.1} MiB {:>6.2}x",
-        "bare rdkafka consume loop (ceiling)",
-        bare.seconds,
-        messages as f64 / bare.seconds,
-        bare.rss_growth_mib,
-        1.0
+    let floor = row(
+        "bare rdkafka consume loop (the floor)",
+        &bare,
+        messages,
+        None,
     );
-    let e2e = measure_async(end_to_end(context.clone(), contract.clone(), messages)).await;
-    println!(
-        "  {:<44} {:>8.2} s {:>12.0} {:>11.1} MiB {:>6.2}x",
+
+    let out = tempfile::tempdir()?;
+    let (jsonl_context, _) = delivery(&bootstrap, "bench-e2e-jsonl", None)?;
+    let jsonl = JsonlSink::new(out.path());
+    let e2e = measure_async(end_to_end(jsonl_context, contract.clone(), messages, jsonl)).await;
+    row(
+        "generic-consumer end to end, jsonl sink",
+        &e2e,
+        messages,
+        Some(floor),
+    );
+    let jsonl_bytes = std::fs::metadata(out.path().join("delivery_events.jsonl"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    drop(out);
+
+    let (instant_context, _) = delivery(&bootstrap, "bench-e2e-instant", None)?;
+    let instant = measure_async(end_to_end(
+        instant_context,
+        contract.clone(),
+        messages,
+        InstantSink::default(),
+    ))
+    .await;
+    row(
         "generic-consumer end to end, instant-ack sink",
-        e2e.seconds,
-        messages as f64 / e2e.seconds,
-        e2e.rss_growth_mib,
-        bare.seconds / e2e.seconds
+        &instant,
+        messages,
+        Some(floor),
+    );
+
+    let (small_context, small_contract) =
+        delivery(&bootstrap, "bench-e2e-quarter", Some(SMALL_TOPIC))?;
+    let quarter = measure_async(end_to_end(
+        small_context,
+        small_contract,
+        small,
+        InstantSink::default(),
+    ))
+    .await;
+    row(
+        "  the same, a quarter of the backlog",
+        &quarter,
+        small,
+        Some(floor),
     );
     println!(
-        "  (ratio = throughput relative to the bare loop; goal >= 0.80x; RSS before: {:.0} MiB)",
+        "  (CPU x = CPU per message relative to the bare loop; goal <= 2.00x for the jsonl side; \
+         jsonl wrote {:.0} MiB; RSS before: {:.0} MiB)",
+        jsonl_bytes as f64 / 1024.0 / 1024.0,
         e2e.rss_before_mib
     );
     Ok(())
@@ -117,6 +176,7 @@ impl Broker {
         if std::env::var("BENCH_BROKER").as_deref() == Ok("mock") {
             let mock = MockCluster::new(1)?;
             mock.create_topic(TOPIC, PARTITIONS, 1)?;
+            mock.create_topic(SMALL_TOPIC, PARTITIONS, 1)?;
             return Ok(Self {
                 name: "librdkafka's mock cluster (in-process)",
                 bootstrap: mock.bootstrap_servers(),
@@ -125,7 +185,9 @@ impl Broker {
             });
         }
         let tansu = Tansu::start(None)?;
-        tansu.create_topics(&[(TOPIC, PARTITIONS)]).await?;
+        tansu
+            .create_topics(&[(TOPIC, PARTITIONS), (SMALL_TOPIC, PARTITIONS)])
+            .await?;
         Ok(Self {
             name: "a tansu broker process (loopback, in-memory storage)",
             bootstrap: tansu.bootstrap.clone(),
@@ -135,12 +197,26 @@ impl Broker {
     }
 }
 
-fn delivery(bootstrap: &str, group: &str) -> Result<(Context, Contract), String> {
+fn delivery(
+    bootstrap: &str,
+    group: &str,
+    topic: Option<&str>,
+) -> Result<(Context, Contract), String> {
     // The tuning knobs pass through from the environment, to compare settings.
-    let tuning: Vec<(&str, String)> = ["BATCH_ROWS", "BATCH_LINGER_MS", "MAX_IN_FLIGHT"]
-        .into_iter()
-        .filter_map(|name| std::env::var(name).ok().map(|v| (name, v)))
-        .collect();
+    let mut tuning: Vec<(&str, String)> = [
+        "BATCH_ROWS",
+        "BATCH_BYTES",
+        "BATCH_LINGER_MS",
+        "BATCHES_IN_FLIGHT",
+        "MAX_IN_FLIGHT",
+        "MAX_IN_FLIGHT_BYTES",
+    ]
+    .into_iter()
+    .filter_map(|name| std::env::var(name).ok().map(|v| (name, v)))
+    .collect();
+    if let Some(topic) = topic {
+        tuning.push(("TOPIC_DELIVERY", topic.to_owned()));
+    }
     let vars = Vars::from_pairs(tuning.iter().map(|(n, v)| (*n, v.as_str())).chain([
         ("BQ_TABLE_DELIVERY", "delivery_events"),
         (
@@ -161,7 +237,7 @@ fn delivery(bootstrap: &str, group: &str) -> Result<(Context, Contract), String>
 }
 
 /// Produces `count` samples round-robin over the partitions; returns the payload bytes.
-fn produce(bootstrap: &str, contract: &Contract, count: u64) -> u64 {
+fn produce(bootstrap: &str, contract: &Contract, topic: &str, count: u64) -> u64 {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
@@ -175,7 +251,7 @@ fn produce(bootstrap: &str, contract: &Contract, count: u64) -> u64 {
         let (_, payload) = samples::encoded(contract, n);
         bytes += payload.len() as u64;
         let key = n.to_string();
-        let record = BaseRecord::to(TOPIC)
+        let record = BaseRecord::to(topic)
             .partition((n % PARTITIONS as u64) as i32)
             .key(key.as_str())
             .payload(payload.as_slice());
@@ -212,20 +288,32 @@ struct InstantSink {
 }
 
 impl Sink for InstantSink {
-    async fn write(&self, _table: &str, rows: &[Row]) -> Vec<RowOutcome> {
+    type Table = InstantSink;
+
+    async fn open(&self, _table: &str) -> Result<Self::Table, Fatal> {
+        Ok(self.clone())
+    }
+}
+
+impl Table for InstantSink {
+    async fn write(&self, rows: &[Row]) -> Result<Vec<RowOutcome>, Fatal> {
         self.rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
-        vec![RowOutcome::Written; rows.len()]
+        Ok(vec![RowOutcome::Written; rows.len()])
     }
 }
 
 /// Runs an instance until every row is written; returns the time to the last row (the
 /// shutdown that follows is not part of the throughput).
-async fn end_to_end(context: Context, contract: Contract, count: u64) -> Duration {
+async fn end_to_end<S: Sink>(
+    context: Context,
+    contract: Contract,
+    count: u64,
+    sink: S,
+) -> Duration {
     let started = Instant::now();
     let instance = Instance::new(context, contract);
     let counts = Arc::clone(&instance.counts);
     let stop = CancellationToken::new();
-    let sink = InstantSink::default();
     let watcher = {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -246,8 +334,26 @@ async fn end_to_end(context: Context, contract: Contract, count: u64) -> Duratio
 
 struct Measured {
     seconds: f64,
+    cpu_seconds: f64,
     rss_before_mib: f64,
     rss_growth_mib: f64,
+}
+
+/// User + system CPU time of this process so far, seconds (`/proc/self/stat` counts in
+/// clock ticks, 100 per second on Linux).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which is in parentheses and may hold spaces):
+    // utime and stime are the 12th and 13th of them.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Resident set size of this process, MiB.
@@ -281,12 +387,15 @@ async fn measure(work: impl FnOnce() -> Duration + Send + 'static) -> Measured {
 /// Runs `work` (which returns the time its measured part took) while sampling memory.
 async fn measure_async(work: impl std::future::Future<Output = Duration>) -> Measured {
     let before = rss_mib();
+    let cpu_before = cpu_seconds();
     let (done, sampler) = sampler();
     let seconds = work.await.as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
     done.store(true, Ordering::Relaxed);
     let peak = sampler.join().expect("sampler");
     Measured {
         seconds,
+        cpu_seconds: cpu,
         rss_before_mib: before,
         rss_growth_mib: (peak - before).max(0.0),
     }

@@ -1,10 +1,18 @@
 //! The consuming side: one thread owns the librdkafka consumer, hands messages to the
-//! [`pipeline`](crate::pipeline) in chunks, moves the per-partition watermarks as the
-//! pipeline reports messages finished, and commits them. When too many messages are
-//! unfinished it stops polling until the pipeline catches up, and pauses fetching if that
-//! takes longer than a moment (a stalled sink), so memory stays bounded; it flushes and commits before partitions
-//! are revoked, and on shutdown stops fetching, waits for the pipeline (bounded by the
-//! grace period), commits and closes.
+//! [`pipeline`](crate::pipeline) in chunks over a bounded channel, moves the per-partition
+//! watermarks as the pipeline reports messages finished, and commits them.
+//!
+//! Bounded: when `MAX_IN_FLIGHT` messages or `MAX_IN_FLIGHT_BYTES` bytes are unfinished
+//! (or the channel is full) it stops polling until the pipeline catches up, and pauses
+//! fetching if that takes longer than a moment (a stalled sink), so memory stays bounded
+//! while polling goes on serving the group. The pause is a state of the instance, not of
+//! an assignment: partitions assigned while it holds are paused too, and every partition
+//! assigned while it does not is fetching (librdkafka keeps a partition's pause across a
+//! revoke and a new assignment, so both are set explicitly).
+//!
+//! Before partitions are revoked it waits for their rows (bounded by the grace period, and
+//! never past the closing deadline) and commits; on shutdown it stops fetching, waits for
+//! the pipeline within the grace period, commits and closes.
 
 use std::{
     sync::{Mutex, MutexGuard, mpsc as std_mpsc},
@@ -16,7 +24,7 @@ use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
     error::KafkaResult,
 };
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -30,8 +38,6 @@ const CHUNK: usize = 256;
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// How often acknowledged positions are committed while consuming.
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
-/// How long a revocation waits for the revoked partitions' rows.
-const REVOKE_FLUSH: Duration = Duration::from_secs(20);
 /// How long a full in-flight buffer holds polling (the pipeline catches up, nothing
 /// prefetched is dropped) before fetching is paused instead (a stalled sink: polling must
 /// go on to keep the group membership and serve rebalances).
@@ -44,20 +50,34 @@ const HOLD_STEP: Duration = Duration::from_millis(20);
 struct Shared {
     marks: Watermarks,
     chunk: Vec<Item>,
-    to_pipeline: Option<mpsc::UnboundedSender<Vec<Item>>>,
+    to_pipeline: Option<mpsc::Sender<Vec<Item>>>,
     finished: std_mpsc::Receiver<Finished>,
+    /// Fetching is paused: the in-flight buffer stayed full.
     paused: bool,
+    /// How long a revocation waits for the revoked partitions' rows.
+    revoke_wait: Duration,
+    /// Set once shutting down: no wait goes past it.
+    closing_by: Option<Instant>,
 }
 
 impl Shared {
-    fn hand_over(&mut self) {
+    /// Hands the chunk to the pipeline; false when the channel is full (the chunk stays).
+    fn hand_over(&mut self) -> bool {
         if self.chunk.is_empty() {
-            return;
+            return true;
         }
         let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
-        if let Some(to_pipeline) = &self.to_pipeline {
-            // A closed pipeline (aborted) leaves these unfinished: never committed.
-            let _ = to_pipeline.send(chunk);
+        let Some(to_pipeline) = &self.to_pipeline else {
+            return true;
+        };
+        match to_pipeline.try_send(chunk) {
+            Ok(()) => true,
+            Err(TrySendError::Full(chunk)) => {
+                self.chunk = chunk;
+                false
+            }
+            // A closed pipeline leaves these unfinished: never committed.
+            Err(TrySendError::Closed(_)) => true,
         }
     }
 
@@ -82,16 +102,21 @@ impl Shared {
         self.drain_finished();
     }
 
-    /// Waits until `partitions` (all when `None`) have nothing unfinished, or `deadline`.
-    /// Returns how many stay unfinished.
+    fn unfinished_of(&self, partitions: Option<&[i32]>) -> usize {
+        match partitions {
+            Some(partitions) => self.marks.unfinished_in(partitions),
+            None => self.marks.unfinished(),
+        }
+    }
+
+    /// Waits until `partitions` (all when `None`) have nothing unfinished, or `deadline`
+    /// (or the closing deadline, when that comes first). Returns how many stay unfinished.
     fn wait_finished(&mut self, partitions: Option<&[i32]>, deadline: Instant) -> usize {
-        self.hand_over();
+        let deadline = self.closing_by.map_or(deadline, |by| by.min(deadline));
         loop {
+            self.hand_over();
             self.drain_finished();
-            let unfinished = match partitions {
-                Some(partitions) => self.marks.unfinished_in(partitions),
-                None => self.marks.unfinished(),
-            };
+            let unfinished = self.unfinished_of(partitions);
             let now = Instant::now();
             if unfinished == 0 || now >= deadline {
                 return unfinished;
@@ -102,10 +127,7 @@ impl Shared {
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => {
                     self.drain_finished();
-                    return match partitions {
-                        Some(partitions) => self.marks.unfinished_in(partitions),
-                        None => self.marks.unfinished(),
-                    };
+                    return self.unfinished_of(partitions);
                 }
             }
         }
@@ -178,8 +200,11 @@ impl ConsumerContext for Hooks {
         match rebalance {
             Rebalance::Revoke(list) => {
                 let partitions = partitions_of(list);
-                let deadline = Instant::now() + REVOKE_FLUSH;
-                let left = self.shared().wait_finished(Some(&partitions), deadline);
+                let left = {
+                    let mut shared = self.shared();
+                    let deadline = Instant::now() + shared.revoke_wait;
+                    shared.wait_finished(Some(&partitions), deadline)
+                };
                 if left > 0 {
                     tracing::warn!(
                         left,
@@ -198,9 +223,28 @@ impl ConsumerContext for Hooks {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
-        // A new assignment is fetching; backpressure pauses it again if it must.
-        self.shared().paused = false;
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(list) = rebalance else {
+            return;
+        };
+        // librdkafka keeps a partition's pause across a revoke and a new assignment: say
+        // for every assigned partition whether it fetches, as the instance does now.
+        let paused = self.shared().paused;
+        let result = if paused {
+            consumer.pause(list)
+        } else {
+            consumer.resume(list)
+        };
+        match result {
+            Ok(()) if paused => tracing::info!(
+                partitions = ?partitions_of(list),
+                "assigned while the in-flight buffer is full: paused until it drains"
+            ),
+            Ok(()) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, paused, "cannot set fetching of the new assignment")
+            }
+        }
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
@@ -215,14 +259,25 @@ impl ConsumerContext for Hooks {
 #[derive(Debug, Clone, Copy)]
 pub struct LoopOptions {
     pub max_in_flight: usize,
+    pub max_in_flight_bytes: usize,
+    /// How long shutdown, and a revocation, wait for rows in flight.
     pub shutdown_grace: Duration,
+}
+
+impl LoopOptions {
+    /// Chunks the channel to the pipeline holds: enough for the whole in-flight bound in
+    /// full chunks, so the channel is never the tighter bound in steady state.
+    pub fn channel_chunks(&self) -> usize {
+        self.max_in_flight.div_ceil(CHUNK).clamp(4, 4096)
+    }
 }
 
 /// Creates the hooks for a consumer that hands chunks to `to_pipeline` and hears of
 /// finished messages on `finished`.
 pub fn hooks(
     topic: &str,
-    to_pipeline: mpsc::UnboundedSender<Vec<Item>>,
+    options: &LoopOptions,
+    to_pipeline: mpsc::Sender<Vec<Item>>,
     finished: std_mpsc::Receiver<Finished>,
 ) -> Hooks {
     Hooks {
@@ -233,6 +288,8 @@ pub fn hooks(
             to_pipeline: Some(to_pipeline),
             finished,
             paused: false,
+            revoke_wait: options.shutdown_grace,
+            closing_by: None,
         }),
     }
 }
@@ -245,24 +302,33 @@ pub struct Stopped {
     pub unfinished: usize,
 }
 
-/// Consumes until `shutdown`, then stops fetching, waits for the pipeline up to the grace
-/// period, commits and closes the consumer. Runs on its own thread.
+/// Consumes until `shutdown` (or until `pipeline_gone`: the pipeline ended, nothing more
+/// can be finished), then stops fetching, waits for the pipeline up to the grace period,
+/// commits and closes the consumer. Runs on its own thread.
 pub fn consume(
     consumer: BaseConsumer<Hooks>,
     options: LoopOptions,
     counts: &Counts,
     shutdown: &CancellationToken,
+    pipeline_gone: &CancellationToken,
 ) -> Stopped {
     let hooks = consumer.context();
     let topic = hooks.topic.clone();
+    let consumed_total = metrics::counter!("consumer_messages_consumed_total");
+    let in_flight_rows = metrics::gauge!("consumer_in_flight_rows");
+    let in_flight_bytes = metrics::gauge!("consumer_in_flight_bytes");
     let mut last_commit = Instant::now();
-    let mut consumed = 0u64;
     let mut full_since: Option<Instant> = None;
-    while !shutdown.is_cancelled() {
+    let over = |marks: &Watermarks| {
+        marks.unfinished() >= options.max_in_flight
+            || marks.unfinished_bytes() >= options.max_in_flight_bytes
+    };
+    while !shutdown.is_cancelled() && !pipeline_gone.is_cancelled() {
         let mut shared = hooks.shared();
         shared.drain_finished();
-        let unfinished = shared.marks.unfinished();
-        if unfinished < options.max_in_flight {
+        let handed = shared.hand_over();
+        let full = !handed || over(&shared.marks);
+        if !full {
             full_since = None;
         } else if !shared.paused {
             // Full: let the pipeline catch up before fetching more.
@@ -276,63 +342,89 @@ pub fn consume(
             if set_paused(&consumer, true) {
                 shared.paused = true;
                 tracing::info!(
-                    unfinished,
+                    unfinished = shared.marks.unfinished(),
+                    unfinished_bytes = shared.marks.unfinished_bytes(),
                     "in-flight buffer full for {HOLD_BEFORE_PAUSE:?}: fetching paused"
                 );
             }
         }
-        if shared.paused && unfinished <= options.max_in_flight / 2 && set_paused(&consumer, false)
+        if shared.paused
+            && handed
+            && shared.marks.unfinished() <= options.max_in_flight / 2
+            && shared.marks.unfinished_bytes() <= options.max_in_flight_bytes / 2
+            && set_paused(&consumer, false)
         {
             shared.paused = false;
-            tracing::info!(unfinished, "in-flight buffer: fetching resumed");
+            full_since = None;
+            tracing::info!(
+                unfinished = shared.marks.unfinished(),
+                "in-flight buffer: fetching resumed"
+            );
         }
-        let timeout = if shared.chunk.is_empty() {
+        let mut timeout = if shared.chunk.is_empty() {
             IDLE_POLL
         } else {
             Duration::ZERO
         };
         drop(shared);
 
-        let polled = consumer.poll(timeout);
-        let mut shared = hooks.shared();
-        match polled {
-            Some(Ok(message)) => {
-                let (partition, offset) = (message.partition(), message.offset());
-                shared.marks.track(partition, offset);
-                shared.chunk.push(Item {
-                    partition,
-                    offset,
-                    timestamp_ms: message.timestamp().to_millis(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    payload: message.payload().map(<[u8]>::to_vec),
-                });
-                consumed += 1;
-                if shared.chunk.len() >= CHUNK {
-                    shared.hand_over();
+        // A run of messages, one lock each (callbacks run inside `poll`, so it is not held
+        // across one), until the queue is empty, a chunk is full or the bound is reached.
+        let mut consumed = 0u64;
+        loop {
+            let polled = consumer.poll(timeout);
+            timeout = Duration::ZERO;
+            let Some(polled) = polled else { break };
+            let message = match polled {
+                Ok(message) => message,
+                Err(err) => {
+                    tracing::warn!(error = %err, "consumer error");
+                    break;
                 }
+            };
+            let item = Item {
+                partition: message.partition(),
+                offset: message.offset(),
+                timestamp_ms: message.timestamp().to_millis(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+            };
+            drop(message);
+            consumed += 1;
+            let mut shared = hooks.shared();
+            shared.marks.track(item.partition, item.offset, item.size());
+            shared.chunk.push(item);
+            if shared.chunk.len() >= CHUNK || over(&shared.marks) {
+                break;
             }
-            Some(Err(err)) => {
-                tracing::warn!(error = %err, "consumer error");
-                shared.hand_over();
-            }
-            None => shared.hand_over(),
         }
-        let unfinished = shared.marks.unfinished();
-        drop(shared);
+        let (unfinished, bytes) = {
+            let mut shared = hooks.shared();
+            shared.hand_over();
+            (shared.marks.unfinished(), shared.marks.unfinished_bytes())
+        };
         commit_due(&consumer, &topic, &mut last_commit);
         if consumed > 0 {
             Counts::add(&counts.consumed, consumed as usize);
-            metrics::counter!("consumer_messages_consumed_total").increment(consumed);
-            consumed = 0;
+            consumed_total.increment(consumed);
         }
-        metrics::gauge!("consumer_in_flight_rows").set(unfinished as f64);
+        in_flight_rows.set(unfinished as f64);
+        in_flight_bytes.set(bytes as f64);
     }
 
-    tracing::info!("stopping: fetching stopped, waiting for the rows in flight");
-    let deadline = Instant::now() + options.shutdown_grace;
+    let deadline = if pipeline_gone.is_cancelled() && !shutdown.is_cancelled() {
+        tracing::error!("stopping: the pipeline ended");
+        Instant::now()
+    } else {
+        tracing::info!("stopping: fetching stopped, waiting for the rows in flight");
+        Instant::now() + options.shutdown_grace
+    };
     let unfinished = {
         let mut shared = hooks.shared();
-        shared.hand_over();
+        shared.closing_by = Some(deadline);
+        while !shared.hand_over() && Instant::now() < deadline {
+            shared.wait_some(HOLD_STEP);
+        }
         // Closing the channel lets the pipeline finish once it has drained it.
         shared.to_pipeline = None;
         shared.wait_finished(None, deadline)
@@ -340,12 +432,13 @@ pub fn consume(
     if unfinished > 0 {
         tracing::warn!(
             unfinished,
-            "grace period over before every row was written; they are not committed and will be consumed again"
+            "stopped before every row was written; they are not committed and will be consumed again"
         );
     }
     hooks.commit_now(&consumer, None);
-    metrics::gauge!("consumer_in_flight_rows").set(unfinished as f64);
-    // Dropping the consumer leaves the group (a last revoke, with nothing left to flush).
+    in_flight_rows.set(unfinished as f64);
+    // Dropping the consumer leaves the group (a last revoke, which waits no longer: the
+    // closing deadline has passed).
     drop(consumer);
     Stopped { unfinished }
 }

@@ -126,6 +126,25 @@ pub enum RowMode {
     Flatten,
 }
 
+/// Where a group with no committed offset starts (`KAFKA_OFFSET_RESET_<D>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OffsetReset {
+    /// The oldest message the topic keeps.
+    Earliest,
+    /// Only messages produced from now on.
+    Latest,
+}
+
+impl OffsetReset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Earliest => "earliest",
+            Self::Latest => "latest",
+        }
+    }
+}
+
 /// BigQuery API used by the `bigquery` sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -155,6 +174,7 @@ pub struct Context {
     pub ignore_events: BTreeSet<String>,
     pub consume_env: String,
     pub group_id: String,
+    pub offset_reset: OffsetReset,
     pub write_env: String,
     pub kafka_bootstrap: Vec<String>,
     /// Security settings of the Kafka environment (`KAFKA_SECURITY_PROTOCOL_<ENV>`, ...).
@@ -178,8 +198,14 @@ pub struct Tuning {
     /// `BATCH_LINGER_MS`: how long a batch waits to fill before it is written.
     #[serde(rename = "linger_ms", with = "platform::config::duration_ms")]
     pub linger: Duration,
+    /// `BATCH_BYTES`: bytes per sink write, at most (about: the rows' encoded size).
+    pub batch_bytes: usize,
+    /// `BATCHES_IN_FLIGHT`: sink writes under way at once.
+    pub batches_in_flight: usize,
     /// `MAX_IN_FLIGHT`: messages consumed and not yet finished before fetching pauses.
     pub max_in_flight: usize,
+    /// `MAX_IN_FLIGHT_BYTES`: the same bound in bytes (keys and payloads as consumed).
+    pub max_in_flight_bytes: usize,
     /// `SHUTDOWN_GRACE_SECS`: how long SIGTERM waits for unfinished rows.
     #[serde(
         rename = "shutdown_grace_secs",
@@ -197,7 +223,10 @@ impl Default for Tuning {
         Self {
             batch_rows: 1000,
             linger: Duration::from_millis(200),
+            batch_bytes: 5 * 1024 * 1024,
+            batches_in_flight: 4,
             max_in_flight: 20_000,
+            max_in_flight_bytes: 64 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(25),
             session_timeout: Duration::from_secs(45),
         }
@@ -391,6 +420,17 @@ pub fn resolve(domain: &str, vars: &Vars) -> Result<Context, Problems> {
         }),
     };
 
+    let reset_name = format!("KAFKA_OFFSET_RESET_{domain}");
+    let offset_reset = match vars.get(&reset_name).map(|v| v.trim().to_ascii_lowercase()) {
+        None => OffsetReset::Earliest,
+        Some(v) if v == "earliest" => OffsetReset::Earliest,
+        Some(v) if v == "latest" => OffsetReset::Latest,
+        Some(v) => {
+            problems.push(format!("{reset_name}: {v:?} is not earliest or latest"));
+            OffsetReset::Earliest
+        }
+    };
+
     let format_name = format!("FORMAT_{domain}");
     let format_override = vars.get(&format_name).and_then(|raw| {
         let parsed = Format::parse(raw);
@@ -449,6 +489,15 @@ pub fn resolve(domain: &str, vars: &Vars) -> Result<Context, Problems> {
     }
     if let Some(n) = number("MAX_IN_FLIGHT", 1, 10_000_000) {
         tuning.max_in_flight = n as usize;
+    }
+    if let Some(n) = number("MAX_IN_FLIGHT_BYTES", 1024 * 1024, 16 * 1024 * 1024 * 1024) {
+        tuning.max_in_flight_bytes = n as usize;
+    }
+    if let Some(n) = number("BATCH_BYTES", 64 * 1024, 1024 * 1024 * 1024) {
+        tuning.batch_bytes = n as usize;
+    }
+    if let Some(n) = number("BATCHES_IN_FLIGHT", 1, 64) {
+        tuning.batches_in_flight = n as usize;
     }
     if let Some(n) = number("SHUTDOWN_GRACE_SECS", 0, 3600) {
         tuning.shutdown_grace = Duration::from_secs(n);
@@ -526,6 +575,7 @@ pub fn resolve(domain: &str, vars: &Vars) -> Result<Context, Problems> {
         ignore_events,
         consume_env,
         group_id,
+        offset_reset,
         write_env,
         kafka_bootstrap,
         kafka_properties,
@@ -589,6 +639,7 @@ SINK=jsonl
         );
         assert_eq!(context.sink, SinkKind::Jsonl);
         assert_eq!(context.bigquery, None);
+        assert_eq!(context.offset_reset, OffsetReset::Earliest);
         assert_eq!(context.var("GROUP_ID"), "GROUP_ID_DELIVERY");
     }
 
@@ -600,6 +651,9 @@ SINK=jsonl
         ]);
         let context = resolve("DELIVERY", &vars).expect("resolves");
         assert_eq!(context.group_id, "from-env");
+        let latest = seed_vars(&[("KAFKA_OFFSET_RESET_DELIVERY", "Latest")]);
+        let latest = resolve("DELIVERY", &latest).expect("resolves");
+        assert_eq!(latest.offset_reset, OffsetReset::Latest);
         assert!(context.ignore_events.is_empty());
     }
 
@@ -654,6 +708,8 @@ SINK=jsonl
             ("ROW_MODE_DELIVERY", "wide"),
             ("FORMAT_DELIVERY", "avro"),
             ("SINK", "s3"),
+            ("KAFKA_OFFSET_RESET_DELIVERY", "smallest"),
+            ("MAX_IN_FLIGHT_BYTES", "12"),
         ]);
         let problems = resolve("DELIVERY", &vars).expect_err("malformed").0;
         for expected in [
@@ -661,6 +717,8 @@ SINK=jsonl
             "ROW_MODE_DELIVERY: \"wide\"",
             "FORMAT_DELIVERY: \"avro\"",
             "SINK: \"s3\"",
+            "KAFKA_OFFSET_RESET_DELIVERY: \"smallest\" is not earliest or latest",
+            "MAX_IN_FLIGHT_BYTES: \"12\" is not a whole number from 1048576",
         ] {
             assert!(
                 problems.iter().any(|p| p.starts_with(expected)),

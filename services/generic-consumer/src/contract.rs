@@ -64,7 +64,19 @@ pub fn resolve(context: &Context, pool: &DescriptorPool) -> Result<Contract, Vec
             for field in oneof.fields() {
                 match field.kind() {
                     Kind::Message(event) => {
-                        events.insert(event.name().to_owned(), field.clone());
+                        // The event's name is its message name: two variants of one type
+                        // would make rows of either indistinguishable.
+                        if let Some(first) = events.insert(event.name().to_owned(), field.clone()) {
+                            problems.push(format!(
+                                "{object_var}: {}.{} and {}.{} both carry {}: an event type may \
+                                 appear once in the oneof (its name is the event's name)",
+                                topic_message.name(),
+                                first.name(),
+                                topic_message.name(),
+                                field.name(),
+                                event.full_name()
+                            ));
+                        }
                     }
                     _ => problems.push(format!(
                         "{object_var}: {}.{} is not a message, so not an event",
@@ -195,6 +207,8 @@ pub(crate) fn for_test(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::context::{Vars, resolve as resolve_context};
 
@@ -279,6 +293,54 @@ mod tests {
         .expect("resolves");
         assert_eq!(contract.topic, "delivery.replay");
         assert_eq!(contract.format, Format::Json);
+    }
+
+    #[test]
+    fn an_event_type_twice_in_the_oneof_is_a_contract_error() {
+        let proto = r#"
+syntax = "proto3";
+package contracts.twice;
+import "contracts/options.proto";
+message TwiceEventsV1Topic {
+  option (contracts.topic) = "twice.events.v1";
+  oneof event {
+    ThingHappenedEvent thing_happened = 1;
+    ThingHappenedEvent thing_happened_again = 2;
+  }
+}
+message ThingHappenedEvent { string event_id = 1; }
+"#;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("contracts/twice/twice_events_v1.proto");
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&file, proto).expect("write");
+        let shared = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+        let mut compiler =
+            protox::Compiler::new([dir.path(), Path::new(shared)]).expect("compiler");
+        compiler
+            .open_file("contracts/twice/twice_events_v1.proto")
+            .expect("compiles");
+        let pool = compiler.descriptor_pool();
+        let vars = Vars::from_pairs([
+            ("BQ_TABLE_TWICE", "twice"),
+            ("IMPORT_PATH_TWICE", "contracts.twice.twice_events_v1"),
+            ("IMPORT_OBJECT_TWICE", "TwiceEventsV1Topic"),
+            ("CONSUME_ENV_TWICE", "local"),
+            ("GROUP_ID_TWICE", "twice"),
+            ("WRITE_ENV", "local"),
+            ("KAFKA_BOOTSTRAP_LOCAL", "127.0.0.1:9092"),
+            ("SINK", "jsonl"),
+        ]);
+        let context = resolve_context("TWICE", &vars).expect("context");
+        let problems = resolve(&context, &pool).expect_err("a contract error");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with(
+                "IMPORT_OBJECT_TWICE: TwiceEventsV1Topic.thing_happened and \
+                 TwiceEventsV1Topic.thing_happened_again both carry contracts.twice.ThingHappenedEvent"
+            ),
+            "{problems:?}"
+        );
     }
 
     #[test]

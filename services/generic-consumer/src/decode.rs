@@ -1,49 +1,42 @@
 //! From a Kafka message to a row: decode the payload with the domain's contract
-//! (protobuf or proto3 JSON), take the event from the topic message's oneof, skip it when
-//! ignored (before any row is built), and build the row with its metadata columns and a
-//! deterministic insert id (`<topic>:<partition>:<offset>`), so a redelivery is deduped.
+//! (protobuf or proto3 JSON), take the event out of the topic message's oneof, skip it when
+//! ignored (before any row is built), and build the typed [`Row`]: metadata columns as
+//! integers, the event serialized to JSON text once, the insert id derived from the
+//! position (`<topic>:<partition>:<offset>`, so a redelivery is deduped).
+//!
+//! JSON domains ignore fields the contract does not know (a producer that adds a field must
+//! not dead-letter the topic); rows keep zero values (`0`, `false`, `""`, enum 0 are
+//! values, not missing), as protobuf rows and JSON rows alike.
 
-use std::collections::BTreeSet;
+use std::{collections::HashMap, sync::Arc};
 
-use prost_reflect::{DynamicMessage, SerializeOptions, Value};
-use serde_json::{Map, Value as Json};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use prost_reflect::{
+    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions,
+    Value,
+};
+use serde_json::Value as JsonValue;
 
 use crate::{
     context::{Format, RowMode},
     contract::Contract,
+    row::{self, Body, Json, Micros, Row},
 };
 
-/// Where a message came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KafkaMeta {
-    pub topic: String,
+/// Where a message came from, within the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
     pub partition: i32,
     pub offset: i64,
     /// The message's timestamp, unix milliseconds, when the broker gave one.
     pub timestamp_ms: Option<i64>,
 }
 
-impl KafkaMeta {
-    /// `<topic>:<partition>:<offset>`: the same message always gets the same id.
-    pub fn insert_id(&self) -> String {
-        format!("{}:{}:{}", self.topic, self.partition, self.offset)
-    }
-}
-
-/// One row for the sink.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    pub insert_id: String,
-    pub columns: Map<String, Json>,
-}
-
 /// What became of a message.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded {
     /// The event is in the ignore list: no row.
     Ignored {
-        event: String,
+        event: Arc<str>,
     },
     Row(Row),
 }
@@ -55,7 +48,9 @@ pub enum DecodeError {
     Protobuf { message: String, reason: String },
     #[error("not a valid {message} (JSON): {reason}")]
     Json { message: String, reason: String },
-    #[error("{message} carries no event (its oneof is unset)")]
+    #[error(
+        "{message} carries no event (its oneof is unset, or set to an event this contract does not know)"
+    )]
     NoEvent { message: String },
     #[error("event {event} cannot be turned into a row: {reason}")]
     Row { event: String, reason: String },
@@ -64,150 +59,246 @@ pub enum DecodeError {
 /// Fields read as the event's timestamp, in order.
 const TIMESTAMP_FIELDS: [&str; 3] = ["occurred_at", "event_timestamp", "timestamp"];
 
+/// How an event's timestamp field is read.
+#[derive(Debug, Clone)]
+enum TimestampField {
+    /// A `google.protobuf.Timestamp`.
+    Message(FieldDescriptor),
+    /// RFC 3339 text.
+    Text(FieldDescriptor),
+}
+
+/// What the decoder knows of one event of the oneof, resolved once.
+#[derive(Debug, Clone)]
+struct Event {
+    name: Arc<str>,
+    ignored: bool,
+    id: Option<FieldDescriptor>,
+    timestamp: Option<TimestampField>,
+}
+
+impl Event {
+    fn new(name: &str, descriptor: &MessageDescriptor, ignored: bool) -> Self {
+        let id = descriptor
+            .get_field_by_name("event_id")
+            .filter(|f| matches!(f.kind(), Kind::String) && !f.is_list());
+        let timestamp = TIMESTAMP_FIELDS.iter().find_map(|name| {
+            let field = descriptor.get_field_by_name(name)?;
+            if field.is_list() {
+                return None;
+            }
+            match field.kind() {
+                Kind::Message(m) if m.full_name() == "google.protobuf.Timestamp" => {
+                    Some(TimestampField::Message(field))
+                }
+                Kind::String => Some(TimestampField::Text(field)),
+                _ => None,
+            }
+        });
+        Self {
+            name: name.into(),
+            ignored,
+            id,
+            timestamp,
+        }
+    }
+
+    fn timestamp_of(&self, event: &DynamicMessage) -> Option<Micros> {
+        match self.timestamp.as_ref()? {
+            TimestampField::Message(field) => {
+                if !event.has_field(field) {
+                    return None;
+                }
+                let Value::Message(ts) = &*event.get_field(field) else {
+                    return None;
+                };
+                let seconds = ts.get_field_by_number(1).and_then(|v| v.as_i64())?;
+                let nanos = ts.get_field_by_number(2).and_then(|v| v.as_i32())?;
+                Some(row::micros_of(seconds, nanos))
+            }
+            TimestampField::Text(field) => match &*event.get_field(field) {
+                Value::String(text) => row::parse_rfc3339(text),
+                _ => None,
+            },
+        }
+    }
+
+    fn id_of(&self, event: &DynamicMessage) -> Option<Box<str>> {
+        match &*event.get_field(self.id.as_ref()?) {
+            Value::String(id) if !id.is_empty() => Some(id.as_str().into()),
+            _ => None,
+        }
+    }
+}
+
 /// Decodes messages of one domain.
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    contract: Contract,
-    ignore: BTreeSet<String>,
+    format: Format,
+    topic_message: MessageDescriptor,
+    topic: Arc<str>,
+    /// Oneof field number -> the event it carries.
+    events: HashMap<u32, Event>,
     row_mode: RowMode,
-    json: SerializeOptions,
+    serialize: SerializeOptions,
+    deserialize: DeserializeOptions,
 }
 
 impl Decoder {
-    pub fn new(contract: Contract, ignore: BTreeSet<String>, row_mode: RowMode) -> Self {
-        // Column names are the contract's field names; 64-bit integers stay numbers.
-        let json = SerializeOptions::new()
-            .use_proto_field_name(true)
-            .stringify_64_bit_integers(false);
+    pub fn new(
+        contract: &Contract,
+        ignore: &std::collections::BTreeSet<String>,
+        row_mode: RowMode,
+    ) -> Self {
+        let events = contract
+            .events
+            .iter()
+            .filter_map(|(name, field)| match field.kind() {
+                Kind::Message(descriptor) => Some((
+                    field.number(),
+                    Event::new(name, &descriptor, ignore.contains(name)),
+                )),
+                _ => None,
+            })
+            .collect();
         Self {
-            contract,
-            ignore,
+            format: contract.format,
+            topic_message: contract.topic_message.clone(),
+            topic: contract.topic.as_str().into(),
+            events,
             row_mode,
-            json,
+            // Column names are the contract's field names; 64-bit integers stay numbers;
+            // zero values are written (they are values, not NULLs).
+            serialize: SerializeOptions::new()
+                .use_proto_field_name(true)
+                .stringify_64_bit_integers(false)
+                .skip_default_fields(false),
+            deserialize: DeserializeOptions::new().deny_unknown_fields(false),
         }
+    }
+
+    /// The topic rows are stamped with.
+    pub fn topic(&self) -> &Arc<str> {
+        &self.topic
     }
 
     /// Decodes one payload; `ingested_at` is stamped on the row.
     pub fn decode(
         &self,
         payload: &[u8],
-        meta: &KafkaMeta,
-        ingested_at: OffsetDateTime,
+        position: Position,
+        ingested_at: Micros,
     ) -> Result<Decoded, DecodeError> {
-        let descriptor = self.contract.topic_message.clone();
-        let message_name = descriptor.name().to_owned();
-        let topic_message =
-            match self.contract.format {
-                Format::Protobuf => DynamicMessage::decode(descriptor, payload).map_err(|e| {
+        let descriptor = self.topic_message.clone();
+        let message_name = || descriptor.name().to_owned();
+        let mut topic_message = match self.format {
+            Format::Protobuf => {
+                DynamicMessage::decode(descriptor.clone(), payload).map_err(|e| {
                     DecodeError::Protobuf {
-                        message: message_name.clone(),
+                        message: message_name(),
                         reason: e.to_string(),
                     }
-                })?,
-                Format::Json => {
-                    let mut deserializer = serde_json::Deserializer::from_slice(payload);
-                    let message = DynamicMessage::deserialize(descriptor, &mut deserializer)
-                        .map_err(|e| DecodeError::Json {
-                            message: message_name.clone(),
-                            reason: e.to_string(),
-                        })?;
-                    deserializer.end().map_err(|e| DecodeError::Json {
-                        message: message_name.clone(),
-                        reason: e.to_string(),
-                    })?;
-                    message
-                }
-            };
+                })?
+            }
+            Format::Json => {
+                let json_error = |e: serde_json::Error| DecodeError::Json {
+                    message: message_name(),
+                    reason: e.to_string(),
+                };
+                let mut deserializer = serde_json::Deserializer::from_slice(payload);
+                let message = DynamicMessage::deserialize_with_options(
+                    descriptor.clone(),
+                    &mut deserializer,
+                    &self.deserialize,
+                )
+                .map_err(json_error)?;
+                deserializer.end().map_err(json_error)?;
+                message
+            }
+        };
 
-        let (event_name, event) = self
-            .contract
-            .events
-            .iter()
-            .find(|(_, field)| topic_message.has_field(field))
-            .and_then(
-                |(name, field)| match topic_message.get_field(field).into_owned() {
-                    Value::Message(event) => Some((name.clone(), event)),
-                    _ => None,
-                },
-            )
-            .ok_or(DecodeError::NoEvent {
-                message: message_name,
-            })?;
-
+        let Some((field, event)) = topic_message
+            .fields()
+            .find_map(|(field, _)| Some((field.clone(), self.events.get(&field.number())?)))
+        else {
+            return Err(DecodeError::NoEvent {
+                message: message_name(),
+            });
+        };
         // The ignore list is applied before any row is built.
-        if self.ignore.contains(&event_name) {
-            return Ok(Decoded::Ignored { event: event_name });
+        if event.ignored {
+            return Ok(Decoded::Ignored {
+                event: Arc::clone(&event.name),
+            });
         }
-
+        let Some(Value::Message(message)) = topic_message.take_field(&field) else {
+            return Err(DecodeError::NoEvent {
+                message: message_name(),
+            });
+        };
         let row_error = |reason: String| DecodeError::Row {
-            event: event_name.clone(),
+            event: event.name.to_string(),
             reason,
         };
-        let fields = match event
-            .serialize_with_options(serde_json::value::Serializer, &self.json)
-            .map_err(|e| row_error(e.to_string()))?
-        {
-            Json::Object(fields) => fields,
-            other => return Err(row_error(format!("expected an object, got {other}"))),
-        };
-
-        let mut columns = Map::new();
-        columns.insert("event_name".into(), Json::String(event_name.clone()));
-        columns.insert(
-            "event_id".into(),
-            fields
-                .get("event_id")
-                .cloned()
-                .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
-                .unwrap_or(Json::Null),
-        );
-        columns.insert(
-            "event_timestamp".into(),
-            TIMESTAMP_FIELDS
-                .iter()
-                .find_map(|name| fields.get(*name).cloned())
-                .unwrap_or(Json::Null),
-        );
-        columns.insert("kafka_topic".into(), Json::String(meta.topic.clone()));
-        columns.insert("kafka_partition".into(), Json::from(meta.partition));
-        columns.insert("kafka_offset".into(), Json::from(meta.offset));
-        columns.insert(
-            "kafka_timestamp".into(),
-            meta.timestamp_ms
-                .and_then(|ms| {
-                    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
-                })
-                .and_then(|t| t.format(&Rfc3339).ok())
-                .map_or(Json::Null, Json::String),
-        );
-        columns.insert(
-            "ingested_at".into(),
-            ingested_at
-                .format(&Rfc3339)
-                .map(Json::String)
-                .map_err(|e| row_error(e.to_string()))?,
-        );
-        match self.row_mode {
+        let body = match self.row_mode {
             RowMode::Payload => {
-                columns.insert("payload".into(), Json::Object(fields));
+                let mut text = Vec::with_capacity(payload.len() * 2 + 64);
+                message
+                    .serialize_with_options(
+                        &mut serde_json::Serializer::new(&mut text),
+                        &self.serialize,
+                    )
+                    .map_err(|e| row_error(e.to_string()))?;
+                Body::Payload(Json::from_serialized(text))
             }
             RowMode::Flatten => {
-                for (name, value) in fields {
-                    // Metadata columns keep their meaning; a clashing event field is prefixed.
-                    let column = if columns.contains_key(&name) && name != "event_id" {
-                        format!("event_{name}")
-                    } else {
-                        name
-                    };
-                    columns.insert(column, value);
-                }
+                let fields = match message
+                    .serialize_with_options(serde_json::value::Serializer, &self.serialize)
+                    .map_err(|e| row_error(e.to_string()))?
+                {
+                    JsonValue::Object(fields) => fields,
+                    other => return Err(row_error(format!("expected an object, got {other}"))),
+                };
+                let columns = fields
+                    .into_iter()
+                    .map(|(name, value)| {
+                        // Metadata columns keep their meaning; a clashing event field is
+                        // prefixed (event_id is the same value in both).
+                        let column = if row::METADATA_COLUMNS.contains(&name.as_str())
+                            || name == "payload"
+                            || name == "insert_id"
+                        {
+                            format!("event_{name}")
+                        } else {
+                            name
+                        };
+                        (column.into_boxed_str(), Json::from_value(&value))
+                    })
+                    .filter(|(column, _)| &**column != "event_event_id")
+                    .collect();
+                Body::Columns(columns)
             }
-        }
+        };
         Ok(Decoded::Row(Row {
-            insert_id: meta.insert_id(),
-            columns,
+            event_name: Arc::clone(&event.name),
+            event_id: event.id_of(&message),
+            event_timestamp: event.timestamp_of(&message),
+            kafka_topic: Arc::clone(&self.topic),
+            kafka_partition: position.partition,
+            kafka_offset: position.offset,
+            kafka_timestamp: position.timestamp_ms.map(|ms| ms.saturating_mul(1000)),
+            ingested_at,
+            body,
         }))
     }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_micros() -> Micros {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -218,7 +309,7 @@ mod tests {
 
     fn decoder_for(domain: &str, path: &str, object: &str, extra: &[(&str, &str)]) -> Decoder {
         let (context, contract) = crate::contract::for_test(domain, path, object, extra);
-        Decoder::new(contract, context.ignore_events.clone(), context.row_mode)
+        Decoder::new(&contract, &context.ignore_events, context.row_mode)
     }
 
     fn delivery(extra: &[(&str, &str)]) -> Decoder {
@@ -227,6 +318,15 @@ mod tests {
             "contracts.delivery.delivery_events_v10",
             "DeliveryEventsV10Topic",
             extra,
+        )
+    }
+
+    fn payments() -> Decoder {
+        decoder_for(
+            "payments",
+            "contracts.payments.payment_events_v2",
+            "PaymentEventsV2Topic",
+            &[],
         )
     }
 
@@ -242,12 +342,18 @@ mod tests {
             .encode_to_vec()
     }
 
-    fn meta(offset: i64) -> KafkaMeta {
-        KafkaMeta {
-            topic: "delivery.events.v10".into(),
+    fn at(offset: i64) -> Position {
+        Position {
             partition: 2,
             offset,
             timestamp_ms: Some(1_795_341_600_000),
+        }
+    }
+
+    fn a_row(decoded: Result<Decoded, DecodeError>) -> Row {
+        match decoded {
+            Ok(Decoded::Row(row)) => row,
+            other => panic!("a row, not {other:?}"),
         }
     }
 
@@ -255,28 +361,71 @@ mod tests {
         "orderId": "o-9", "carrier": "postnord"}}"#;
 
     #[test]
-    fn a_protobuf_event_becomes_a_row_with_metadata_and_payload() {
-        let ingested = OffsetDateTime::from_unix_timestamp(1_795_341_700).expect("time");
-        let decoded = delivery(&[])
-            .decode(&delivery_bytes(SCHEDULED), &meta(41), ingested)
-            .expect("decodes");
-        let Decoded::Row(row) = decoded else {
-            panic!("a row")
-        };
-        assert_eq!(row.insert_id, "delivery.events.v10:2:41");
-        let c = &row.columns;
-        assert_eq!(c["event_name"], "DeliveryScheduledEvent");
-        assert_eq!(c["event_id"], "ev-1");
+    fn a_protobuf_event_becomes_a_typed_row_with_metadata_and_payload() {
+        let row =
+            a_row(delivery(&[]).decode(&delivery_bytes(SCHEDULED), at(41), 1_795_341_700_000_000));
+        assert_eq!(row.insert_id().to_string(), "delivery.events.v10:2:41");
+        assert_eq!(&*row.event_name, "DeliveryScheduledEvent");
+        assert_eq!(row.event_id.as_deref(), Some("ev-1"));
+        assert_eq!(row.event_timestamp, Some(1_795_341_600_000_000));
+        assert_eq!(row.kafka_timestamp, Some(1_795_341_600_000_000));
+        assert_eq!((row.kafka_partition, row.kafka_offset), (2, 41));
+        let c = row.to_json();
         assert_eq!(c["event_timestamp"], "2026-11-22T10:00:00Z");
-        assert_eq!(c["kafka_partition"], 2);
-        assert_eq!(c["kafka_offset"], 41);
         assert_eq!(c["kafka_timestamp"], "2026-11-22T10:00:00Z");
         assert_eq!(c["ingested_at"], "2026-11-22T10:01:40Z");
+        assert_eq!(c["kafka_topic"], "delivery.events.v10");
         assert_eq!(
             c["payload"]["order_id"], "o-9",
             "contract field names, not camelCase"
         );
         assert_eq!(c["payload"]["carrier"], "postnord");
+    }
+
+    #[test]
+    fn protobuf_rows_keep_zero_values() {
+        // Every field at its zero value: on the wire they are absent, in the row they are
+        // values (a count of 0, a flag that is false, the enum's first value).
+        let zeros = delivery_bytes(
+            r#"{"deliveryScheduled": {"eventId": "ev-0", "parcels": [{"parcelId": "p-1"}]}}"#,
+        );
+        let row = a_row(delivery(&[]).decode(&zeros, at(1), 0));
+        let payload = &row.to_json()["payload"];
+        assert_eq!(payload["signature_required"], false, "{payload}");
+        assert_eq!(payload["instructions"], "", "{payload}");
+        assert_eq!(
+            payload["service_level"], "SERVICE_LEVEL_UNSPECIFIED",
+            "{payload}"
+        );
+        assert_eq!(payload["parcels"][0]["weight_grams"], 0, "{payload}");
+        assert_eq!(
+            payload["parcels"][0]["skus"],
+            serde_json::json!([]),
+            "{payload}"
+        );
+        assert_eq!(payload["carrier"], "", "{payload}");
+    }
+
+    #[test]
+    fn json_domains_ignore_fields_the_contract_does_not_know() {
+        let payload = br#"{"paymentCaptured": {"eventId": "p-1", "paymentId": "pay-7",
+            "amountMinor": "4200", "acquirerReference": "x-1", "fees": {"minor": 12}},
+            "producedBy": "payments-service"}"#;
+        let row = a_row(payments().decode(payload, at(9), 0));
+        let json = row.to_json();
+        assert_eq!(json["event_name"], "PaymentCapturedEvent");
+        assert_eq!(
+            json["payload"]["amount_minor"], 4200,
+            "64-bit integers stay numbers"
+        );
+        assert!(
+            json["payload"].get("acquirerReference").is_none(),
+            "{json:?}"
+        );
+        // Zero values in JSON domains too.
+        let row =
+            a_row(payments().decode(br#"{"paymentCaptured": {"eventId": "p-2"}}"#, at(10), 0));
+        assert_eq!(row.to_json()["payload"]["amount_minor"], 0);
     }
 
     #[test]
@@ -288,9 +437,7 @@ mod tests {
         let estimated = delivery_bytes(
             r#"{"shippingPricesEstimated": {"eventId": "ev-2", "prices": [{"carrier": "dhl", "priceMinor": "1299"}]}}"#,
         );
-        let decoded = decoder
-            .decode(&estimated, &meta(1), OffsetDateTime::now_utc())
-            .expect("decodes");
+        let decoded = decoder.decode(&estimated, at(1), 0).expect("decodes");
         assert_eq!(
             decoded,
             Decoded::Ignored {
@@ -298,63 +445,44 @@ mod tests {
             }
         );
         let kept = decoder
-            .decode(
-                &delivery_bytes(SCHEDULED),
-                &meta(2),
-                OffsetDateTime::now_utc(),
-            )
+            .decode(&delivery_bytes(SCHEDULED), at(2), 0)
             .expect("decodes");
         assert!(matches!(kept, Decoded::Row(_)));
     }
 
     #[test]
     fn flatten_mode_writes_the_events_fields_as_columns() {
-        let decoded = delivery(&[("ROW_MODE_DELIVERY", "flatten")])
-            .decode(
-                &delivery_bytes(SCHEDULED),
-                &meta(3),
-                OffsetDateTime::now_utc(),
-            )
-            .expect("decodes");
-        let Decoded::Row(row) = decoded else {
-            panic!("a row")
-        };
-        assert_eq!(row.columns["order_id"], "o-9");
-        assert_eq!(row.columns["carrier"], "postnord");
-        assert!(!row.columns.contains_key("payload"));
-    }
-
-    #[test]
-    fn json_payloads_follow_the_contracts_format() {
-        let decoder = decoder_for(
-            "payments",
-            "contracts.payments.payment_events_v2",
-            "PaymentEventsV2Topic",
-            &[],
+        let row = a_row(delivery(&[("ROW_MODE_DELIVERY", "flatten")]).decode(
+            &delivery_bytes(SCHEDULED),
+            at(3),
+            0,
+        ));
+        let json = row.to_json();
+        assert_eq!(json["order_id"], "o-9");
+        assert_eq!(json["carrier"], "postnord");
+        assert_eq!(json["event_id"], "ev-1");
+        assert!(
+            !json.contains_key("event_occurred_at"),
+            "occurred_at is not a metadata column"
         );
-        let payload = br#"{"paymentCaptured": {"eventId": "p-1", "paymentId": "pay-7", "amountMinor": "4200"}}"#;
-        let decoded = decoder
-            .decode(payload, &meta(9), OffsetDateTime::now_utc())
-            .expect("decodes");
-        let Decoded::Row(row) = decoded else {
-            panic!("a row")
+        assert_eq!(json["occurred_at"], "2026-11-22T10:00:00Z");
+        assert!(!json.contains_key("payload"));
+        let Body::Columns(columns) = &row.body else {
+            panic!("columns")
         };
-        assert_eq!(row.columns["event_name"], "PaymentCapturedEvent");
-        assert_eq!(
-            row.columns["payload"]["amount_minor"], 4200,
-            "64-bit integers stay numbers"
-        );
+        let names: Vec<&str> = columns.iter().map(|(n, _)| &**n).collect();
+        assert!(!names.contains(&"event_id"), "not twice: {names:?}");
     }
 
     #[test]
     fn undecodable_messages_are_errors_that_say_why() {
         let decoder = delivery(&[]);
-        let garbage = decoder.decode(&[0xff, 0xff, 0xff], &meta(4), OffsetDateTime::now_utc());
+        let garbage = decoder.decode(&[0xff, 0xff, 0xff], at(4), 0);
         assert!(
             matches!(garbage, Err(DecodeError::Protobuf { .. })),
             "{garbage:?}"
         );
-        let empty = decoder.decode(&[], &meta(5), OffsetDateTime::now_utc());
+        let empty = decoder.decode(&[], at(5), 0);
         assert_eq!(
             empty,
             Err(DecodeError::NoEvent {
@@ -362,22 +490,19 @@ mod tests {
             })
         );
 
-        let json = decoder_for(
-            "payments",
-            "contracts.payments.payment_events_v2",
-            "PaymentEventsV2Topic",
-            &[],
-        );
-        let bad = json.decode(
-            br#"{"paymentCaptured": {"amountMinor": "lots"}}"#,
-            &meta(6),
-            OffsetDateTime::now_utc(),
-        );
+        let json = payments();
+        let bad = json.decode(br#"{"paymentCaptured": {"amountMinor": "lots"}}"#, at(6), 0);
         assert!(matches!(bad, Err(DecodeError::Json { .. })), "{bad:?}");
-        let trailing = json.decode(br#"{} {}"#, &meta(7), OffsetDateTime::now_utc());
+        let trailing = json.decode(br#"{} {}"#, at(7), 0);
         assert!(
             matches!(trailing, Err(DecodeError::Json { .. })),
             "{trailing:?}"
+        );
+        // An event type the contract does not know is no event, not a silent empty row.
+        let unknown = json.decode(br#"{"paymentDisputed": {"eventId": "d-1"}}"#, at(8), 0);
+        assert!(
+            matches!(unknown, Err(DecodeError::NoEvent { .. })),
+            "{unknown:?}"
         );
     }
 }

@@ -4,9 +4,11 @@ use std::time::Duration;
 
 use rdkafka::{
     ClientConfig,
+    consumer::{BaseConsumer, Consumer},
     error::KafkaError,
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
+    types::RDKafkaErrorCode,
 };
 
 use crate::context::Context;
@@ -40,14 +42,15 @@ fn base_config(context: &Context) -> ClientConfig {
 }
 
 /// The group consumer: offsets are committed by the service (never automatically), only
-/// up to what the sink acknowledged; a new group starts at the earliest offset.
+/// up to what the sink acknowledged; a new group starts where `KAFKA_OFFSET_RESET_<D>`
+/// says (the earliest offset by default).
 pub fn consumer_config(context: &Context) -> ClientConfig {
     let mut config = base_config(context);
     config
         .set("group.id", &context.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+        .set("auto.offset.reset", context.offset_reset.as_str())
         .set("enable.partition.eof", "false")
         .set(
             "session.timeout.ms",
@@ -60,15 +63,73 @@ pub fn consumer_config(context: &Context) -> ClientConfig {
     config
 }
 
-/// The dead-letter producer: idempotent, every replica acknowledges.
+/// The dead-letter producer: idempotent, every replica acknowledges; it never creates
+/// the dead-letter topic with the broker's defaults (a missing topic is an error the
+/// operator sees, not a topic nobody configured).
 pub fn producer_config(context: &Context) -> ClientConfig {
     let mut config = base_config(context);
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.timeout.ms", "30000")
+        .set("allow.auto.create.topics", "false")
+        // How long a topic the broker does not know may take to appear before its
+        // messages fail (with UNKNOWN_TOPIC_OR_PART, a permanent error).
+        .set("topic.metadata.propagation.max.ms", "5000")
         .set("linger.ms", "5");
     config
+}
+
+/// Whether a failed dead letter cannot succeed by trying again: the topic is missing, the
+/// instance may not write to it, or the message is too large for it. The instance stops
+/// (exit 1, not ready) instead of retrying forever.
+pub fn is_permanent(err: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            UnknownTopicOrPartition
+                | UnknownTopic
+                | UnknownTopicId
+                | InvalidTopic
+                | TopicAuthorizationFailed
+                | ClusterAuthorizationFailed
+                | MessageSizeTooLarge
+                | InvalidMessageSize
+                | InvalidRecord
+                | PolicyViolation
+        )
+    )
+}
+
+/// Checks that `topics` exist on the brokers (the metadata of each); `Err` names every
+/// missing one, or says why the brokers could not be asked.
+pub fn check_topics(context: &Context, topics: &[&str], timeout: Duration) -> Result<(), String> {
+    let consumer: BaseConsumer = base_config(context)
+        .create()
+        .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
+    let mut missing = Vec::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| format!("cannot read the metadata of {topic}: {e}"))?;
+        let known = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == *topic && t.error().is_none() && !t.partitions().is_empty());
+        if !known {
+            missing.push(*topic);
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "no such topic on {}: {}",
+            context.kafka_bootstrap.join(","),
+            missing.join(", ")
+        ))
+    }
 }
 
 /// The dead-letter topic of the domain.
@@ -114,7 +175,7 @@ impl DeadLetters {
     }
 
     /// Sends one dead letter and waits until the broker has it.
-    pub async fn send(&self, letter: &DeadLetter<'_>) -> Result<(), KafkaError> {
+    pub async fn send(&self, letter: DeadLetter<'_>) -> Result<(), KafkaError> {
         let partition = letter.partition.to_string();
         let offset = letter.offset.to_string();
         let headers = OwnedHeaders::new_with_capacity(6)

@@ -5,9 +5,11 @@
 //! - [`context`]: its `<BASE>_<DOMAIN>` variables from the environment and `.env`;
 //! - [`contract`]: the domain's topic message, found by `IMPORT_PATH` / `IMPORT_OBJECT` in
 //!   the embedded descriptor set, with its events, topic and payload format;
-//! - [`decode`]: a message's payload to a row (or to "ignored", or to an error for the
-//!   dead-letter topic);
-//! - [`sink`]: the `Sink` interface (batch in, per-row outcome out) and the `jsonl` sink.
+//! - [`decode`]: a message's payload to a [`row::Row`] (or to "ignored", or to an error for
+//!   the dead-letter topic);
+//! - [`row`]: the typed row every sink takes as it is;
+//! - [`sink`]: the `Sink` / `Table` interface (open a table; batches in, per-row outcomes
+//!   out; fatal errors) and the `jsonl` sink.
 //!
 //! And how it consumes:
 //! - [`consumer`]: the thread that owns the Kafka consumer, with backpressure, rebalance
@@ -16,8 +18,10 @@
 //! - [`pipeline`]: batches, decoding, sink writes with retries, dead letters;
 //! - [`kafka`]: client settings and the dead-letter producer;
 //! - [`run`]: one instance wired end to end;
+//! - [`app`]: the binary (command line, `--check`, the sink chosen, the ops endpoint);
 //! - [`samples`]: sample events for any contract (demo, benchmark, tests).
 
+pub mod app;
 pub mod consumer;
 pub mod context;
 pub mod contract;
@@ -25,6 +29,7 @@ pub mod decode;
 pub mod kafka;
 pub mod offsets;
 pub mod pipeline;
+pub mod row;
 pub mod run;
 pub mod samples;
 pub mod sink;

@@ -1,25 +1,33 @@
-//! The pipeline behind the consumer: gathers consumed messages into batches, decodes them,
-//! dead-letters what cannot be written, writes the rest to the sink (retrying with
-//! backoff what the sink could not take) and reports every finished message back, so the
-//! consumer can move its watermarks. Nothing is reported finished before it is in the
-//! sink or in the dead-letter topic.
+//! The pipeline behind the consumer: gathers consumed messages into batches (bounded by
+//! rows, bytes and a linger time), decodes them, and hands each batch to a write task:
+//! several batches are in flight at once (the watermarks take acknowledgements in any
+//! order). A write task dead-letters what cannot be written (all of a batch's letters
+//! sent at once, then awaited), writes the rest to the table (retrying with backoff what
+//! the table could not take), and reports every finished message back, so the consumer
+//! can move its watermarks. Nothing is reported finished before it is in the table or in
+//! the dead-letter topic.
+//!
+//! The pipeline ends with an error, which stops the instance, when the table says a write
+//! can never succeed ([`Fatal`]), when the dead-letter topic refuses a letter for good,
+//! or when a write task panics.
 
 use std::{
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
+        mpsc as std_mpsc,
     },
     time::{Duration, Instant},
 };
 
-use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    decode::{Decoded, Decoder, KafkaMeta, Row},
-    kafka::{DeadLetter, DeadLetters},
-    sink::{RowOutcome, Sink},
+    decode::{self, Decoded, Decoder, Position},
+    kafka::{self, DeadLetter, DeadLetters},
+    row::Row,
+    sink::{Fatal, RowOutcome, Table},
 };
 
 /// A consumed message, owned.
@@ -30,6 +38,21 @@ pub struct Item {
     pub timestamp_ms: Option<i64>,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
+}
+
+impl Item {
+    /// The bytes it holds, as the in-flight bound counts them.
+    pub fn size(&self) -> usize {
+        64 + self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len)
+    }
+
+    fn position(&self) -> Position {
+        Position {
+            partition: self.partition,
+            offset: self.offset,
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
 }
 
 /// Finished messages: `(partition, offset)`.
@@ -60,7 +83,9 @@ impl Counts {
 #[derive(Debug, Clone, Copy)]
 pub struct PipelineOptions {
     pub batch_rows: usize,
+    pub batch_bytes: usize,
     pub linger: Duration,
+    pub batches_in_flight: usize,
     /// First backoff after a failed write or dead letter; doubles up to `retry_max`.
     pub retry_initial: Duration,
     pub retry_max: Duration,
@@ -70,11 +95,24 @@ impl Default for PipelineOptions {
     fn default() -> Self {
         Self {
             batch_rows: 1000,
+            batch_bytes: 5 * 1024 * 1024,
             linger: Duration::from_millis(200),
+            batches_in_flight: 4,
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(30),
         }
     }
+}
+
+/// Why the pipeline stopped the instance.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PipelineError {
+    #[error("the sink cannot write to {table}: {source}")]
+    Sink { table: String, source: Fatal },
+    #[error("the dead-letter topic {topic} refuses letters: {error}")]
+    DeadLetters { topic: String, error: String },
+    #[error("a write task failed: {0}")]
+    Task(String),
 }
 
 /// Exponential backoff with jitter (0.5x to 1x of the current step).
@@ -104,47 +142,87 @@ impl Backoff {
     }
 }
 
-/// Waits `delay` unless `abort` comes first; false when aborted.
-async fn pause(delay: Duration, abort: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = abort.cancelled() => false,
-        _ = tokio::time::sleep(delay) => true,
+/// A message that goes to the dead-letter topic, with why and at which stage.
+#[derive(Debug)]
+struct Letter {
+    item: Item,
+    stage: &'static str,
+    error: String,
+}
+
+/// What every write task shares.
+struct Shared<T> {
+    table: Arc<T>,
+    table_name: String,
+    dead_letters: DeadLetters,
+    options: PipelineOptions,
+    counts: Arc<Counts>,
+    finished: std_mpsc::Sender<Finished>,
+}
+
+impl<T> Shared<T> {
+    fn report(&self, done: Finished) {
+        if !done.is_empty() {
+            // A closed receiver means the consumer is gone: nothing to report to.
+            let _ = self.finished.send(done);
+        }
     }
 }
 
 /// Decodes, writes and reports; see the module documentation.
-pub struct Pipeline<S> {
+pub struct Pipeline<T> {
     pub decoder: Decoder,
-    pub sink: S,
-    pub table: String,
-    pub topic: String,
+    pub table: Arc<T>,
+    pub table_name: String,
     pub dead_letters: DeadLetters,
     pub options: PipelineOptions,
     pub counts: Arc<Counts>,
 }
 
-impl<S: Sink> Pipeline<S> {
-    /// Runs until `items` is closed and drained, or `abort` is cancelled (then what is not
-    /// finished stays unreported, to be consumed again by whoever owns it next).
+impl<T: Table> Pipeline<T> {
+    /// Runs until `items` is closed and everything in it is finished (`Ok`), `abort` is
+    /// cancelled (`Ok`; what is not finished stays unreported, to be consumed again by
+    /// whoever owns it next), or a write fails for good (`Err`).
     pub async fn run(
         self,
-        mut items: mpsc::UnboundedReceiver<Vec<Item>>,
-        finished: std::sync::mpsc::Sender<Finished>,
+        mut items: mpsc::Receiver<Vec<Item>>,
+        finished: std_mpsc::Sender<Finished>,
         abort: CancellationToken,
-    ) {
-        let mut batch: Vec<Item> = Vec::with_capacity(self.options.batch_rows);
+    ) -> Result<(), PipelineError> {
+        let shared = Arc::new(Shared {
+            table: Arc::clone(&self.table),
+            table_name: self.table_name.clone(),
+            dead_letters: self.dead_letters.clone(),
+            options: self.options,
+            counts: Arc::clone(&self.counts),
+            finished,
+        });
+        let mut writes: JoinSet<Result<(), PipelineError>> = JoinSet::new();
+        let mut carry: Vec<Item> = Vec::new();
         loop {
-            let first = tokio::select! {
-                _ = abort.cancelled() => return,
-                first = items.recv() => first,
-            };
-            let Some(first) = first else { return };
-            batch.extend(first);
+            // The first messages of the next batch, unless a write ends badly first.
+            let mut batch = std::mem::take(&mut carry);
+            if batch.is_empty() {
+                let first = tokio::select! {
+                    _ = abort.cancelled() => return Ok(()),
+                    Some(done) = writes.join_next() => {
+                        settle(done)?;
+                        continue;
+                    }
+                    first = items.recv() => first,
+                };
+                let Some(first) = first else { break };
+                batch = first;
+            }
+            let mut bytes: usize = batch.iter().map(Item::size).sum();
             let deadline = tokio::time::Instant::now() + self.options.linger;
             let mut closed = false;
-            while batch.len() < self.options.batch_rows {
+            while batch.len() < self.options.batch_rows && bytes < self.options.batch_bytes {
                 match tokio::time::timeout_at(deadline, items.recv()).await {
-                    Ok(Some(more)) => batch.extend(more),
+                    Ok(Some(more)) => {
+                        bytes += more.iter().map(Item::size).sum::<usize>();
+                        batch.extend(more);
+                    }
                     Ok(None) => {
                         closed = true;
                         break;
@@ -152,64 +230,139 @@ impl<S: Sink> Pipeline<S> {
                     Err(_) => break,
                 }
             }
-            if !self.process(&mut batch, &finished, &abort).await || closed {
-                return;
+            // A chunk may overfill the batch: the rest starts the next one.
+            if batch.len() > self.options.batch_rows {
+                carry = batch.split_off(self.options.batch_rows);
+            }
+
+            let work = self.decode(batch, &shared);
+            while writes.len() >= self.options.batches_in_flight.max(1) {
+                let done = tokio::select! {
+                    _ = abort.cancelled() => return Ok(()),
+                    done = writes.join_next() => done,
+                };
+                if let Some(done) = done {
+                    settle(done)?;
+                }
+            }
+            if let Some(work) = work {
+                let shared = Arc::clone(&shared);
+                let abort = abort.clone();
+                writes.spawn(async move { work.run(&shared, &abort).await });
+            }
+            if closed && carry.is_empty() {
+                break;
+            }
+        }
+        // Closed: let every write finish (or stop at abort).
+        loop {
+            let done = tokio::select! {
+                _ = abort.cancelled() => return Ok(()),
+                done = writes.join_next() => done,
+            };
+            match done {
+                Some(done) => settle(done)?,
+                None => return Ok(()),
             }
         }
     }
 
-    /// Handles one batch; false when aborted.
-    async fn process(
-        &self,
-        batch: &mut Vec<Item>,
-        finished: &std::sync::mpsc::Sender<Finished>,
-        abort: &CancellationToken,
-    ) -> bool {
-        let ingested_at = OffsetDateTime::now_utc();
-        let mut done: Finished = Vec::with_capacity(batch.len());
-        let mut rows: Vec<Row> = Vec::with_capacity(batch.len());
-        let mut row_items: Vec<usize> = Vec::with_capacity(batch.len());
-        let mut dead: Vec<(usize, &'static str, String)> = Vec::new();
-        for (index, item) in batch.iter().enumerate() {
-            let meta = KafkaMeta {
-                topic: self.topic.clone(),
-                partition: item.partition,
-                offset: item.offset,
-                timestamp_ms: item.timestamp_ms,
-            };
+    /// Decodes a batch: ignored messages are reported at once; the rest becomes the
+    /// batch's work (rows to write, letters to send), `None` when nothing is left.
+    fn decode(&self, batch: Vec<Item>, shared: &Shared<T>) -> Option<Work> {
+        let ingested_at = decode::now_micros();
+        let mut ignored: Finished = Vec::new();
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut row_items = Vec::with_capacity(batch.len());
+        let mut letters = Vec::new();
+        for item in batch {
             let Some(payload) = item.payload.as_deref() else {
-                dead.push((index, "decode", "the message has no payload".to_owned()));
+                letters.push(Letter {
+                    item,
+                    stage: "decode",
+                    error: "the message has no payload".to_owned(),
+                });
                 continue;
             };
-            match self.decoder.decode(payload, &meta, ingested_at) {
-                Ok(Decoded::Ignored { .. }) => done.push((item.partition, item.offset)),
+            match self.decoder.decode(payload, item.position(), ingested_at) {
+                Ok(Decoded::Ignored { .. }) => ignored.push((item.partition, item.offset)),
                 Ok(Decoded::Row(row)) => {
                     rows.push(row);
-                    row_items.push(index);
+                    row_items.push(item);
                 }
-                Err(err) => dead.push((index, "decode", err.to_string())),
+                Err(err) => letters.push(Letter {
+                    item,
+                    stage: "decode",
+                    error: err.to_string(),
+                }),
             }
         }
-        let ignored = done.len();
-        Counts::add(&self.counts.ignored, ignored);
-        metrics::counter!("consumer_messages_ignored_total").increment(ignored as u64);
+        Counts::add(&self.counts.ignored, ignored.len());
+        metrics::counter!("consumer_messages_ignored_total").increment(ignored.len() as u64);
+        shared.report(ignored);
+        (!rows.is_empty() || !letters.is_empty()).then_some(Work {
+            rows,
+            row_items,
+            letters,
+        })
+    }
+}
 
-        if !self.dead_letter(batch, &dead, &mut done, abort).await {
-            return false;
+/// A write task's result, as the pipeline takes it.
+fn settle(
+    done: Result<Result<(), PipelineError>, tokio::task::JoinError>,
+) -> Result<(), PipelineError> {
+    match done {
+        Ok(result) => result,
+        Err(err) if err.is_cancelled() => Ok(()),
+        Err(err) => {
+            let reason = match err.try_into_panic() {
+                Ok(panic) => panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned()),
+                Err(err) => err.to_string(),
+            };
+            Err(PipelineError::Task(reason))
         }
-        if !done.is_empty() {
-            let _ = finished.send(std::mem::take(&mut done));
-        }
+    }
+}
 
-        let mut backoff = Backoff::new(&self.options);
+/// One batch's work after decoding.
+struct Work {
+    rows: Vec<Row>,
+    /// The message of each row (for the dead-letter topic, should the table reject it).
+    row_items: Vec<Item>,
+    letters: Vec<Letter>,
+}
+
+impl Work {
+    async fn run<T: Table>(
+        self,
+        shared: &Shared<T>,
+        abort: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let Self {
+            mut rows,
+            mut row_items,
+            letters,
+        } = self;
+        if !dead_letter(shared, letters, abort).await? {
+            return Ok(());
+        }
+        let mut backoff = Backoff::new(&shared.options);
         while !rows.is_empty() {
             let started = Instant::now();
-            let outcomes = self.sink.write(&self.table, &rows).await;
+            let outcomes = shared.table.write(&rows).await;
             metrics::histogram!("consumer_batch_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
             metrics::counter!("consumer_batches_total").increment(1);
-            Counts::add(&self.counts.batches, 1);
-
+            Counts::add(&shared.counts.batches, 1);
+            let outcomes = outcomes.map_err(|source| PipelineError::Sink {
+                table: shared.table_name.clone(),
+                source,
+            })?;
             let outcomes = if outcomes.len() == rows.len() {
                 outcomes
             } else {
@@ -218,106 +371,143 @@ impl<S: Sink> Pipeline<S> {
                     outcomes.len(),
                     rows.len()
                 );
-                vec![RowOutcome::Retry(reason); rows.len()]
+                vec![RowOutcome::Retry(reason.into()); rows.len()]
             };
+            let mut done = Vec::with_capacity(rows.len());
             let mut retry_rows = Vec::new();
             let mut retry_items = Vec::new();
             let mut invalid = Vec::new();
-            let mut last_reason = None;
-            for ((row, index), outcome) in rows.into_iter().zip(row_items).zip(outcomes) {
-                let item = &batch[index];
+            let mut last_retry = None;
+            for ((row, item), outcome) in rows.into_iter().zip(row_items).zip(outcomes) {
                 match outcome {
                     RowOutcome::Written => done.push((item.partition, item.offset)),
-                    RowOutcome::Invalid(reason) => invalid.push((index, "sink", reason)),
-                    RowOutcome::Retry(reason) => {
+                    RowOutcome::Invalid(error) => invalid.push(Letter {
+                        item,
+                        stage: "sink",
+                        error,
+                    }),
+                    RowOutcome::Retry(retry) => {
                         retry_rows.push(row);
-                        retry_items.push(index);
-                        last_reason = Some(reason);
+                        retry_items.push(item);
+                        last_retry = Some(retry);
                     }
                 }
             }
-            Counts::add(&self.counts.written, done.len());
+            Counts::add(&shared.counts.written, done.len());
             metrics::counter!("consumer_rows_written_total").increment(done.len() as u64);
-            if !self.dead_letter(batch, &invalid, &mut done, abort).await {
-                return false;
-            }
-            if !done.is_empty() {
-                let _ = finished.send(std::mem::take(&mut done));
+            shared.report(done);
+            if !dead_letter(shared, invalid, abort).await? {
+                return Ok(());
             }
             rows = retry_rows;
             row_items = retry_items;
-            if let Some(reason) = last_reason {
-                let delay = backoff.step();
+            if let Some(retry) = last_retry {
+                let delay = backoff.step().max(retry.after.unwrap_or_default());
                 metrics::counter!("consumer_sink_errors_total").increment(1);
                 metrics::counter!("consumer_sink_retries_total").increment(rows.len() as u64);
-                Counts::add(&self.counts.retries, rows.len());
+                Counts::add(&shared.counts.retries, rows.len());
                 tracing::warn!(
                     rows = rows.len(),
-                    table = %self.table,
+                    table = %shared.table_name,
                     retry_in_ms = delay.as_millis() as u64,
-                    %reason,
+                    reason = %retry.reason,
                     "the sink did not take every row; retrying"
                 );
                 if !pause(delay, abort).await {
-                    return false;
+                    return Ok(());
                 }
             }
         }
-        batch.clear();
-        true
+        Ok(())
     }
+}
 
-    /// Sends `letters` to the dead-letter topic, retrying until the broker has each one;
-    /// adds them to `done`. False when aborted first.
-    async fn dead_letter(
-        &self,
-        batch: &[Item],
-        letters: &[(usize, &'static str, String)],
-        done: &mut Finished,
-        abort: &CancellationToken,
-    ) -> bool {
-        for (index, stage, error) in letters {
-            let item = &batch[*index];
-            let letter = DeadLetter {
-                partition: item.partition,
-                offset: item.offset,
-                key: item.key.as_deref(),
-                payload: item.payload.as_deref(),
-                stage,
-                error,
-            };
-            tracing::warn!(
-                partition = item.partition,
-                offset = item.offset,
-                stage,
-                %error,
-                dlq = self.dead_letters.topic(),
-                "dead-lettering a message"
-            );
-            let mut backoff = Backoff::new(&self.options);
-            loop {
-                match self.dead_letters.send(&letter).await {
-                    Ok(()) => break,
-                    Err(err) => {
-                        let delay = backoff.step();
-                        metrics::counter!("consumer_dead_letter_errors_total").increment(1);
-                        tracing::error!(
-                            error = %err,
-                            dlq = self.dead_letters.topic(),
-                            retry_in_ms = delay.as_millis() as u64,
-                            "cannot send a dead letter; the partition waits"
-                        );
-                        if !pause(delay, abort).await {
-                            return false;
-                        }
-                    }
+/// Waits `delay` unless `abort` comes first; false when aborted.
+async fn pause(delay: Duration, abort: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = abort.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// Sends `letters` to the dead-letter topic, all at once, and waits until the broker has
+/// each; those that failed for a while are sent again with backoff, those refused for
+/// good stop the pipeline. Reports them finished. `Ok(false)` when aborted first.
+async fn dead_letter<T>(
+    shared: &Shared<T>,
+    mut letters: Vec<Letter>,
+    abort: &CancellationToken,
+) -> Result<bool, PipelineError> {
+    let topic = shared.dead_letters.topic();
+    for letter in &letters {
+        tracing::warn!(
+            partition = letter.item.partition,
+            offset = letter.item.offset,
+            stage = letter.stage,
+            error = %letter.error,
+            dlq = topic,
+            "dead-lettering a message"
+        );
+    }
+    let mut backoff = Backoff::new(&shared.options);
+    while !letters.is_empty() {
+        let sent = {
+            let sends = letters.iter().map(|letter| {
+                shared.dead_letters.send(DeadLetter {
+                    partition: letter.item.partition,
+                    offset: letter.item.offset,
+                    key: letter.item.key.as_deref(),
+                    payload: letter.item.payload.as_deref(),
+                    stage: letter.stage,
+                    error: &letter.error,
+                })
+            });
+            tokio::select! {
+                _ = abort.cancelled() => return Ok(false),
+                sent = futures::future::join_all(sends) => sent,
+            }
+        };
+        let mut done = Vec::new();
+        let mut again = Vec::new();
+        let mut last_error = None;
+        for (letter, result) in letters.into_iter().zip(sent) {
+            match result {
+                Ok(()) => {
+                    metrics::counter!("consumer_messages_dead_lettered_total", "stage" => letter.stage)
+                        .increment(1);
+                    done.push((letter.item.partition, letter.item.offset));
+                }
+                Err(err) if kafka::is_permanent(&err) => {
+                    metrics::counter!("consumer_dead_letter_errors_total").increment(1);
+                    shared.report(done);
+                    return Err(PipelineError::DeadLetters {
+                        topic: topic.to_owned(),
+                        error: err.to_string(),
+                    });
+                }
+                Err(err) => {
+                    metrics::counter!("consumer_dead_letter_errors_total").increment(1);
+                    last_error = Some(err);
+                    again.push(letter);
                 }
             }
-            done.push((item.partition, item.offset));
-            Counts::add(&self.counts.dead_lettered, 1);
-            metrics::counter!("consumer_messages_dead_lettered_total", "stage" => *stage)
-                .increment(1);
         }
-        true
+        Counts::add(&shared.counts.dead_lettered, done.len());
+        shared.report(done);
+        letters = again;
+        if let Some(err) = last_error {
+            let delay = backoff.step();
+            tracing::error!(
+                error = %err,
+                letters = letters.len(),
+                dlq = topic,
+                retry_in_ms = delay.as_millis() as u64,
+                "cannot send dead letters; their partitions wait"
+            );
+            if !pause(delay, abort).await {
+                return Ok(false);
+            }
+        }
     }
+    Ok(true)
 }

@@ -1,5 +1,6 @@
-//! One instance, end to end: the consumer thread and the pipeline task, wired together,
-//! run until shutdown.
+//! One instance, end to end: the table opened, then the consumer thread and the pipeline
+//! task wired together, run until shutdown, or until the pipeline ends (which stops the
+//! consumer: a pipeline that cannot write never leaves it fetching into nothing).
 
 use std::sync::{Arc, atomic::AtomicU64, mpsc as std_mpsc};
 
@@ -14,13 +15,15 @@ use crate::{
     contract::Contract,
     decode::Decoder,
     kafka::{self, DeadLetters},
-    pipeline::{Counts, Pipeline, PipelineOptions},
-    sink::Sink,
+    pipeline::{Counts, Pipeline, PipelineError, PipelineOptions},
+    sink::{Fatal, Sink},
 };
 
-/// Why an instance could not run.
+/// Why an instance could not run, or stopped before it was asked to.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("cannot open the table {table}: {source}")]
+    Open { table: String, source: Fatal },
     #[error("cannot create the Kafka consumer: {0}")]
     Consumer(rdkafka::error::KafkaError),
     #[error("cannot subscribe to {topic}: {source}")]
@@ -32,6 +35,8 @@ pub enum RunError {
     Producer(rdkafka::error::KafkaError),
     #[error("the consumer thread failed: {0}")]
     Thread(String),
+    #[error("{0}")]
+    Pipeline(PipelineError),
 }
 
 /// What a run did, for the exit log line.
@@ -54,6 +59,15 @@ pub struct Instance {
     pub counts: Arc<Counts>,
 }
 
+/// Cancels its token when dropped: the pipeline task's end, however it ends (a panic too).
+struct CancelOnDrop(CancellationToken);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
 impl Instance {
     pub fn new(context: Context, contract: Contract) -> Self {
         Self {
@@ -63,9 +77,12 @@ impl Instance {
         }
     }
 
-    /// Consumes into `sink` until `shutdown` is cancelled; then flushes and commits
-    /// within the grace period. `on_subscribed` runs once the consumer has subscribed.
-    pub async fn run<S: Sink + 'static>(
+    /// Opens the table, then consumes into it until `shutdown` is cancelled; then flushes
+    /// and commits within the grace period. `on_subscribed` runs once the consumer has
+    /// subscribed. `Err` when the table cannot be opened (nothing consumed) or the
+    /// pipeline stopped for good (a fatal sink error, a dead-letter topic refusing
+    /// letters, a panic): what it had written is committed, nothing past it.
+    pub async fn run<S: Sink>(
         &self,
         sink: S,
         shutdown: CancellationToken,
@@ -73,10 +90,23 @@ impl Instance {
     ) -> Result<Summary, RunError> {
         let topic = self.contract.topic.clone();
         let tuning = self.context.tuning;
-        let (to_pipeline, items) = mpsc::unbounded_channel();
+        let table_name = self.context.bq_table.clone();
+        let table = sink
+            .open(&table_name)
+            .await
+            .map_err(|source| RunError::Open {
+                table: table_name.clone(),
+                source,
+            })?;
+        let options = LoopOptions {
+            max_in_flight: tuning.max_in_flight,
+            max_in_flight_bytes: tuning.max_in_flight_bytes,
+            shutdown_grace: tuning.shutdown_grace,
+        };
+        let (to_pipeline, items) = mpsc::channel(options.channel_chunks());
         let (finished_tx, finished_rx) = std_mpsc::channel();
 
-        let hooks = consumer::hooks(&topic, to_pipeline, finished_rx);
+        let hooks = consumer::hooks(&topic, &options, to_pipeline, finished_rx);
         let consumer: BaseConsumer<consumer::Hooks> = kafka::consumer_config(&self.context)
             .create_with_context(hooks)
             .map_err(RunError::Consumer)?;
@@ -91,7 +121,7 @@ impl Instance {
             domain = %self.context.domain,
             %topic,
             group = %self.context.group_id,
-            table = %self.context.bq_table,
+            table = %table_name,
             dlq = dead_letters.topic(),
             "consuming"
         );
@@ -99,41 +129,55 @@ impl Instance {
 
         let pipeline = Pipeline {
             decoder: Decoder::new(
-                self.contract.clone(),
-                self.context.ignore_events.clone(),
+                &self.contract,
+                &self.context.ignore_events,
                 self.context.row_mode,
             ),
-            sink,
-            table: self.context.bq_table.clone(),
-            topic: topic.clone(),
+            table: Arc::new(table),
+            table_name,
             dead_letters,
             options: PipelineOptions {
                 batch_rows: tuning.batch_rows,
+                batch_bytes: tuning.batch_bytes,
                 linger: tuning.linger,
+                batches_in_flight: tuning.batches_in_flight,
                 ..PipelineOptions::default()
             },
             counts: Arc::clone(&self.counts),
         };
         let abort = CancellationToken::new();
-        let pipeline = tokio::spawn(pipeline.run(items, finished_tx, abort.clone()));
+        let pipeline_gone = CancellationToken::new();
+        let pipeline = {
+            let ended = CancelOnDrop(pipeline_gone.clone());
+            let abort = abort.clone();
+            tokio::spawn(async move {
+                let _ended = ended;
+                pipeline.run(items, finished_tx, abort).await
+            })
+        };
 
         let counts = Arc::clone(&self.counts);
         let stop = shutdown.clone();
-        let options = LoopOptions {
-            max_in_flight: tuning.max_in_flight,
-            shutdown_grace: tuning.shutdown_grace,
-        };
+        let gone = pipeline_gone.clone();
         let span = tracing::Span::current();
         let stopped = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            consumer::consume(consumer, options, &counts, &stop)
+            consumer::consume(consumer, options, &counts, &stop, &gone)
         })
         .await;
         // Whatever the pipeline still holds is not committed: stop it.
         abort.cancel();
-        let _ = pipeline.await;
+        let ended = pipeline.await;
         let stopped = stopped.map_err(|e| RunError::Thread(e.to_string()))?;
-
+        match ended {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => return Err(RunError::Pipeline(err)),
+            Err(err) => {
+                return Err(RunError::Pipeline(PipelineError::Task(format!(
+                    "the pipeline task ended: {err}"
+                ))));
+            }
+        }
         let get = |counter: &AtomicU64| Counts::get(counter);
         Ok(Summary {
             consumed: get(&self.counts.consumed),
@@ -185,5 +229,9 @@ pub fn describe_metrics() {
     describe_gauge!(
         "consumer_in_flight_rows",
         "Messages consumed and not yet written or dead-lettered"
+    );
+    describe_gauge!(
+        "consumer_in_flight_bytes",
+        "Bytes of the messages consumed and not yet written or dead-lettered"
     );
 }

@@ -99,13 +99,26 @@ fn fill(descriptor: &MessageDescriptor, n: u64, depth: usize) -> DynamicMessage 
             continue;
         };
         if field.is_list() {
-            let second = scalar(&field, n + 1, depth).unwrap_or_else(|| value.clone());
-            message.set_field(&field, Value::List(vec![value, second]));
+            // Four to twelve entries, varying with n: realistic sizes, not a fixed shape.
+            let mut values = vec![value];
+            for k in 1..(4 + n % 9) {
+                values.push(scalar(&field, n + k, depth).unwrap_or_else(|| values[0].clone()));
+            }
+            message.set_field(&field, Value::List(values));
         } else {
             message.set_field(&field, value);
         }
     }
     message
+}
+
+/// The text a string field called `name` carries in sample `n` (besides `event_id` and
+/// currencies): the name and a number scrambled from `n`, as long as a real identifier.
+pub fn text(name: &str, n: u64) -> String {
+    format!(
+        "{name}-{:012x}",
+        n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16
+    )
 }
 
 fn scalar(field: &FieldDescriptor, n: u64, depth: usize) -> Option<Value> {
@@ -120,7 +133,7 @@ fn scalar(field: &FieldDescriptor, n: u64, depth: usize) -> Option<Value> {
             n
         )),
         Kind::String if name.ends_with("currency") => Value::String("SEK".into()),
-        Kind::String => Value::String(format!("{name}-{}", n % 10_000)),
+        Kind::String => Value::String(text(name, n)),
         Kind::Bytes => Value::Bytes(n.to_be_bytes().to_vec().into()),
         Kind::Bool => Value::Bool(n.is_multiple_of(2)),
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32((n % 10_000) as i32),
@@ -149,12 +162,10 @@ fn scalar(field: &FieldDescriptor, n: u64, depth: usize) -> Option<Value> {
 mod tests {
     use std::collections::BTreeSet;
 
-    use time::OffsetDateTime;
-
     use super::*;
     use crate::{
         context::RowMode,
-        decode::{Decoded, Decoder, KafkaMeta},
+        decode::{Decoded, Decoder, Position},
     };
 
     fn contract(domain: &str, path: &str, object: &str) -> Contract {
@@ -175,33 +186,43 @@ mod tests {
                 "PaymentEventsV2Topic",
             ),
         ] {
-            let decoder = Decoder::new(contract.clone(), BTreeSet::new(), RowMode::Payload);
+            let decoder = Decoder::new(&contract, &BTreeSet::new(), RowMode::Payload);
             let mut seen = BTreeSet::new();
             for n in 0..(contract.events.len() as u64 * 2) {
                 let (event, bytes) = encoded(&contract, n);
-                let meta = KafkaMeta {
-                    topic: contract.topic.clone(),
+                let position = Position {
                     partition: 0,
                     offset: n as i64,
                     timestamp_ms: None,
                 };
-                let Decoded::Row(row) = decoder
-                    .decode(&bytes, &meta, OffsetDateTime::UNIX_EPOCH)
-                    .expect("decodes")
+                let Decoded::Row(row) = decoder.decode(&bytes, position, 0).expect("decodes")
                 else {
                     panic!("not ignored");
                 };
-                assert_eq!(row.columns["event_name"], event.as_str());
+                assert_eq!(&*row.event_name, event.as_str());
                 assert!(
-                    row.columns["event_id"]
-                        .as_str()
-                        .is_some_and(|id| id.len() == 36),
+                    row.event_id.as_deref().is_some_and(|id| id.len() == 36),
                     "{row:?}"
                 );
-                assert!(row.columns["event_timestamp"].is_string(), "{row:?}");
+                assert!(row.event_timestamp.is_some(), "{row:?}");
                 seen.insert(event);
             }
             assert_eq!(seen.len(), contract.events.len(), "{seen:?}");
         }
+    }
+
+    #[test]
+    fn delivery_samples_are_about_a_kibibyte() {
+        let contract = contract(
+            "delivery",
+            "contracts.delivery.delivery_events_v10",
+            "DeliveryEventsV10Topic",
+        );
+        let total: usize = (0..1000).map(|n| encoded(&contract, n).1.len()).sum();
+        let average = total / 1000;
+        assert!(
+            (600..=1600).contains(&average),
+            "{average} bytes on average"
+        );
     }
 }

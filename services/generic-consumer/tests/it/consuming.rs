@@ -71,17 +71,21 @@ async fn clean_run(domain: (&str, &str, &str), topic: &str, ignore: &str) {
             .collect::<Vec<_>>()
     );
     for row in sink.rows() {
-        let (partition, offset) = position(&row.columns);
-        let n = sample_number(&row.columns);
+        let columns = row.to_json();
+        let (partition, offset) = position(&columns);
+        let n = sample_number(&columns);
         assert_eq!(
             n,
             offset as u64 * PARTITIONS as u64 + partition as u64,
             "the row at {partition}:{offset} carries its own message"
         );
-        assert_eq!(row.insert_id, format!("{topic}:{partition}:{offset}"));
-        assert_eq!(row.columns["event_name"], samples::sample(&contract, n).0);
-        assert_eq!(row.columns["kafka_topic"], topic);
-        assert!(row.columns["payload"].is_object(), "{row:?}");
+        assert_eq!(
+            row.insert_id().to_string(),
+            format!("{topic}:{partition}:{offset}")
+        );
+        assert_eq!(columns["event_name"], samples::sample(&contract, n).0);
+        assert_eq!(columns["kafka_topic"], topic);
+        assert!(columns["payload"].is_object(), "{row:?}");
     }
     assert_eq!(
         committed(&cluster.bootstrap, &group, topic, PARTITIONS),
@@ -173,7 +177,7 @@ async fn rows_the_sink_rejects_as_invalid_are_dead_lettered_and_committed() {
 
     let sink = RecordingSink::new();
     sink.answer(|row| {
-        if row.columns["event_name"] == "DeliveryDispatchedEvent" {
+        if &*row.event_name == "DeliveryDispatchedEvent" {
             RowOutcome::Invalid("no such field: tracking_number".into())
         } else {
             RowOutcome::Written
@@ -211,7 +215,7 @@ async fn rows_the_sink_rejects_as_invalid_are_dead_lettered_and_committed() {
     assert!(
         sink.rows()
             .iter()
-            .all(|r| r.columns["event_name"] != "DeliveryDispatchedEvent")
+            .all(|r| &*r.event_name != "DeliveryDispatchedEvent")
     );
     assert_eq!(
         committed(&cluster.bootstrap, &group, DELIVERY_TOPIC, 1),
@@ -230,7 +234,7 @@ async fn a_failing_sink_is_never_committed_past_and_loses_nothing_when_it_recove
 
     // The table refuses partition 1's rows from offset 50 on: an outage that began there.
     let sink = RecordingSink::new();
-    sink.answer(|row| match position(&row.columns) {
+    sink.answer(|row| match (row.kafka_partition, row.kafka_offset) {
         (1, offset) if offset >= 50 => RowOutcome::Retry("backendError: try again".into()),
         _ => RowOutcome::Written,
     });
@@ -380,4 +384,282 @@ async fn rebalances_between_two_instances_lose_nothing() {
     let duplicates: usize = positions.values().map(|n| n - 1).sum();
     assert_eq!(first.written + second.written, 4000 + duplicates as u64);
     eprintln!("two rebalances: {duplicates} rows written again");
+}
+
+/// Every position both sinks wrote, with how many times.
+fn written_by(sinks: &[&RecordingSink]) -> std::collections::BTreeMap<(i32, i64), usize> {
+    let mut positions = std::collections::BTreeMap::new();
+    for sink in sinks {
+        for (position, n) in sink.positions() {
+            *positions.entry(position).or_default() += n;
+        }
+    }
+    positions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_survives_a_rebalance_and_a_reassigned_partition_is_resumed() {
+    const PARTITIONS: i32 = 2;
+    const COUNT: u64 = 3000;
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, PARTITIONS)]);
+    let (context, contract) = resolve(
+        DELIVERY,
+        &cluster.bootstrap,
+        &[
+            ("MAX_IN_FLIGHT", "200"),
+            ("BATCH_ROWS", "50"),
+            ("SHUTDOWN_GRACE_SECS", "2"),
+        ],
+        None,
+    );
+    produce_samples(&cluster.bootstrap, &contract, 0..COUNT, PARTITIONS);
+
+    // The first instance's sink is down: its buffer fills and fetching pauses.
+    let first_sink = RecordingSink::new();
+    first_sink.answer(|_| RowOutcome::Retry("503 Service Unavailable".into()));
+    let first = start(context.clone(), contract.clone(), first_sink.clone());
+    eventually("the first buffer full", LIMIT, || first.consumed() >= 200).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = first.consumed();
+
+    // A second member joins while the first is paused: the partitions are split, the
+    // first gets one of its partitions back (librdkafka keeps that partition paused).
+    let second_sink = RecordingSink::new();
+    let second = start(context, contract, second_sink.clone());
+    eventually("the second instance writing", LIMIT, || {
+        second_sink.len() > 0
+    })
+    .await;
+    let while_down = first.consumed() - before;
+    assert!(
+        while_down <= 200 + 256,
+        "the first instance fetched {while_down} more while its sink was down"
+    );
+
+    // The first sink recovers: its partition must be fetching again, to the end.
+    first_sink.answer(|_| RowOutcome::Written);
+    eventually("every message written by one of them", LIMIT, || {
+        written_by(&[&first_sink, &second_sink]).len() as u64 == COUNT
+    })
+    .await;
+    assert!(
+        first_sink.len() > 0,
+        "the first instance wrote its partition"
+    );
+    first.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_hung_sink_stops_within_the_grace_period_and_commits_what_was_written() {
+    const COUNT: u64 = 2000;
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, 1)]);
+    let (context, contract) = resolve(
+        DELIVERY,
+        &cluster.bootstrap,
+        &[
+            ("BATCH_ROWS", "100"),
+            ("BATCHES_IN_FLIGHT", "1"),
+            ("SHUTDOWN_GRACE_SECS", "2"),
+        ],
+        None,
+    );
+    let group = context.group_id.clone();
+    produce_samples(&cluster.bootstrap, &contract, 0..COUNT, 1);
+
+    let sink = RecordingSink::new();
+    let running = start(context, contract, sink.clone());
+    eventually("rows written", LIMIT, || sink.len() >= 500).await;
+    sink.hang();
+    let written = sink.len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let asked = std::time::Instant::now();
+    let summary = running.stop().await;
+    let took = asked.elapsed();
+    // The grace period is 2 s; closing, the group's last revocation and the commit add
+    // well under a second here. The revocation must not wait on its own clock.
+    assert!(
+        took < Duration::from_secs(5),
+        "stopped {took:?} after SIGTERM with a 2 s grace period"
+    );
+    assert!(summary.unfinished > 0, "{summary:?}");
+    assert_eq!(sink.len(), written, "nothing was written after the hang");
+    assert_eq!(
+        committed(&cluster.bootstrap, &group, DELIVERY_TOPIC, 1),
+        vec![written as i64],
+        "exactly what was written is committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_sink_error_stops_the_instance_with_what_was_written_committed() {
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, 1)]);
+    let (context, contract) = resolve(
+        DELIVERY,
+        &cluster.bootstrap,
+        &[("BATCH_ROWS", "100"), ("BATCHES_IN_FLIGHT", "1")],
+        None,
+    );
+    let group = context.group_id.clone();
+    produce_samples(&cluster.bootstrap, &contract, 0..2000, 1);
+    let sink = RecordingSink::new();
+    let mut running = start(context, contract, sink.clone());
+    eventually("rows written", LIMIT, || sink.len() >= 300).await;
+    sink.fail("403 Forbidden: Access Denied: Table acme:events.delivery_events");
+    let ended = running.ended().await;
+    let err = ended.expect_err("the instance stops by itself");
+    let text = err.to_string();
+    assert!(
+        text.contains("cannot write to delivery_events") && text.contains("403 Forbidden"),
+        "{text}"
+    );
+    assert_eq!(
+        committed(&cluster.bootstrap, &group, DELIVERY_TOPIC, 1),
+        vec![sink.len() as i64]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_panics_stops_the_instance_instead_of_stalling_it() {
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, 1)]);
+    let (context, contract) = resolve(DELIVERY, &cluster.bootstrap, &[], None);
+    produce_samples(&cluster.bootstrap, &contract, 0..500, 1);
+    let sink = RecordingSink::new();
+    sink.panic();
+    let mut running = start(context, contract, sink);
+    let err = running
+        .ended()
+        .await
+        .expect_err("the instance stops by itself");
+    assert!(err.to_string().contains("the sink broke"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_dead_letter_topic_stops_the_instance_without_skipping_the_message() {
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, 1)]);
+    let (context, contract) = resolve(DELIVERY, &cluster.bootstrap, &[], None);
+    let group = context.group_id.clone();
+    produce_samples(&cluster.bootstrap, &contract, 0..10, 1);
+    produce(
+        &cluster.bootstrap,
+        DELIVERY_TOPIC,
+        vec![(0, b"poison".to_vec(), vec![0x0a, 0xff, 0xff, 0x01])],
+    );
+    produce_samples(&cluster.bootstrap, &contract, 10..20, 1);
+    let sink = RecordingSink::new();
+    let mut running = start(context, contract, sink.clone());
+    let err = running
+        .ended()
+        .await
+        .expect_err("the instance stops by itself");
+    let text = err.to_string();
+    assert!(text.contains("delivery.events.v10.dlq"), "{text}");
+    let committed = committed(&cluster.bootstrap, &group, DELIVERY_TOPIC, 1);
+    assert!(
+        committed[0] <= 10,
+        "committed {committed:?}: never past the message that could not be dead-lettered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_bad_messages_is_dead_lettered_all_at_once() {
+    const BAD: usize = 2000;
+    let dlq = format!("{DELIVERY_TOPIC}.dlq");
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, 1), (&dlq, 1)]);
+    let (context, contract) = resolve(DELIVERY, &cluster.bootstrap, &[], None);
+    let group = context.group_id.clone();
+    let poison = (0..BAD)
+        .map(|i| (0, i.to_string().into_bytes(), vec![0x0a, 0xff, 0xff, 0x01]))
+        .collect();
+    produce(&cluster.bootstrap, DELIVERY_TOPIC, poison);
+    let sink = RecordingSink::new();
+    let started = std::time::Instant::now();
+    let running = start(context, contract, sink);
+    let counts = running.counts.clone();
+    eventually("every bad message dead-lettered", LIMIT, || {
+        counts
+            .dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == BAD as u64
+    })
+    .await;
+    let took = started.elapsed();
+    running.stop().await;
+    // Sent one after another, each letter waits at least the producer's linger (5 ms):
+    // 2,000 take 10 s or more. Sent together they share batches.
+    assert!(
+        took < Duration::from_secs(8),
+        "{BAD} dead letters took {took:?}"
+    );
+    assert_eq!(read_topic(&cluster.bootstrap, &dlq, 1).len(), BAD);
+    assert_eq!(
+        committed(&cluster.bootstrap, &group, DELIVERY_TOPIC, 1),
+        vec![BAD as i64]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_flight_bound_counts_bytes_too() {
+    const COUNT: u64 = 4000;
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, 2)]);
+    let (context, contract) = resolve(
+        DELIVERY,
+        &cluster.bootstrap,
+        &[
+            ("MAX_IN_FLIGHT", "100000"),
+            ("MAX_IN_FLIGHT_BYTES", "1048576"),
+            ("BATCH_ROWS", "100"),
+        ],
+        None,
+    );
+    produce_samples(&cluster.bootstrap, &contract, 0..COUNT, 2);
+    let smallest = (0..COUNT)
+        .map(|n| samples::encoded(&contract, n).1.len())
+        .min()
+        .expect("samples");
+    let sink = RecordingSink::new();
+    sink.answer(|_| RowOutcome::Retry("503 Service Unavailable".into()));
+    let running = start(context, contract, sink.clone());
+    eventually("the buffer to fill", LIMIT, || running.consumed() >= 500).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let consumed = running.consumed() as usize;
+    // At most 1 MiB of messages in flight, plus the chunk that crossed the bound.
+    let bound = 1_048_576 / smallest + 256;
+    assert!(
+        consumed <= bound,
+        "consumed {consumed} messages of at least {smallest} bytes with 1 MiB in flight"
+    );
+    sink.answer(|_| RowOutcome::Written);
+    eventually("every row after the recovery", LIMIT, || {
+        sink.len() as u64 == COUNT
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_batches_are_written_at_once() {
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, 2)]);
+    let (context, contract) = resolve(
+        DELIVERY,
+        &cluster.bootstrap,
+        &[("BATCH_ROWS", "50"), ("BATCHES_IN_FLIGHT", "4")],
+        None,
+    );
+    let group = context.group_id.clone();
+    produce_samples(&cluster.bootstrap, &contract, 0..1000, 2);
+    let sink = RecordingSink::new();
+    sink.slow(Duration::from_millis(300));
+    let running = start(context, contract, sink.clone());
+    eventually("every row", LIMIT, || sink.len() == 1000).await;
+    running.stop().await;
+    let most = sink.most_active.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most > 1, "at most {most} write at a time");
+    assert!(most <= 4, "{most} writes at once with BATCHES_IN_FLIGHT=4");
+    assert!(sink.positions().values().all(|n| *n == 1));
+    assert_eq!(
+        committed(&cluster.bootstrap, &group, DELIVERY_TOPIC, 2),
+        vec![500, 500]
+    );
 }

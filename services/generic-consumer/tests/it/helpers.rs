@@ -14,11 +14,11 @@ use std::{
 use generic_consumer::{
     context::{self, Context, Vars},
     contract::{self, Contract},
-    decode::Row,
     pipeline::Counts,
+    row::Row,
     run::{Instance, RunError, Summary},
     samples,
-    sink::{RowOutcome, Sink},
+    sink::{Fatal, RowOutcome, Sink, Table},
 };
 use prost_reflect::DescriptorPool;
 use rdkafka::{
@@ -262,12 +262,30 @@ pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
 
 type Rule = dyn Fn(&Row) -> RowOutcome + Send + Sync;
 
+/// How a [`RecordingSink`] answers a whole write.
+#[derive(Clone)]
+enum Answer {
+    /// Row by row, by the rule.
+    Rows(Arc<Rule>),
+    /// Never: the write hangs (a sink that stopped answering).
+    Hang,
+    /// A fatal error (a table that was deleted, a permission taken away).
+    Fatal(String),
+    /// The write task panics.
+    Panic,
+}
+
 /// A sink that records what it wrote and answers by a rule the test can change.
 #[derive(Clone)]
 pub struct RecordingSink {
     rows: Arc<Mutex<Vec<Row>>>,
-    rule: Arc<Mutex<Arc<Rule>>>,
+    answer: Arc<Mutex<Answer>>,
     pub writes: Arc<AtomicU64>,
+    /// Writes under way now, and the most ever under way at once.
+    active: Arc<AtomicU64>,
+    pub most_active: Arc<AtomicU64>,
+    /// How long each write takes before it answers.
+    delay: Arc<Mutex<Duration>>,
 }
 
 impl RecordingSink {
@@ -275,14 +293,39 @@ impl RecordingSink {
     pub fn new() -> Self {
         Self {
             rows: Arc::default(),
-            rule: Arc::new(Mutex::new(Arc::new(|_: &Row| RowOutcome::Written))),
+            answer: Arc::new(Mutex::new(Answer::Rows(Arc::new(|_: &Row| {
+                RowOutcome::Written
+            })))),
             writes: Arc::default(),
+            active: Arc::default(),
+            most_active: Arc::default(),
+            delay: Arc::default(),
         }
     }
 
     /// From now on, answers each row with `rule`.
     pub fn answer(&self, rule: impl Fn(&Row) -> RowOutcome + Send + Sync + 'static) {
-        *self.rule.lock().expect("rule") = Arc::new(rule);
+        *self.answer.lock().expect("answer") = Answer::Rows(Arc::new(rule));
+    }
+
+    /// From now on, writes never answer.
+    pub fn hang(&self) {
+        *self.answer.lock().expect("answer") = Answer::Hang;
+    }
+
+    /// From now on, writes fail for good.
+    pub fn fail(&self, reason: &str) {
+        *self.answer.lock().expect("answer") = Answer::Fatal(reason.to_owned());
+    }
+
+    /// From now on, writes panic.
+    pub fn panic(&self) {
+        *self.answer.lock().expect("answer") = Answer::Panic;
+    }
+
+    /// From now on, each write takes `delay`.
+    pub fn slow(&self, delay: Duration) {
+        *self.delay.lock().expect("delay") = delay;
     }
 
     /// The rows written so far, in order.
@@ -298,16 +341,39 @@ impl RecordingSink {
     pub fn positions(&self) -> BTreeMap<(i32, i64), usize> {
         let mut seen = BTreeMap::new();
         for row in self.rows.lock().expect("rows").iter() {
-            *seen.entry(position(&row.columns)).or_default() += 1;
+            *seen
+                .entry((row.kafka_partition, row.kafka_offset))
+                .or_default() += 1;
         }
         seen
     }
 }
 
 impl Sink for RecordingSink {
-    async fn write(&self, _table: &str, rows: &[Row]) -> Vec<RowOutcome> {
+    type Table = RecordingSink;
+
+    async fn open(&self, _table: &str) -> Result<Self::Table, Fatal> {
+        Ok(self.clone())
+    }
+}
+
+impl Table for RecordingSink {
+    async fn write(&self, rows: &[Row]) -> Result<Vec<RowOutcome>, Fatal> {
         self.writes.fetch_add(1, Ordering::Relaxed);
-        let rule = Arc::clone(&self.rule.lock().expect("rule"));
+        let active = self.active.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_active.fetch_max(active, Ordering::SeqCst);
+        let delay = *self.delay.lock().expect("delay");
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        let answer = self.answer.lock().expect("answer").clone();
+        let rule = match answer {
+            Answer::Rows(rule) => rule,
+            Answer::Hang => std::future::pending().await,
+            Answer::Fatal(reason) => return Err(Fatal(reason)),
+            Answer::Panic => panic!("the sink broke"),
+        };
         let outcomes: Vec<RowOutcome> = rows.iter().map(|row| rule(row)).collect();
         let mut written = self.rows.lock().expect("rows");
         for (row, outcome) in rows.iter().zip(&outcomes) {
@@ -315,7 +381,7 @@ impl Sink for RecordingSink {
                 written.push(row.clone());
             }
         }
-        outcomes
+        Ok(outcomes)
     }
 }
 
@@ -353,14 +419,23 @@ impl Running {
     }
 
     /// Stops it as SIGTERM does; returns its summary.
-    pub async fn stop(mut self) -> Summary {
+    pub async fn stop(self) -> Summary {
+        self.stop_result().await.expect("the instance ran")
+    }
+
+    /// Stops it as SIGTERM does; returns how it ended.
+    pub async fn stop_result(mut self) -> Result<Summary, RunError> {
         self.stop.cancel();
+        self.ended().await
+    }
+
+    /// Waits until it ends by itself (at most a minute).
+    pub async fn ended(&mut self) -> Result<Summary, RunError> {
         let handle = self.handle.take().expect("running");
         tokio::time::timeout(Duration::from_secs(60), handle)
             .await
             .expect("the instance stops within a minute")
             .expect("the instance task")
-            .expect("the instance ran")
     }
 }
 
