@@ -20,6 +20,7 @@ use crate::{
     context::{Format, RowMode},
     contract::Contract,
     row::{self, Body, Json, Micros, Row},
+    transcode::{Capture, Plans, Reader},
 };
 
 /// Where a message came from, within the topic.
@@ -75,6 +76,9 @@ struct Event {
     ignored: bool,
     id: Option<FieldDescriptor>,
     timestamp: Option<TimestampField>,
+    /// The event's plan, when the decoder transcodes (protobuf, payload rows).
+    plan: Option<usize>,
+    capture: Capture,
 }
 
 impl Event {
@@ -95,11 +99,19 @@ impl Event {
                 _ => None,
             }
         });
+        let capture = Capture {
+            event_id: id.as_ref().map(FieldDescriptor::number),
+            timestamp: timestamp.as_ref().map(|t| match t {
+                TimestampField::Message(f) | TimestampField::Text(f) => f.number(),
+            }),
+        };
         Self {
             name: name.into(),
             ignored,
             id,
             timestamp,
+            plan: None,
+            capture,
         }
     }
 
@@ -142,6 +154,8 @@ pub struct Decoder {
     row_mode: RowMode,
     serialize: SerializeOptions,
     deserialize: DeserializeOptions,
+    /// Wire-to-JSON plans (protobuf domains with payload rows whose types they cover).
+    plans: Option<Arc<Plans>>,
 }
 
 impl Decoder {
@@ -150,7 +164,7 @@ impl Decoder {
         ignore: &std::collections::BTreeSet<String>,
         row_mode: RowMode,
     ) -> Self {
-        let events = contract
+        let mut events: HashMap<u32, Event> = contract
             .events
             .iter()
             .filter_map(|(name, field)| match field.kind() {
@@ -161,7 +175,22 @@ impl Decoder {
                 _ => None,
             })
             .collect();
+        let plans = (contract.format == Format::Protobuf && row_mode == RowMode::Payload)
+            .then(|| Plans::compile(&contract.topic_message))
+            .flatten();
+        if let Some(plans) = &plans {
+            for (number, event) in &mut events {
+                event.plan =
+                    contract.topic_message.get_field(*number).and_then(|field| {
+                        match field.kind() {
+                            Kind::Message(m) => plans.index_of(m.full_name()),
+                            _ => None,
+                        }
+                    });
+            }
+        }
         Self {
+            plans: plans.map(Arc::new),
             format: contract.format,
             topic_message: contract.topic_message.clone(),
             topic: contract.topic.as_str().into(),
@@ -189,6 +218,9 @@ impl Decoder {
         position: Position,
         ingested_at: Micros,
     ) -> Result<Decoded, DecodeError> {
+        if let Some(plans) = &self.plans {
+            return self.transcode(plans, payload, position, ingested_at);
+        }
         let descriptor = self.topic_message.clone();
         let message_name = || descriptor.name().to_owned();
         let mut topic_message = match self.format {
@@ -293,6 +325,78 @@ impl Decoder {
     }
 }
 
+impl Decoder {
+    /// The fast path: the event found on the wire, its JSON written straight from it.
+    fn transcode(
+        &self,
+        plans: &Plans,
+        payload: &[u8],
+        position: Position,
+        ingested_at: Micros,
+    ) -> Result<Decoded, DecodeError> {
+        let protobuf_error = |reason: String| DecodeError::Protobuf {
+            message: self.topic_message.name().to_owned(),
+            reason,
+        };
+        // The oneof's last member on the wire wins; a member that occurs twice is merged.
+        let mut reader = Reader { data: payload };
+        let mut chosen: Option<u32> = None;
+        let mut ranges: Vec<&[u8]> = Vec::new();
+        while !reader.done() {
+            let (number, wire) = reader.key().map_err(|e| protobuf_error(e.0))?;
+            let value = reader
+                .bytes_or_skip(wire)
+                .map_err(|e| protobuf_error(e.0))?;
+            if !self.events.contains_key(&number) {
+                continue;
+            }
+            let Some(bytes) = value else {
+                return Err(protobuf_error(format!(
+                    "field {number} carries an event but is not length-delimited"
+                )));
+            };
+            if chosen != Some(number) {
+                chosen = Some(number);
+                ranges.clear();
+            }
+            ranges.push(bytes);
+        }
+        let Some(event) = chosen.and_then(|number| self.events.get(&number)) else {
+            return Err(DecodeError::NoEvent {
+                message: self.topic_message.name().to_owned(),
+            });
+        };
+        if event.ignored {
+            return Ok(Decoded::Ignored {
+                event: Arc::clone(&event.name),
+            });
+        }
+        let Some(plan) = event.plan else {
+            return Err(protobuf_error(format!("no plan for {}", event.name)));
+        };
+        let mut text = Vec::with_capacity(payload.len() * 2 + 64);
+        let captured = plans
+            .write(plan, &ranges, &mut text, &event.capture)
+            .map_err(|e| protobuf_error(e.0))?;
+        Ok(Decoded::Row(Row {
+            event_name: Arc::clone(&event.name),
+            event_id: captured.event_id,
+            event_timestamp: captured.timestamp,
+            kafka_topic: Arc::clone(&self.topic),
+            kafka_partition: position.partition,
+            kafka_offset: position.offset,
+            kafka_timestamp: position.timestamp_ms.map(|ms| ms.saturating_mul(1000)),
+            ingested_at,
+            body: Body::Payload(Json::from_serialized(text)),
+        }))
+    }
+
+    /// Whether protobuf payloads are transcoded without a `DynamicMessage`.
+    pub fn transcodes(&self) -> bool {
+        self.plans.is_some()
+    }
+}
+
 /// Microseconds since the Unix epoch, now.
 pub fn now_micros() -> Micros {
     let now = std::time::SystemTime::now()
@@ -364,6 +468,11 @@ mod tests {
     fn a_protobuf_event_becomes_a_typed_row_with_metadata_and_payload() {
         let row =
             a_row(delivery(&[]).decode(&delivery_bytes(SCHEDULED), at(41), 1_795_341_700_000_000));
+        assert!(
+            delivery(&[]).transcodes(),
+            "protobuf payload rows take the fast path"
+        );
+        assert!(!payments().transcodes(), "JSON domains do not");
         assert_eq!(row.insert_id().to_string(), "delivery.events.v10:2:41");
         assert_eq!(&*row.event_name, "DeliveryScheduledEvent");
         assert_eq!(row.event_id.as_deref(), Some("ev-1"));

@@ -7,6 +7,7 @@
 //!   the embedded descriptor set, with its events, topic and payload format;
 //! - [`decode`]: a message's payload to a [`row::Row`] (or to "ignored", or to an error for
 //!   the dead-letter topic);
+//! - [`transcode`]: protobuf wire format straight to JSON (the decoder's fast path);
 //! - [`row`]: the typed row every sink takes as it is;
 //! - [`sink`]: the `Sink` / `Table` interface (open a table; batches in, per-row outcomes
 //!   out; fatal errors) and the `jsonl` sink.
@@ -33,6 +34,7 @@ pub mod row;
 pub mod run;
 pub mod samples;
 pub mod sink;
+pub mod transcode;
 
 use std::path::Path;
 

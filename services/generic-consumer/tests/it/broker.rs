@@ -96,3 +96,85 @@ async fn both_domains_end_to_end_against_a_broker_process() {
         assert_eq!(positions.len(), *kept, "{}", domain.0);
     }
 }
+
+/// The pre-revoke commit, against a broker that accepts commits from the current
+/// generation while the group rebalances (the mock cluster refuses them): when a member
+/// joins and when one leaves, the partitions move with their rows finished and committed,
+/// so the new owner starts exactly where the old one stopped and nothing is written twice.
+/// Each message is produced as its own record batch (tansu 0.6 serves fetches from batch
+/// boundaries only, and a committed offset may be anywhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_commits_before_revoking_so_nothing_is_written_twice() {
+    const PARTITIONS: i32 = 4;
+    const COUNT: u64 = 1200;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Tansu::start(Some(&dir.path().join("tansu.log"))).expect("tansu");
+    broker
+        .create_topics(&[(DELIVERY_TOPIC, PARTITIONS)])
+        .await
+        .expect("topics created");
+    let (context, contract) = resolve(DELIVERY, &broker.bootstrap, &[], None);
+    let group = context.group_id.clone();
+    let one_per_batch = |range: std::ops::Range<u64>| {
+        let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &broker.bootstrap)
+            .set("linger.ms", "0")
+            .set("batch.num.messages", "1")
+            .create()
+            .expect("producer");
+        for n in range {
+            let (_, payload) = generic_consumer::samples::encoded(&contract, n);
+            let key = n.to_string();
+            let record = rdkafka::producer::BaseRecord::to(DELIVERY_TOPIC)
+                .partition((n % PARTITIONS as u64) as i32)
+                .key(key.as_str())
+                .payload(payload.as_slice());
+            generic_consumer::samples::send(&producer, record).expect("produce");
+            // One at a time: each its own batch.
+            rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).expect("flush");
+        }
+    };
+    one_per_batch(0..COUNT / 2);
+
+    let first_sink = RecordingSink::new();
+    let first = start(context.clone(), contract.clone(), first_sink.clone());
+    eventually(
+        "the first instance writing",
+        Duration::from_secs(60),
+        || first_sink.len() >= 200,
+    )
+    .await;
+    let second_sink = RecordingSink::new();
+    let second = start(context, contract.clone(), second_sink.clone());
+    one_per_batch(COUNT / 2..COUNT);
+    let all = || {
+        let mut positions = first_sink.positions();
+        for (position, n) in second_sink.positions() {
+            *positions.entry(position).or_default() += n;
+        }
+        positions
+    };
+    eventually("every message written", Duration::from_secs(90), || {
+        all().len() as u64 == COUNT
+    })
+    .await;
+    assert!(
+        second_sink.len() > 0,
+        "the second member took partitions over"
+    );
+    // The first leaves: the second takes everything over from the first's last commit.
+    first.stop().await;
+    one_per_batch(COUNT..COUNT + 40);
+    eventually("the last messages", Duration::from_secs(60), || {
+        all().len() as u64 == COUNT + 40
+    })
+    .await;
+    second.stop().await;
+
+    let twice: Vec<_> = all().into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(twice.is_empty(), "written more than once: {twice:?}");
+    assert_eq!(
+        committed(&broker.bootstrap, &group, DELIVERY_TOPIC, PARTITIONS),
+        ends(&broker.bootstrap, DELIVERY_TOPIC, PARTITIONS)
+    );
+}
