@@ -201,12 +201,12 @@ GROUP_ID_PAYMENTS=payments-consumer
 ENV
 GC="$BIN/generic-consumer"
 
-step "--check: the delivery consumer's context and contract"
-show "$GC" DELIVERY --check
-
 step "example events of both domains (protobuf for delivery, JSON for payments)"
 "$BIN/examples/produce" DELIVERY --count 400 --partitions 3
 "$BIN/examples/produce" PAYMENTS --count 300 --partitions 3
+
+step "--check: the delivery consumer's context and contract, and both of its topics on the broker"
+show "$GC" DELIVERY --check
 
 step "one instance per domain, until every message is consumed; then SIGTERM"
 GC_PIDS=()

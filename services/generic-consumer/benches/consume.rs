@@ -83,17 +83,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "  {:<46} {:>9} {:>11} {:>14} {:>11} {:>7}",
-        "side", "time", "messages/s", "CPU / 1k msg", "RSS growth", "CPU x"
+        "  {:<46} {:>9} {:>11} {:>14} {:>9} {:>11} {:>7}",
+        "side", "time", "messages/s", "CPU / 1k msg", "of it sys", "RSS growth", "CPU x"
     );
     let row = |name: &str, m: &Measured, count: u64, floor: Option<f64>| {
         let per_k = m.cpu_seconds * 1000.0 / count as f64;
         println!(
-            "  {:<46} {:>7.2} s {:>11.0} {:>11.3} ms {:>7.1} MiB {:>6.2}x",
+            "  {:<46} {:>7.2} s {:>11.0} {:>11.3} ms {:>6.3} ms {:>7.1} MiB {:>6.2}x",
             name,
             m.seconds,
             count as f64 / m.seconds,
             per_k * 1000.0,
+            m.system_seconds * 1_000_000.0 / count as f64,
             m.rss_growth_mib,
             floor.map_or(1.0, |f| per_k / f)
         );
@@ -335,13 +336,14 @@ async fn end_to_end<S: Sink>(
 struct Measured {
     seconds: f64,
     cpu_seconds: f64,
+    system_seconds: f64,
     rss_before_mib: f64,
     rss_growth_mib: f64,
 }
 
 /// User + system CPU time of this process so far, seconds (`/proc/self/stat` counts in
 /// clock ticks, 100 per second on Linux).
-fn cpu_seconds() -> f64 {
+fn cpu_seconds() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // The fields after the command name (which is in parentheses and may hold spaces):
     // utime and stime are the 12th and 13th of them.
@@ -353,7 +355,7 @@ fn cpu_seconds() -> f64 {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (ticks(11) + ticks(12)) / 100.0
+    (ticks(11) / 100.0, ticks(12) / 100.0)
 }
 
 /// Resident set size of this process, MiB.
@@ -390,12 +392,14 @@ async fn measure_async(work: impl std::future::Future<Output = Duration>) -> Mea
     let cpu_before = cpu_seconds();
     let (done, sampler) = sampler();
     let seconds = work.await.as_secs_f64();
-    let cpu = cpu_seconds() - cpu_before;
+    let cpu_after = cpu_seconds();
+    let (user, system) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
     done.store(true, Ordering::Relaxed);
     let peak = sampler.join().expect("sampler");
     Measured {
         seconds,
-        cpu_seconds: cpu,
+        cpu_seconds: user + system,
+        system_seconds: system,
         rss_before_mib: before,
         rss_growth_mib: (peak - before).max(0.0),
     }

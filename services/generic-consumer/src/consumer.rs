@@ -36,6 +36,10 @@ use crate::{
 const CHUNK: usize = 256;
 /// How long a poll waits when there is nothing to hand over.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How long a chunk waits to fill once it has a message: a broker that delivers a few
+/// messages at a time would otherwise cost a hand-over (and a wake-up of the pipeline)
+/// every few messages.
+const CHUNK_LINGER: Duration = Duration::from_millis(5);
 /// How often acknowledged positions are committed while consuming.
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a full in-flight buffer holds polling (the pipeline catches up, nothing
@@ -371,10 +375,21 @@ pub fn consume(
         // A run of messages, one lock each (callbacks run inside `poll`, so it is not held
         // across one), until the queue is empty, a chunk is full or the bound is reached.
         let mut consumed = 0u64;
+        let mut fill_by: Option<Instant> = None;
         loop {
             let polled = consumer.poll(timeout);
             timeout = Duration::ZERO;
-            let Some(polled) = polled else { break };
+            let Some(polled) = polled else {
+                // Nothing more now: wait a moment for more, unless the chunk is empty.
+                match fill_by.map(|by| by.saturating_duration_since(Instant::now())) {
+                    Some(left) if !left.is_zero() => {
+                        timeout = left;
+                        continue;
+                    }
+                    _ => break,
+                }
+            };
+            fill_by.get_or_insert_with(|| Instant::now() + CHUNK_LINGER);
             let message = match polled {
                 Ok(message) => message,
                 Err(err) => {

@@ -341,7 +341,9 @@ impl Decoder {
         // The oneof's last member on the wire wins; a member that occurs twice is merged.
         let mut reader = Reader { data: payload };
         let mut chosen: Option<u32> = None;
-        let mut ranges: Vec<&[u8]> = Vec::new();
+        // Nearly always one occurrence: no allocation for it.
+        let mut first: &[u8] = &[];
+        let mut more: Vec<&[u8]> = Vec::new();
         while !reader.done() {
             let (number, wire) = reader.key().map_err(|e| protobuf_error(e.0))?;
             let value = reader
@@ -357,9 +359,14 @@ impl Decoder {
             };
             if chosen != Some(number) {
                 chosen = Some(number);
-                ranges.clear();
+                first = bytes;
+                more.clear();
+            } else {
+                if more.is_empty() {
+                    more.push(first);
+                }
+                more.push(bytes);
             }
-            ranges.push(bytes);
         }
         let Some(event) = chosen.and_then(|number| self.events.get(&number)) else {
             return Err(DecodeError::NoEvent {
@@ -375,8 +382,10 @@ impl Decoder {
             return Err(protobuf_error(format!("no plan for {}", event.name)));
         };
         let mut text = Vec::with_capacity(payload.len() * 2 + 64);
+        let single = [first];
+        let ranges: &[&[u8]] = if more.is_empty() { &single } else { &more };
         let captured = plans
-            .write(plan, &ranges, &mut text, &event.capture)
+            .write(plan, ranges, &mut text, &event.capture)
             .map_err(|e| protobuf_error(e.0))?;
         Ok(Decoded::Row(Row {
             event_name: Arc::clone(&event.name),

@@ -9,13 +9,14 @@ use std::{fmt, sync::Arc};
 pub type Micros = i64;
 
 /// JSON text, valid by construction (only the decoder and [`Json::from_value`] make it).
+/// Kept as written (not shrunk to fit: that would copy it once more).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Json(Box<[u8]>);
+pub struct Json(Vec<u8>);
 
 impl Json {
     /// Wraps bytes a JSON serializer produced.
     pub(crate) fn from_serialized(bytes: Vec<u8>) -> Self {
-        Self(bytes.into_boxed_slice())
+        Self(bytes)
     }
 
     /// The JSON text of `value`.

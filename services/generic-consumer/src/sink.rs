@@ -99,12 +99,19 @@ impl JsonlSink {
     }
 }
 
-/// A table of the `jsonl` sink: its file, open for appending.
+/// A table of the `jsonl` sink: its file, open for appending, and the buffers batches are
+/// written into (kept for the next batches: a batch's megabytes are not fresh pages, and
+/// so page faults, each time).
 #[derive(Debug)]
 pub struct JsonlTable {
     path: PathBuf,
     file: Arc<Mutex<std::fs::File>>,
+    buffers: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Buffers kept for reuse, and the largest one kept.
+const KEPT_BUFFERS: usize = 8;
+const KEPT_BUFFER_BYTES: usize = 16 * 1024 * 1024;
 
 impl Sink for JsonlSink {
     type Table = JsonlTable;
@@ -141,24 +148,46 @@ impl Sink for JsonlSink {
         Ok(JsonlTable {
             path,
             file: Arc::new(Mutex::new(file)),
+            buffers: Mutex::default(),
         })
     }
 }
 
 impl Table for JsonlTable {
     async fn write(&self, rows: &[Row]) -> Result<Vec<RowOutcome>, Fatal> {
-        let mut text = Vec::with_capacity(rows.iter().map(Row::size).sum::<usize>() + rows.len());
+        let mut text = self
+            .buffers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        text.clear();
+        text.reserve(rows.iter().map(Row::size).sum::<usize>() + rows.len());
         for row in rows {
             row.write_json(&mut text);
             text.push(b'\n');
         }
         let file = Arc::clone(&self.file);
-        let appended = tokio::task::spawn_blocking(move || append(&file, &text)).await;
+        let appended = tokio::task::spawn_blocking(move || {
+            let result = append(&file, &text);
+            (result, text)
+        })
+        .await;
         Ok(match appended {
-            Ok(Ok(())) => vec![RowOutcome::Written; rows.len()],
-            Ok(Err(err)) => {
-                let reason = format!("cannot write {}: {err}", self.path.display());
-                vec![RowOutcome::Retry(reason.into()); rows.len()]
+            Ok((result, text)) => {
+                if text.capacity() <= KEPT_BUFFER_BYTES {
+                    let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+                    if buffers.len() < KEPT_BUFFERS {
+                        buffers.push(text);
+                    }
+                }
+                match result {
+                    Ok(()) => vec![RowOutcome::Written; rows.len()],
+                    Err(err) => {
+                        let reason = format!("cannot write {}: {err}", self.path.display());
+                        vec![RowOutcome::Retry(reason.into()); rows.len()]
+                    }
+                }
             }
             Err(err) => {
                 let reason = format!("the write to {} did not finish: {err}", self.path.display());

@@ -13,7 +13,7 @@
 //! the `DynamicMessage` path for that contract; tests check that both paths write the
 //! same JSON.
 
-use std::{collections::HashMap, fmt::Write as _};
+use std::collections::HashMap;
 
 use prost_reflect::{Cardinality, FieldDescriptor, Kind, MessageDescriptor};
 
@@ -73,10 +73,31 @@ struct FieldPlan {
 struct MessagePlan {
     /// In field-number order.
     fields: Vec<FieldPlan>,
-    /// Field number -> index in `fields`.
-    index: HashMap<u32, usize>,
+    /// Field number -> index in `fields` (`NONE` where there is no field): field numbers
+    /// are small, so a table beats hashing each field of each message.
+    table: Vec<u16>,
+    /// Field numbers beyond the table's reach.
+    far: HashMap<u32, usize>,
     /// `google.protobuf.Timestamp`: written as RFC 3339 text.
     timestamp: bool,
+}
+
+/// No field at this number.
+const NONE: u16 = u16::MAX;
+/// Field numbers up to this one are looked up in the table.
+const TABLE_MAX: u32 = 2048;
+
+impl MessagePlan {
+    fn slot_of(&self, number: u32) -> Option<usize> {
+        if number <= TABLE_MAX {
+            match self.table.get(number as usize) {
+                Some(&i) if i != NONE => Some(usize::from(i)),
+                _ => None,
+            }
+        } else {
+            self.far.get(&number).copied()
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -104,11 +125,39 @@ enum Raw<'a> {
     Bytes(&'a [u8]),
 }
 
-/// What one field collected while a message was read.
+/// What one field collected while a message was read: a scalar's last value, a
+/// message's first occurrence, in place; a list's values and a message's further
+/// occurrences (merged with the first) in `more`, allocated only when there are any.
 #[derive(Debug, Default)]
 struct Slot<'a> {
-    /// The last value (scalars), every value (lists), every occurrence (messages).
-    values: Vec<Raw<'a>>,
+    first: Option<Raw<'a>>,
+    more: Vec<Raw<'a>>,
+}
+
+impl<'a> Slot<'a> {
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn last(&self) -> Option<&Raw<'a>> {
+        self.more.last().or(self.first.as_ref())
+    }
+
+    fn push(&mut self, raw: Raw<'a>) {
+        if self.first.is_none() {
+            self.first = Some(raw);
+        } else {
+            self.more.push(raw);
+        }
+    }
+
+    fn set(&mut self, raw: Raw<'a>) {
+        self.first = Some(raw);
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Raw<'a>> {
+        self.first.iter().chain(self.more.iter())
+    }
 }
 
 /// Values of the top-level message a caller asked for while it is written.
@@ -163,7 +212,8 @@ impl Plans {
         self.by_name.insert(name.to_owned(), index);
         self.messages.push(MessagePlan {
             fields: Vec::new(),
-            index: HashMap::new(),
+            table: Vec::new(),
+            far: HashMap::new(),
             timestamp,
         });
         let mut fields: Vec<FieldDescriptor> = descriptor.fields().collect();
@@ -225,11 +275,21 @@ impl Plans {
             });
         }
         let plan = &mut self.messages[index];
-        plan.index = planned
+        let top = planned
             .iter()
-            .enumerate()
-            .map(|(i, f)| (f.number, i))
-            .collect();
+            .map(|f| f.number)
+            .filter(|n| *n <= TABLE_MAX)
+            .max()
+            .unwrap_or(0);
+        plan.table = vec![NONE; top as usize + 1];
+        for (i, field) in planned.iter().enumerate() {
+            let i16 = u16::try_from(i).ok()?;
+            if field.number <= TABLE_MAX {
+                plan.table[field.number as usize] = i16;
+            } else {
+                plan.far.insert(field.number, i);
+            }
+        }
         plan.fields = planned;
         Some(index)
     }
@@ -248,18 +308,212 @@ impl Plans {
         out: &mut Vec<u8>,
         capture: &Capture,
     ) -> Result<Captured, WireError> {
+        // The common case, a message as encoders write it (fields in number order, each
+        // once, a list's elements together), is written as it is read; anything else is
+        // read into slots first, then written.
+        if let [range] = ranges {
+            let start = out.len();
+            let mut captured = Captured::default();
+            if self.stream(plan, range, out, Some((capture, &mut captured)))? {
+                return Ok(captured);
+            }
+            out.truncate(start);
+        }
+        self.gathered(plan, ranges, out, capture)
+    }
+
+    /// Writes the message while reading it, in one pass and without allocating; `false`
+    /// (with `out` partly written) when its fields are not in the order this needs.
+    fn stream(
+        &self,
+        plan: usize,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        mut capture: Option<(&Capture, &mut Captured)>,
+    ) -> Result<bool, WireError> {
+        let message = &self.messages[plan];
+        out.push(b'{');
+        let mut first = true;
+        let mut next = 0usize;
+        let mut reader = Reader { data };
+        while !reader.done() {
+            let (number, wire) = reader.key()?;
+            let Some(i) = message.slot_of(number) else {
+                reader.value(wire)?; // unknown field
+                continue;
+            };
+            if i < next {
+                return Ok(false); // a field again, or out of order
+            }
+            for field in &message.fields[next..i] {
+                self.default_field(field, &mut first, out);
+            }
+            next = i + 1;
+            let field = &message.fields[i];
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(&field.key);
+            let raw = reader.value(wire)?;
+            if field.list {
+                out.push(b'[');
+                let mut count = 0usize;
+                if !self.element(field, raw, &mut count, out)? {
+                    return Ok(false);
+                }
+                // The list's further elements, while they come next.
+                loop {
+                    let mut ahead = Reader { data: reader.data };
+                    if ahead.done() {
+                        break;
+                    }
+                    let (again, wire) = ahead.key()?;
+                    if again != number {
+                        break;
+                    }
+                    let raw = ahead.value(wire)?;
+                    reader = ahead;
+                    if !self.element(field, raw, &mut count, out)? {
+                        return Ok(false);
+                    }
+                }
+                out.push(b']');
+                continue;
+            }
+            if let Some((wanted, captured)) = capture.as_mut() {
+                if wanted.event_id == Some(number)
+                    && let Raw::Bytes(bytes) = raw
+                    && !bytes.is_empty()
+                {
+                    captured.event_id = std::str::from_utf8(bytes).ok().map(Into::into);
+                }
+                if wanted.timestamp == Some(number) {
+                    captured.timestamp = match (&field.kind, raw) {
+                        (FieldKind::Message(ts), Raw::Bytes(bytes))
+                            if self.messages[*ts].timestamp =>
+                        {
+                            let (seconds, nanos) = timestamp_fields(bytes)?;
+                            Some(row::micros_of(seconds, nanos))
+                        }
+                        (FieldKind::String, Raw::Bytes(text)) => {
+                            std::str::from_utf8(text).ok().and_then(row::parse_rfc3339)
+                        }
+                        _ => None,
+                    };
+                }
+            }
+            match (&field.kind, raw) {
+                (FieldKind::Message(m), Raw::Bytes(bytes)) => {
+                    if self.messages[*m].timestamp {
+                        self.message_value(*m, &[bytes], out)?;
+                    } else if !self.stream(*m, bytes, out, None)? {
+                        return Ok(false);
+                    }
+                }
+                (kind, raw) if wire_of(raw) == kind_wire(kind) => self.scalar(kind, raw, out)?,
+                _ => {
+                    return Err(error(format!(
+                        "field {number} has wire type {} (not what its type takes)",
+                        wire_of(raw)
+                    )));
+                }
+            }
+        }
+        for field in &message.fields[next..] {
+            self.default_field(field, &mut first, out);
+        }
+        out.push(b'}');
+        Ok(true)
+    }
+
+    /// One occurrence of a list field: an element, or a packed run of them.
+    fn element(
+        &self,
+        field: &FieldPlan,
+        raw: Raw<'_>,
+        count: &mut usize,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, WireError> {
+        let comma = |out: &mut Vec<u8>, count: &mut usize| {
+            if *count > 0 {
+                out.push(b',');
+            }
+            *count += 1;
+        };
+        match (&field.kind, raw) {
+            (FieldKind::Message(m), Raw::Bytes(bytes)) => {
+                comma(out, count);
+                if self.messages[*m].timestamp {
+                    self.message_value(*m, &[bytes], out)?;
+                } else if !self.stream(*m, bytes, out, None)? {
+                    return Ok(false);
+                }
+            }
+            (FieldKind::String | FieldKind::Bytes, Raw::Bytes(_)) => {
+                comma(out, count);
+                self.scalar(&field.kind, raw, out)?;
+            }
+            (kind, Raw::Bytes(packed)) if kind.packable() => {
+                let mut inner = Reader { data: packed };
+                let wire = kind_wire(kind);
+                while !inner.done() {
+                    comma(out, count);
+                    self.scalar(kind, inner.value(wire)?, out)?;
+                }
+            }
+            (kind, raw) if wire_of(raw) == kind_wire(kind) => {
+                comma(out, count);
+                self.scalar(kind, raw, out)?;
+            }
+            _ => {
+                return Err(error(format!(
+                    "field {} has wire type {} (not what its type takes)",
+                    field.number,
+                    wire_of(raw)
+                )));
+            }
+        }
+        Ok(true)
+    }
+
+    /// A field the message does not carry: its zero value, unless it has presence.
+    fn default_field(&self, field: &FieldPlan, first: &mut bool, out: &mut Vec<u8>) {
+        if field.presence {
+            return;
+        }
+        if !*first {
+            out.push(b',');
+        }
+        *first = false;
+        out.extend_from_slice(&field.key);
+        if field.list {
+            out.extend_from_slice(b"[]");
+        } else {
+            self.default(&field.kind, out);
+        }
+    }
+
+    /// Reads into slots, then writes: any order, repeats merged.
+    fn gathered(
+        &self,
+        plan: usize,
+        ranges: &[&[u8]],
+        out: &mut Vec<u8>,
+        capture: &Capture,
+    ) -> Result<Captured, WireError> {
         let message = &self.messages[plan];
         let slots = self.gather(message, ranges)?;
         let mut captured = Captured::default();
         if let Some(number) = capture.event_id
-            && let Some(&i) = message.index.get(&number)
-            && let Some(Raw::Bytes(bytes)) = slots[i].values.last()
+            && let Some(i) = message.slot_of(number)
+            && let Some(Raw::Bytes(bytes)) = slots[i].last()
             && !bytes.is_empty()
         {
             captured.event_id = std::str::from_utf8(bytes).ok().map(Into::into);
         }
         if let Some(number) = capture.timestamp
-            && let Some(&i) = message.index.get(&number)
+            && let Some(i) = message.slot_of(number)
         {
             captured.timestamp = match &message.fields[i].kind {
                 FieldKind::Message(ts) if self.messages[*ts].timestamp => {
@@ -271,7 +525,7 @@ impl Plans {
                         Some(row::micros_of(seconds, nanos))
                     }
                 }
-                FieldKind::String => match slots[i].values.last() {
+                FieldKind::String => match slots[i].last() {
                     Some(Raw::Bytes(text)) => {
                         std::str::from_utf8(text).ok().and_then(row::parse_rfc3339)
                     }
@@ -297,33 +551,33 @@ impl Plans {
             while !reader.done() {
                 let (number, wire) = reader.key()?;
                 let raw = reader.value(wire)?;
-                let Some(&i) = message.index.get(&number) else {
+                let Some(i) = message.slot_of(number) else {
                     continue; // unknown field
                 };
                 let field = &message.fields[i];
                 let slot = &mut slots[i];
                 match (&field.kind, raw) {
-                    (FieldKind::Message(_), Raw::Bytes(_)) => slot.values.push(raw),
+                    (FieldKind::Message(_), Raw::Bytes(_)) => slot.push(raw),
                     (FieldKind::String | FieldKind::Bytes, Raw::Bytes(_)) => {
                         if field.list {
-                            slot.values.push(raw);
+                            slot.push(raw);
                         } else {
-                            slot.values.clear();
-                            slot.values.push(raw);
+                            slot.set(raw);
                         }
                     }
                     (kind, Raw::Bytes(packed)) if field.list && kind.packable() => {
                         let mut inner = Reader { data: packed };
                         let wire = kind_wire(kind);
                         while !inner.done() {
-                            slot.values.push(inner.value(wire)?);
+                            slot.push(inner.value(wire)?);
                         }
                     }
                     (kind, raw) if wire_of(raw) == kind_wire(kind) => {
-                        if !field.list {
-                            slot.values.clear();
+                        if field.list {
+                            slot.push(raw);
+                        } else {
+                            slot.set(raw);
                         }
-                        slot.values.push(raw);
                     }
                     _ => {
                         return Err(error(format!(
@@ -346,7 +600,7 @@ impl Plans {
         out.push(b'{');
         let mut first = true;
         for (field, slot) in message.fields.iter().zip(slots) {
-            if field.presence && slot.values.is_empty() {
+            if field.presence && slot.is_empty() {
                 continue;
             }
             if !first {
@@ -356,7 +610,7 @@ impl Plans {
             out.extend_from_slice(&field.key);
             if field.list {
                 out.push(b'[');
-                for (k, raw) in slot.values.iter().enumerate() {
+                for (k, raw) in slot.all().enumerate() {
                     if k > 0 {
                         out.push(b',');
                     }
@@ -373,8 +627,13 @@ impl Plans {
                 out.push(b']');
             } else {
                 match &field.kind {
-                    FieldKind::Message(m) => self.message_value(*m, &bytes_of(slot), out)?,
-                    kind => match slot.values.last() {
+                    FieldKind::Message(m) => match slot.first {
+                        Some(Raw::Bytes(only)) if slot.more.is_empty() => {
+                            self.message_value(*m, &[only], out)?
+                        }
+                        _ => self.message_value(*m, &bytes_of(slot), out)?,
+                    },
+                    kind => match slot.last() {
                         Some(raw) => self.scalar(kind, *raw, out)?,
                         None => self.default(kind, out),
                     },
@@ -397,11 +656,8 @@ impl Plans {
             if !(MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&seconds) {
                 return Err(error("timestamp out of range"));
             }
-            let timestamp = prost_types::Timestamp { seconds, nanos };
-            let mut text = String::with_capacity(32);
-            let _ = write!(text, "{timestamp}");
             out.push(b'"');
-            out.extend_from_slice(text.as_bytes());
+            write_timestamp(out, seconds, nanos);
             out.push(b'"');
             return Ok(());
         }
@@ -409,20 +665,22 @@ impl Plans {
         self.emit(plan, &slots, out)
     }
 
-    /// Seconds and nanos of a `Timestamp` read from `ranges`.
-    fn timestamp(&self, m: usize, ranges: &[&[u8]]) -> Result<(i64, i32), WireError> {
-        let plan = &self.messages[m];
-        let slots = self.gather(plan, ranges)?;
-        let varint = |number: u32| {
-            plan.index
-                .get(&number)
-                .and_then(|i| slots[*i].values.last())
-                .map_or(0, |raw| match raw {
-                    Raw::Varint(v) => *v,
-                    _ => 0,
-                })
-        };
-        Ok((varint(1) as i64, varint(2) as i64 as i32))
+    /// Seconds and nanos of a `Timestamp` read from `ranges` (merged: the last wins).
+    fn timestamp(&self, _m: usize, ranges: &[&[u8]]) -> Result<(i64, i32), WireError> {
+        let (mut seconds, mut nanos) = (0, 0);
+        for range in ranges {
+            let mut reader = Reader { data: range };
+            while !reader.done() {
+                let (number, wire) = reader.key()?;
+                match (number, reader.value(wire)?) {
+                    (1, Raw::Varint(v)) => seconds = v as i64,
+                    (2, Raw::Varint(v)) => nanos = v as i64 as i32,
+                    (1 | 2, _) => return Err(error("a Timestamp field of the wrong wire type")),
+                    _ => {}
+                }
+            }
+        }
+        Ok((seconds, nanos))
     }
 
     fn default(&self, kind: &FieldKind, out: &mut Vec<u8>) {
@@ -481,11 +739,7 @@ impl Plans {
                 out.extend_from_slice(ints.format(v as i64).as_bytes())
             }
             (FieldKind::Double, Raw::Fixed64(v)) => float(f64::from_bits(v), false, out),
-            (FieldKind::String, Raw::Bytes(bytes)) => {
-                let text = std::str::from_utf8(bytes)
-                    .map_err(|_| error("a string field holds invalid UTF-8"))?;
-                push_json_str(out, text);
-            }
+            (FieldKind::String, Raw::Bytes(bytes)) => push_json_bytes(out, bytes)?,
             (FieldKind::Bytes, Raw::Bytes(bytes)) => {
                 use base64::Engine as _;
                 out.push(b'"');
@@ -500,6 +754,22 @@ impl Plans {
         }
         Ok(())
     }
+}
+
+/// Seconds and nanos of one `Timestamp` occurrence.
+fn timestamp_fields(bytes: &[u8]) -> Result<(i64, i32), WireError> {
+    let (mut seconds, mut nanos) = (0, 0);
+    let mut reader = Reader { data: bytes };
+    while !reader.done() {
+        let (number, wire) = reader.key()?;
+        match (number, reader.value(wire)?) {
+            (1, Raw::Varint(v)) => seconds = v as i64,
+            (2, Raw::Varint(v)) => nanos = v as i64 as i32,
+            (1 | 2, _) => return Err(error("a Timestamp field of the wrong wire type")),
+            _ => {}
+        }
+    }
+    Ok((seconds, nanos))
 }
 
 /// A float as serde_json writes it; non-finite values as proto3 JSON's strings.
@@ -517,22 +787,67 @@ fn float(value: f64, single: bool, out: &mut Vec<u8>) {
     }
 }
 
-fn push_json_str(out: &mut Vec<u8>, text: &str) {
-    if text
-        .bytes()
-        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f)
-    {
+/// A string field's bytes as a JSON string: checked to be UTF-8 and escaped where JSON
+/// needs it. One branch-free pass (it vectorises) tells whether the text is ASCII with
+/// nothing to escape, the common case, which is copied as it is.
+fn push_json_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), WireError> {
+    let (high, special) = bytes.iter().fold((0u8, false), |(high, special), &b| {
+        (high | b, special | (b < 0x20) | (b == b'"') | (b == b'\\'))
+    });
+    if high < 0x80 && !special {
         out.push(b'"');
-        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(bytes);
         out.push(b'"');
-    } else {
-        let _ = serde_json::to_writer(&mut *out, text);
+        return Ok(());
     }
+    let text =
+        std::str::from_utf8(bytes).map_err(|_| error("a string field holds invalid UTF-8"))?;
+    if special {
+        let _ = serde_json::to_writer(&mut *out, text);
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+    }
+    Ok(())
+}
+
+/// `google.protobuf.Timestamp` as proto3 JSON writes it (prost-types' form): normalized,
+/// `YYYY-MM-DDTHH:MM:SS`, then no fraction, or 3, 6 or 9 digits, then `Z`. The seconds
+/// are in range (years 1 to 9999).
+fn write_timestamp(out: &mut Vec<u8>, seconds: i64, nanos: i32) {
+    let (mut seconds, mut nanos) = (seconds, i64::from(nanos));
+    seconds += nanos.div_euclid(1_000_000_000);
+    nanos = nanos.rem_euclid(1_000_000_000);
+    let mut whole = Vec::with_capacity(24);
+    row::write_rfc3339(&mut whole, seconds.saturating_mul(1_000_000));
+    // `whole` is `...SSZ`: drop the `Z`, add the fraction prost-types writes.
+    whole.pop();
+    out.extend_from_slice(&whole);
+    let digits = |out: &mut Vec<u8>, value: i64, width: usize| {
+        let mut buffer = [b'0'; 9];
+        let mut rest = value;
+        for digit in buffer[..width].iter_mut().rev() {
+            *digit = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        out.extend_from_slice(&buffer[..width]);
+    };
+    if nanos != 0 {
+        out.push(b'.');
+        if nanos % 1_000_000 == 0 {
+            digits(out, nanos / 1_000_000, 3);
+        } else if nanos % 1000 == 0 {
+            digits(out, nanos / 1000, 6);
+        } else {
+            digits(out, nanos, 9);
+        }
+    }
+    out.push(b'Z');
 }
 
 fn bytes_of<'a>(slot: &Slot<'a>) -> Vec<&'a [u8]> {
-    slot.values
-        .iter()
+    slot.all()
         .filter_map(|raw| match raw {
             Raw::Bytes(b) => Some(*b),
             _ => None,
@@ -663,6 +978,15 @@ mod tests {
         plans
             .write(plan, &[bytes], &mut out, &Capture::default())
             .expect("transcodes");
+        // The slot path writes the same bytes as the streaming one.
+        let mut gathered = Vec::new();
+        plans
+            .gathered(plan, &[bytes], &mut gathered, &Capture::default())
+            .expect("transcodes");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&gathered)
+        );
         serde_json::from_slice(&out).unwrap_or_else(|e| {
             panic!("{e}: {}", String::from_utf8_lossy(&out));
         })
