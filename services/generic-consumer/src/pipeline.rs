@@ -230,9 +230,21 @@ impl<T: Table> Pipeline<T> {
                     Err(_) => break,
                 }
             }
-            // A chunk may overfill the batch: the rest starts the next one.
-            if batch.len() > self.options.batch_rows {
-                carry = batch.split_off(self.options.batch_rows);
+            // A chunk may overfill the batch, in rows or in bytes: the rest starts the next
+            // one (a batch holds one message at least, however large).
+            let mut cut = batch.len().min(self.options.batch_rows);
+            if bytes > self.options.batch_bytes {
+                let mut taken = 0usize;
+                for (i, item) in batch.iter().enumerate().take(cut) {
+                    taken += item.size();
+                    if taken > self.options.batch_bytes {
+                        cut = i.max(1);
+                        break;
+                    }
+                }
+            }
+            if cut < batch.len() {
+                carry = batch.split_off(cut);
             }
 
             let work = self.decode(batch, &shared);

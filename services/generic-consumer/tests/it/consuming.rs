@@ -663,3 +663,107 @@ async fn several_batches_are_written_at_once() {
         vec![500, 500]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_bounded_by_bytes_as_well_as_rows() {
+    const COUNT: u64 = 2000;
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, 2)]);
+    let (context, contract) = resolve(
+        DELIVERY,
+        &cluster.bootstrap,
+        &[("BATCH_ROWS", "1000"), ("BATCH_BYTES", "65536")],
+        None,
+    );
+    produce_samples(&cluster.bootstrap, &contract, 0..COUNT, 2);
+    let largest = (0..COUNT)
+        .map(|n| samples::encoded(&contract, n).1.len())
+        .max()
+        .expect("samples");
+    let smallest = (0..COUNT)
+        .map(|n| samples::encoded(&contract, n).1.len())
+        .min()
+        .expect("samples");
+    let sink = RecordingSink::new();
+    let running = start(context, contract, sink.clone());
+    eventually("every row", LIMIT, || sink.len() as u64 == COUNT).await;
+    running.stop().await;
+    let rows = sink.largest_write.load(std::sync::atomic::Ordering::SeqCst);
+    // 64 KiB of messages of at least ~600 bytes: far fewer than BATCH_ROWS, and never
+    // more than the bound plus one message (counted as consumed: key, payload, 64).
+    let per_row_floor = 64 + 2;
+    let most_rows = 65_536 / per_row_floor as u64;
+    assert!(rows < most_rows && rows < 1000, "a write of {rows} rows");
+    let consumed_bound = 65_536 + largest + 64 + 8;
+    assert!(
+        rows as usize * (smallest + 64) <= consumed_bound,
+        "a write of {rows} rows of at least {smallest} bytes with BATCH_BYTES=65536"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sinks_retry_after_hint_is_waited_for() {
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, 1)]);
+    let (context, contract) = resolve(DELIVERY, &cluster.bootstrap, &[], None);
+    produce_samples(&cluster.bootstrap, &contract, 0..50, 1);
+    let sink = RecordingSink::new();
+    let throttled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let once = std::sync::Arc::clone(&throttled);
+    sink.answer(move |_| {
+        if once.load(std::sync::atomic::Ordering::SeqCst) {
+            RowOutcome::Retry(
+                generic_consumer::sink::Retry::from("rateLimitExceeded")
+                    .after(Duration::from_millis(1500)),
+            )
+        } else {
+            RowOutcome::Written
+        }
+    });
+    let running = start(context, contract, sink.clone());
+    eventually("the throttled write", LIMIT, || {
+        sink.writes.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    })
+    .await;
+    let throttled_at = std::time::Instant::now();
+    throttled.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually("the retry", LIMIT, || {
+        sink.writes.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    })
+    .await;
+    let waited = throttled_at.elapsed();
+    // The backoff alone would have retried within 200 ms.
+    assert!(
+        waited >= Duration::from_millis(1300),
+        "retried {waited:?} after a 1.5 s retry-after"
+    );
+    eventually("every row", LIMIT, || sink.len() == 50).await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_group_with_offset_reset_latest_starts_at_the_end() {
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, 1)]);
+    let (context, contract) = resolve(
+        DELIVERY,
+        &cluster.bootstrap,
+        &[("KAFKA_OFFSET_RESET_DELIVERY", "latest")],
+        None,
+    );
+    produce_samples(&cluster.bootstrap, &contract, 0..30, 1);
+    let sink = RecordingSink::new();
+    let running = start(context, contract.clone(), sink.clone());
+    // Until the group has its partition, what is produced may land before its start.
+    let deadline = std::time::Instant::now() + LIMIT;
+    let mut next = 30;
+    while sink.len() == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing consumed");
+        produce_samples(&cluster.bootstrap, &contract, next..next + 1, 1);
+        next += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    running.stop().await;
+    let offsets: Vec<i64> = sink.positions().keys().map(|(_, o)| *o).collect();
+    assert!(
+        offsets.iter().all(|o| *o >= 30),
+        "started at the end, not at the 30 messages before it: {offsets:?}"
+    );
+}

@@ -284,6 +284,9 @@ pub struct RecordingSink {
     /// Writes under way now, and the most ever under way at once.
     active: Arc<AtomicU64>,
     pub most_active: Arc<AtomicU64>,
+    /// The most rows one write carried, and its rows' payload bytes.
+    pub largest_write: Arc<AtomicU64>,
+    pub largest_write_bytes: Arc<AtomicU64>,
     /// How long each write takes before it answers.
     delay: Arc<Mutex<Duration>>,
 }
@@ -299,6 +302,8 @@ impl RecordingSink {
             writes: Arc::default(),
             active: Arc::default(),
             most_active: Arc::default(),
+            largest_write: Arc::default(),
+            largest_write_bytes: Arc::default(),
             delay: Arc::default(),
         }
     }
@@ -360,6 +365,17 @@ impl Sink for RecordingSink {
 impl Table for RecordingSink {
     async fn write(&self, rows: &[Row]) -> Result<Vec<RowOutcome>, Fatal> {
         self.writes.fetch_add(1, Ordering::Relaxed);
+        self.largest_write
+            .fetch_max(rows.len() as u64, Ordering::SeqCst);
+        let bytes: usize = rows
+            .iter()
+            .map(|row| match &row.body {
+                generic_consumer::row::Body::Payload(json) => json.as_bytes().len(),
+                generic_consumer::row::Body::Columns(_) => 0,
+            })
+            .sum();
+        self.largest_write_bytes
+            .fetch_max(bytes as u64, Ordering::SeqCst);
         let active = self.active.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_active.fetch_max(active, Ordering::SeqCst);
         let delay = *self.delay.lock().expect("delay");
