@@ -883,7 +883,14 @@ impl<'a> Reader<'a> {
         self.data.is_empty()
     }
 
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, WireError> {
+        if let Some(&byte) = self.data.first()
+            && byte < 0x80
+        {
+            self.data = &self.data[1..];
+            return Ok(u64::from(byte));
+        }
         let mut value = 0u64;
         for (i, byte) in self.data.iter().enumerate().take(10) {
             value |= u64::from(byte & 0x7f) << (7 * i);
@@ -896,6 +903,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A field's number and wire type.
+    #[inline(always)]
     pub(crate) fn key(&mut self) -> Result<(u32, u8), WireError> {
         let key = self.varint()?;
         let number = u32::try_from(key >> 3).map_err(|_| error("a field number out of range"))?;
@@ -905,6 +913,7 @@ impl<'a> Reader<'a> {
         Ok((number, (key & 7) as u8))
     }
 
+    #[inline(always)]
     fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if self.data.len() < n {
             return Err(error("a value runs past the end of the message"));
@@ -914,6 +923,7 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
+    #[inline(always)]
     fn value(&mut self, wire: u8) -> Result<Raw<'a>, WireError> {
         Ok(match wire {
             0 => Raw::Varint(self.varint()?),
