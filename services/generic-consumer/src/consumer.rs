@@ -397,13 +397,13 @@ pub fn consume(
                     break;
                 }
             };
-            let item = Item {
-                partition: message.partition(),
-                offset: message.offset(),
-                timestamp_ms: message.timestamp().to_millis(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
-            };
+            let item = Item::new(
+                message.partition(),
+                message.offset(),
+                message.timestamp().to_millis(),
+                message.key(),
+                message.payload(),
+            );
             drop(message);
             consumed += 1;
             let mut shared = hooks.shared();

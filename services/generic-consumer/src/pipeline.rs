@@ -30,20 +30,54 @@ use crate::{
     sink::{Fatal, RowOutcome, Table},
 };
 
-/// A consumed message, owned.
+/// A consumed message, owned: its key and payload copied out of librdkafka's buffer into
+/// one allocation.
 #[derive(Debug, Clone)]
 pub struct Item {
     pub partition: i32,
     pub offset: i64,
     pub timestamp_ms: Option<i64>,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
+    /// The key, then the payload.
+    bytes: Box<[u8]>,
+    /// The key's length; `None` when the message has no key.
+    key_len: Option<usize>,
+    has_payload: bool,
 }
 
 impl Item {
+    pub fn new(
+        partition: i32,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Self {
+        let key_len = key.map(<[u8]>::len);
+        let mut bytes = Vec::with_capacity(key_len.unwrap_or(0) + payload.map_or(0, <[u8]>::len));
+        bytes.extend_from_slice(key.unwrap_or_default());
+        bytes.extend_from_slice(payload.unwrap_or_default());
+        Self {
+            partition,
+            offset,
+            timestamp_ms,
+            bytes: bytes.into_boxed_slice(),
+            key_len,
+            has_payload: payload.is_some(),
+        }
+    }
+
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key_len.map(|len| &self.bytes[..len])
+    }
+
+    pub fn payload(&self) -> Option<&[u8]> {
+        self.has_payload
+            .then(|| &self.bytes[self.key_len.unwrap_or(0)..])
+    }
+
     /// The bytes it holds, as the in-flight bound counts them.
     pub fn size(&self) -> usize {
-        64 + self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len)
+        64 + self.bytes.len()
     }
 
     fn position(&self) -> Position {
@@ -288,7 +322,7 @@ impl<T: Table> Pipeline<T> {
         let mut row_items = Vec::with_capacity(batch.len());
         let mut letters = Vec::new();
         for item in batch {
-            let Some(payload) = item.payload.as_deref() else {
+            let Some(payload) = item.payload() else {
                 letters.push(Letter {
                     item,
                     stage: "decode",
@@ -468,8 +502,8 @@ async fn dead_letter<T>(
                 shared.dead_letters.send(DeadLetter {
                     partition: letter.item.partition,
                     offset: letter.item.offset,
-                    key: letter.item.key.as_deref(),
-                    payload: letter.item.payload.as_deref(),
+                    key: letter.item.key(),
+                    payload: letter.item.payload(),
                     stage: letter.stage,
                     error: &letter.error,
                 })
@@ -522,4 +556,23 @@ async fn dead_letter<T>(
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_item_keeps_key_and_payload_apart_in_one_allocation() {
+        let item = Item::new(1, 7, None, Some(b"key"), Some(b"payload"));
+        assert_eq!(item.key(), Some(&b"key"[..]));
+        assert_eq!(item.payload(), Some(&b"payload"[..]));
+        assert_eq!(item.size(), 64 + 10);
+        let bare = Item::new(0, 0, None, None, Some(b""));
+        assert_eq!(bare.key(), None);
+        assert_eq!(bare.payload(), Some(&b""[..]), "empty is not missing");
+        let tombstone = Item::new(0, 1, None, Some(b"k"), None);
+        assert_eq!(tombstone.payload(), None);
+        assert_eq!(tombstone.key(), Some(&b"k"[..]));
+    }
 }
