@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     offsets::Watermarks,
-    pipeline::{Counts, Finished, Item},
+    pipeline::{Counts, Finished, Item, Revocations},
 };
 
 /// Messages per chunk handed to the pipeline.
@@ -142,6 +142,7 @@ impl Shared {
 pub struct Hooks {
     topic: String,
     shared: Mutex<Shared>,
+    revocations: std::sync::Arc<Revocations>,
 }
 
 impl Hooks {
@@ -218,6 +219,7 @@ impl ConsumerContext for Hooks {
                 }
                 self.commit_now(consumer, Some(&partitions));
                 self.shared().marks.forget(&partitions);
+                self.revocations.revoke(&partitions);
                 tracing::info!(?partitions, "partitions revoked");
             }
             Rebalance::Assign(list) => {
@@ -283,9 +285,11 @@ pub fn hooks(
     options: &LoopOptions,
     to_pipeline: mpsc::Sender<Vec<Item>>,
     finished: std_mpsc::Receiver<Finished>,
+    revocations: std::sync::Arc<Revocations>,
 ) -> Hooks {
     Hooks {
         topic: topic.to_owned(),
+        revocations,
         shared: Mutex::new(Shared {
             marks: Watermarks::default(),
             chunk: Vec::with_capacity(CHUNK),

@@ -92,6 +92,45 @@ impl Item {
 /// Finished messages: `(partition, offset)`.
 pub type Finished = Vec<(i32, i64)>;
 
+/// How many times each partition was revoked, shared by the consumer (which counts a
+/// revocation once it has committed and forgotten the partition) and the write tasks
+/// (which drop the rows of a partition revoked since their batch formed, instead of
+/// retrying them: the next owner consumes them again, and they were no longer counted in
+/// the in-flight bound).
+#[derive(Debug, Default)]
+pub struct Revocations(std::sync::Mutex<std::collections::HashMap<i32, u64>>);
+
+impl Revocations {
+    pub fn revoke(&self, partitions: &[i32]) {
+        let mut epochs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for partition in partitions {
+            *epochs.entry(*partition).or_default() += 1;
+        }
+    }
+
+    /// The revocation count of each of `partitions`.
+    fn snapshot(&self, partitions: impl Iterator<Item = i32>) -> Vec<(i32, u64)> {
+        let epochs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut taken: Vec<(i32, u64)> = Vec::new();
+        for partition in partitions {
+            if !taken.iter().any(|(p, _)| *p == partition) {
+                taken.push((partition, epochs.get(&partition).copied().unwrap_or(0)));
+            }
+        }
+        taken
+    }
+
+    /// The partitions of `snapshot` revoked since it was taken.
+    fn revoked_since(&self, snapshot: &[(i32, u64)]) -> Vec<i32> {
+        let epochs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        snapshot
+            .iter()
+            .filter(|(p, epoch)| epochs.get(p).copied().unwrap_or(0) != *epoch)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+}
+
 /// Counts kept for the run's summary (the metrics carry the same, for Prometheus).
 #[derive(Debug, Default)]
 pub struct Counts {
@@ -192,6 +231,7 @@ struct Shared<T> {
     options: PipelineOptions,
     counts: Arc<Counts>,
     finished: std_mpsc::Sender<Finished>,
+    revocations: Arc<Revocations>,
 }
 
 impl<T> Shared<T> {
@@ -211,6 +251,7 @@ pub struct Pipeline<T> {
     pub dead_letters: DeadLetters,
     pub options: PipelineOptions,
     pub counts: Arc<Counts>,
+    pub revocations: Arc<Revocations>,
 }
 
 impl<T: Table> Pipeline<T> {
@@ -230,6 +271,7 @@ impl<T: Table> Pipeline<T> {
             options: self.options,
             counts: Arc::clone(&self.counts),
             finished,
+            revocations: Arc::clone(&self.revocations),
         });
         let mut writes: JoinSet<Result<(), PipelineError>> = JoinSet::new();
         let mut carry: Vec<Item> = Vec::new();
@@ -346,10 +388,14 @@ impl<T: Table> Pipeline<T> {
         Counts::add(&self.counts.ignored, ignored.len());
         metrics::counter!("consumer_messages_ignored_total").increment(ignored.len() as u64);
         shared.report(ignored);
+        let epochs = shared
+            .revocations
+            .snapshot(row_items.iter().map(|item| item.partition));
         (!rows.is_empty() || !letters.is_empty()).then_some(Work {
             rows,
             row_items,
             letters,
+            epochs,
         })
     }
 }
@@ -381,6 +427,8 @@ struct Work {
     /// The message of each row (for the dead-letter topic, should the table reject it).
     row_items: Vec<Item>,
     letters: Vec<Letter>,
+    /// The revocation count of the rows' partitions when the batch formed.
+    epochs: Vec<(i32, u64)>,
 }
 
 impl Work {
@@ -393,12 +441,35 @@ impl Work {
             mut rows,
             mut row_items,
             letters,
+            epochs,
         } = self;
         if !dead_letter(shared, letters, abort).await? {
             return Ok(());
         }
         let mut backoff = Backoff::new(&shared.options);
+        let mut first = true;
         while !rows.is_empty() {
+            if !std::mem::take(&mut first) {
+                let revoked = shared.revocations.revoked_since(&epochs);
+                if !revoked.is_empty() {
+                    let before = rows.len();
+                    let (kept_rows, kept_items): (Vec<Row>, Vec<Item>) = rows
+                        .into_iter()
+                        .zip(row_items)
+                        .filter(|(_, item)| !revoked.contains(&item.partition))
+                        .unzip();
+                    rows = kept_rows;
+                    row_items = kept_items;
+                    tracing::info!(
+                        dropped = before - rows.len(),
+                        partitions = ?revoked,
+                        "rows of revoked partitions are not retried; their next owner writes them"
+                    );
+                    if rows.is_empty() {
+                        break;
+                    }
+                }
+            }
             let started = Instant::now();
             let outcomes = shared.table.write(&rows).await;
             metrics::histogram!("consumer_batch_duration_seconds")

@@ -15,7 +15,7 @@ use crate::{
     contract::Contract,
     decode::Decoder,
     kafka::{self, DeadLetters},
-    pipeline::{Counts, Pipeline, PipelineError, PipelineOptions},
+    pipeline::{Counts, Pipeline, PipelineError, PipelineOptions, Revocations},
     sink::{Fatal, Sink},
 };
 
@@ -106,7 +106,14 @@ impl Instance {
         let (to_pipeline, items) = mpsc::channel(options.channel_chunks());
         let (finished_tx, finished_rx) = std_mpsc::channel();
 
-        let hooks = consumer::hooks(&topic, &options, to_pipeline, finished_rx);
+        let revocations = Arc::new(Revocations::default());
+        let hooks = consumer::hooks(
+            &topic,
+            &options,
+            to_pipeline,
+            finished_rx,
+            Arc::clone(&revocations),
+        );
         let consumer: BaseConsumer<consumer::Hooks> = kafka::consumer_config(&self.context)
             .create_with_context(hooks)
             .map_err(RunError::Consumer)?;
@@ -144,6 +151,7 @@ impl Instance {
                 ..PipelineOptions::default()
             },
             counts: Arc::clone(&self.counts),
+            revocations,
         };
         let abort = CancellationToken::new();
         let pipeline_gone = CancellationToken::new();

@@ -448,6 +448,17 @@ async fn a_pause_survives_a_rebalance_and_a_reassigned_partition_is_resumed() {
     );
     first.stop().await;
     second.stop().await;
+    // The rows the first instance held for its revoked partitions were dropped, not
+    // retried into the table once it recovered: their new owners wrote them, once.
+    let twice: Vec<_> = written_by(&[&first_sink, &second_sink])
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "written more than once: {} rows",
+        twice.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
