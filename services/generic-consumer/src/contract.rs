@@ -170,6 +170,21 @@ fn string_option(
     }
 }
 
+/// `text` compiled as the contract file `path` (beside the shared `proto/` tree), for
+/// tests that need a contract the embedded set does not hold.
+#[cfg(test)]
+pub(crate) fn compile_for_test(path: &str, text: &str) -> DescriptorPool {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join(path);
+    std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&file, text).expect("write");
+    let shared = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+    let mut compiler =
+        protox::Compiler::new([dir.path(), std::path::Path::new(shared)]).expect("compiler");
+    compiler.open_file(path).expect("compiles");
+    compiler.descriptor_pool()
+}
+
 /// A domain's context and contract from the embedded descriptor set, for tests: the
 /// domain's required variables set, plus `extra`.
 #[cfg(test)]
@@ -207,8 +222,6 @@ pub(crate) fn for_test(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
     use crate::context::{Vars, resolve as resolve_context};
 
@@ -310,17 +323,7 @@ message TwiceEventsV1Topic {
 }
 message ThingHappenedEvent { string event_id = 1; }
 "#;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("contracts/twice/twice_events_v1.proto");
-        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&file, proto).expect("write");
-        let shared = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
-        let mut compiler =
-            protox::Compiler::new([dir.path(), Path::new(shared)]).expect("compiler");
-        compiler
-            .open_file("contracts/twice/twice_events_v1.proto")
-            .expect("compiles");
-        let pool = compiler.descriptor_pool();
+        let pool = compile_for_test("contracts/twice/twice_events_v1.proto", proto);
         let vars = Vars::from_pairs([
             ("BQ_TABLE_TWICE", "twice"),
             ("IMPORT_PATH_TWICE", "contracts.twice.twice_events_v1"),

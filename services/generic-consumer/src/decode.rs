@@ -20,7 +20,7 @@ use crate::{
     context::{Format, RowMode},
     contract::Contract,
     row::{self, Body, Json, Micros, Row},
-    transcode::{Capture, Plans, Reader},
+    transcode::{Capture, Captured, Plans, Reader},
 };
 
 /// Where a message came from, within the topic.
@@ -311,17 +311,33 @@ impl Decoder {
                 Body::Columns(columns)
             }
         };
-        Ok(Decoded::Row(Row {
-            event_name: Arc::clone(&event.name),
+        let captured = Captured {
             event_id: event.id_of(&message),
-            event_timestamp: event.timestamp_of(&message),
+            timestamp: event.timestamp_of(&message),
+        };
+        Ok(self.row(event, captured, position, ingested_at, body))
+    }
+
+    /// The row of `event` at `position`.
+    fn row(
+        &self,
+        event: &Event,
+        captured: Captured,
+        position: Position,
+        ingested_at: Micros,
+        body: Body,
+    ) -> Decoded {
+        Decoded::Row(Row {
+            event_name: Arc::clone(&event.name),
+            event_id: captured.event_id,
+            event_timestamp: captured.timestamp,
             kafka_topic: Arc::clone(&self.topic),
             kafka_partition: position.partition,
             kafka_offset: position.offset,
             kafka_timestamp: position.timestamp_ms.map(|ms| ms.saturating_mul(1000)),
             ingested_at,
             body,
-        }))
+        })
     }
 }
 
@@ -387,17 +403,8 @@ impl Decoder {
         let captured = plans
             .write(plan, ranges, &mut text, &event.capture)
             .map_err(|e| protobuf_error(e.0))?;
-        Ok(Decoded::Row(Row {
-            event_name: Arc::clone(&event.name),
-            event_id: captured.event_id,
-            event_timestamp: captured.timestamp,
-            kafka_topic: Arc::clone(&self.topic),
-            kafka_partition: position.partition,
-            kafka_offset: position.offset,
-            kafka_timestamp: position.timestamp_ms.map(|ms| ms.saturating_mul(1000)),
-            ingested_at,
-            body: Body::Payload(Json::from_serialized(text)),
-        }))
+        let body = Body::Payload(Json::from_serialized(text));
+        Ok(self.row(event, captured, position, ingested_at, body))
     }
 
     /// Whether protobuf payloads are transcoded without a `DynamicMessage`.

@@ -325,12 +325,8 @@ impl<T: Table> Pipeline<T> {
 
             let work = self.decode(batch, &shared);
             while writes.len() >= self.options.batches_in_flight.max(1) {
-                let done = tokio::select! {
-                    _ = abort.cancelled() => return Ok(()),
-                    done = writes.join_next() => done,
-                };
-                if let Some(done) = done {
-                    settle(done)?;
+                if !settle_next(&mut writes, &abort).await? {
+                    return Ok(());
                 }
             }
             if let Some(work) = work {
@@ -343,16 +339,8 @@ impl<T: Table> Pipeline<T> {
             }
         }
         // Closed: let every write finish (or stop at abort).
-        loop {
-            let done = tokio::select! {
-                _ = abort.cancelled() => return Ok(()),
-                done = writes.join_next() => done,
-            };
-            match done {
-                Some(done) => settle(done)?,
-                None => return Ok(()),
-            }
-        }
+        while settle_next(&mut writes, &abort).await? {}
+        Ok(())
     }
 
     /// Decodes a batch: ignored messages are reported at once; the rest becomes the
@@ -397,6 +385,22 @@ impl<T: Table> Pipeline<T> {
             letters,
             epochs,
         })
+    }
+}
+
+/// Waits for the next write to end and takes its result; false when none is left or
+/// `abort` came first.
+async fn settle_next(
+    writes: &mut JoinSet<Result<(), PipelineError>>,
+    abort: &CancellationToken,
+) -> Result<bool, PipelineError> {
+    let done = tokio::select! {
+        _ = abort.cancelled() => return Ok(false),
+        done = writes.join_next() => done,
+    };
+    match done {
+        Some(done) => settle(done).map(|()| true),
+        None => Ok(false),
     }
 }
 

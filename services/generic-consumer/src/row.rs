@@ -185,22 +185,43 @@ fn push_int(out: &mut Vec<u8>, n: i64) {
 
 /// A JSON string literal.
 fn push_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    push_escaped_inner(out, s);
-    out.push(b'"');
+    push_json_str(out, s);
 }
 
-fn push_escaped_inner(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    if bytes
-        .iter()
-        .all(|b| *b >= 0x20 && *b != b'"' && *b != b'\\')
-    {
-        out.extend_from_slice(bytes);
+/// Whether text needs escaping in a JSON string: one branch-free pass (it vectorises).
+fn needs_escape(bytes: &[u8]) -> bool {
+    bytes.iter().fold(false, |special, &b| {
+        special | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
+}
+
+/// `text` as a JSON string literal: copied as it is when nothing needs escaping (the
+/// common case), else escaped by serde_json.
+pub(crate) fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    push_json_utf8(out, text.as_bytes(), needs_escape(text.as_bytes()));
+}
+
+/// [`push_json_str`] for UTF-8 bytes whose caller has already checked whether they need
+/// escaping.
+pub(crate) fn push_json_utf8(out: &mut Vec<u8>, utf8: &[u8], escape: bool) {
+    if escape {
+        let text = std::str::from_utf8(utf8).unwrap_or_default();
+        let _ = serde_json::to_writer(&mut *out, text);
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(utf8);
+        out.push(b'"');
+    }
+}
+
+/// `text` escaped for the inside of a JSON string (no quotes).
+fn push_escaped_inner(out: &mut Vec<u8>, text: &str) {
+    if !needs_escape(text.as_bytes()) {
+        out.extend_from_slice(text.as_bytes());
         return;
     }
     // Rare: let serde_json escape it, then drop the quotes it adds.
-    let quoted = serde_json::to_vec(s).unwrap_or_else(|_| b"\"\"".to_vec());
+    let quoted = serde_json::to_vec(text).unwrap_or_else(|_| b"\"\"".to_vec());
     out.extend_from_slice(&quoted[1..quoted.len() - 1]);
 }
 

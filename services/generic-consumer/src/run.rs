@@ -59,15 +59,6 @@ pub struct Instance {
     pub counts: Arc<Counts>,
 }
 
-/// Cancels its token when dropped: the pipeline task's end, however it ends (a panic too).
-struct CancelOnDrop(CancellationToken);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.cancel();
-    }
-}
-
 impl Instance {
     pub fn new(context: Context, contract: Contract) -> Self {
         Self {
@@ -156,7 +147,8 @@ impl Instance {
         let abort = CancellationToken::new();
         let pipeline_gone = CancellationToken::new();
         let pipeline = {
-            let ended = CancelOnDrop(pipeline_gone.clone());
+            // Cancelled when the task ends, however it ends (a panic too).
+            let ended = pipeline_gone.clone().drop_guard();
             let abort = abort.clone();
             tokio::spawn(async move {
                 let _ended = ended;

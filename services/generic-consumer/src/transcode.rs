@@ -381,43 +381,24 @@ impl Plans {
                 out.push(b']');
                 continue;
             }
-            if let Some((wanted, captured)) = capture.as_mut() {
-                if wanted.event_id == Some(number)
-                    && let Raw::Bytes(bytes) = raw
-                    && !bytes.is_empty()
-                {
-                    captured.event_id = std::str::from_utf8(bytes).ok().map(Into::into);
+            if let Some((wanted, captured)) = capture.as_mut()
+                && let Raw::Bytes(bytes) = raw
+            {
+                if wanted.event_id == Some(number) {
+                    captured.event_id = event_id_of(bytes);
                 }
                 if wanted.timestamp == Some(number) {
-                    captured.timestamp = match (&field.kind, raw) {
-                        (FieldKind::Message(ts), Raw::Bytes(bytes))
-                            if self.messages[*ts].timestamp =>
-                        {
-                            let (seconds, nanos) = timestamp_fields(bytes)?;
-                            Some(row::micros_of(seconds, nanos))
-                        }
-                        (FieldKind::String, Raw::Bytes(text)) => {
-                            std::str::from_utf8(text).ok().and_then(row::parse_rfc3339)
-                        }
-                        _ => None,
-                    };
+                    captured.timestamp = self.timestamp_of(&field.kind, &[bytes])?;
                 }
             }
             match (&field.kind, raw) {
                 (FieldKind::Message(m), Raw::Bytes(bytes)) => {
-                    if self.messages[*m].timestamp {
-                        self.message_value(*m, &[bytes], out)?;
-                    } else if !self.stream(*m, bytes, out, None)? {
+                    if !self.stream_nested(*m, bytes, out)? {
                         return Ok(false);
                     }
                 }
                 (kind, raw) if wire_of(raw) == kind_wire(kind) => self.scalar(kind, raw, out)?,
-                _ => {
-                    return Err(error(format!(
-                        "field {number} has wire type {} (not what its type takes)",
-                        wire_of(raw)
-                    )));
-                }
+                _ => return Err(wrong_wire(number, raw)),
             }
         }
         for field in &message.fields[next..] {
@@ -425,6 +406,16 @@ impl Plans {
         }
         out.push(b'}');
         Ok(true)
+    }
+
+    /// A nested message while streaming: a `Timestamp` as its text, any other streamed.
+    fn stream_nested(&self, m: usize, bytes: &[u8], out: &mut Vec<u8>) -> Result<bool, WireError> {
+        if self.messages[m].timestamp {
+            self.message_value(m, &[bytes], out)?;
+            Ok(true)
+        } else {
+            self.stream(m, bytes, out, None)
+        }
     }
 
     /// One occurrence of a list field: an element, or a packed run of them.
@@ -444,9 +435,7 @@ impl Plans {
         match (&field.kind, raw) {
             (FieldKind::Message(m), Raw::Bytes(bytes)) => {
                 comma(out, count);
-                if self.messages[*m].timestamp {
-                    self.message_value(*m, &[bytes], out)?;
-                } else if !self.stream(*m, bytes, out, None)? {
+                if !self.stream_nested(*m, bytes, out)? {
                     return Ok(false);
                 }
             }
@@ -466,13 +455,7 @@ impl Plans {
                 comma(out, count);
                 self.scalar(kind, raw, out)?;
             }
-            _ => {
-                return Err(error(format!(
-                    "field {} has wire type {} (not what its type takes)",
-                    field.number,
-                    wire_of(raw)
-                )));
-            }
+            _ => return Err(wrong_wire(field.number, raw)),
         }
         Ok(true)
     }
@@ -508,31 +491,14 @@ impl Plans {
         if let Some(number) = capture.event_id
             && let Some(i) = message.slot_of(number)
             && let Some(Raw::Bytes(bytes)) = slots[i].last()
-            && !bytes.is_empty()
         {
-            captured.event_id = std::str::from_utf8(bytes).ok().map(Into::into);
+            captured.event_id = event_id_of(bytes);
         }
         if let Some(number) = capture.timestamp
             && let Some(i) = message.slot_of(number)
         {
-            captured.timestamp = match &message.fields[i].kind {
-                FieldKind::Message(ts) if self.messages[*ts].timestamp => {
-                    let ranges = bytes_of(&slots[i]);
-                    if ranges.is_empty() {
-                        None
-                    } else {
-                        let (seconds, nanos) = self.timestamp(*ts, &ranges)?;
-                        Some(row::micros_of(seconds, nanos))
-                    }
-                }
-                FieldKind::String => match slots[i].last() {
-                    Some(Raw::Bytes(text)) => {
-                        std::str::from_utf8(text).ok().and_then(row::parse_rfc3339)
-                    }
-                    _ => None,
-                },
-                _ => None,
-            };
+            captured.timestamp =
+                self.timestamp_of(&message.fields[i].kind, &bytes_of(&slots[i]))?;
         }
         self.emit(message, &slots, out)?;
         Ok(captured)
@@ -579,12 +545,7 @@ impl Plans {
                             slot.set(raw);
                         }
                     }
-                    _ => {
-                        return Err(error(format!(
-                            "field {number} has wire type {} (not what its type takes)",
-                            wire_of(raw)
-                        )));
-                    }
+                    _ => return Err(wrong_wire(number, raw)),
                 }
             }
         }
@@ -652,7 +613,7 @@ impl Plans {
     ) -> Result<(), WireError> {
         let plan = &self.messages[m];
         if plan.timestamp {
-            let (seconds, nanos) = self.timestamp(m, ranges)?;
+            let (seconds, nanos) = timestamp_fields(ranges)?;
             if !(MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&seconds) {
                 return Err(error("timestamp out of range"));
             }
@@ -665,22 +626,24 @@ impl Plans {
         self.emit(plan, &slots, out)
     }
 
-    /// Seconds and nanos of a `Timestamp` read from `ranges` (merged: the last wins).
-    fn timestamp(&self, _m: usize, ranges: &[&[u8]]) -> Result<(i64, i32), WireError> {
-        let (mut seconds, mut nanos) = (0, 0);
-        for range in ranges {
-            let mut reader = Reader { data: range };
-            while !reader.done() {
-                let (number, wire) = reader.key()?;
-                match (number, reader.value(wire)?) {
-                    (1, Raw::Varint(v)) => seconds = v as i64,
-                    (2, Raw::Varint(v)) => nanos = v as i64 as i32,
-                    (1 | 2, _) => return Err(error("a Timestamp field of the wrong wire type")),
-                    _ => {}
-                }
+    /// The microseconds a captured timestamp field holds (a `Timestamp`'s occurrences
+    /// merged, or the last RFC 3339 text); `None` when it is unset or not a timestamp.
+    fn timestamp_of(
+        &self,
+        kind: &FieldKind,
+        ranges: &[&[u8]],
+    ) -> Result<Option<Micros>, WireError> {
+        Ok(match kind {
+            FieldKind::Message(ts) if self.messages[*ts].timestamp && !ranges.is_empty() => {
+                let (seconds, nanos) = timestamp_fields(ranges)?;
+                Some(row::micros_of(seconds, nanos))
             }
-        }
-        Ok((seconds, nanos))
+            FieldKind::String => ranges
+                .last()
+                .and_then(|text| std::str::from_utf8(text).ok())
+                .and_then(row::parse_rfc3339),
+            _ => None,
+        })
     }
 
     fn default(&self, kind: &FieldKind, out: &mut Vec<u8>) {
@@ -756,20 +719,38 @@ impl Plans {
     }
 }
 
-/// Seconds and nanos of one `Timestamp` occurrence.
-fn timestamp_fields(bytes: &[u8]) -> Result<(i64, i32), WireError> {
+/// Seconds and nanos of a `Timestamp` read from its occurrences (merged: the last wins).
+fn timestamp_fields(ranges: &[&[u8]]) -> Result<(i64, i32), WireError> {
     let (mut seconds, mut nanos) = (0, 0);
-    let mut reader = Reader { data: bytes };
-    while !reader.done() {
-        let (number, wire) = reader.key()?;
-        match (number, reader.value(wire)?) {
-            (1, Raw::Varint(v)) => seconds = v as i64,
-            (2, Raw::Varint(v)) => nanos = v as i64 as i32,
-            (1 | 2, _) => return Err(error("a Timestamp field of the wrong wire type")),
-            _ => {}
+    for range in ranges {
+        let mut reader = Reader { data: range };
+        while !reader.done() {
+            let (number, wire) = reader.key()?;
+            match (number, reader.value(wire)?) {
+                (1, Raw::Varint(v)) => seconds = v as i64,
+                (2, Raw::Varint(v)) => nanos = v as i64 as i32,
+                (1 | 2, _) => return Err(error("a Timestamp field of the wrong wire type")),
+                _ => {}
+            }
         }
     }
     Ok((seconds, nanos))
+}
+
+/// A captured event id: non-empty UTF-8 text.
+fn event_id_of(bytes: &[u8]) -> Option<Box<str>> {
+    if bytes.is_empty() {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok().map(Into::into)
+}
+
+/// A field whose value came with a wire type its type does not take.
+fn wrong_wire(number: u32, raw: Raw<'_>) -> WireError {
+    error(format!(
+        "field {number} has wire type {} (not what its type takes)",
+        wire_of(raw)
+    ))
 }
 
 /// A float as serde_json writes it; non-finite values as proto3 JSON's strings.
@@ -787,28 +768,17 @@ fn float(value: f64, single: bool, out: &mut Vec<u8>) {
     }
 }
 
-/// A string field's bytes as a JSON string: checked to be UTF-8 and escaped where JSON
-/// needs it. One branch-free pass (it vectorises) tells whether the text is ASCII with
-/// nothing to escape, the common case, which is copied as it is.
+/// A string field's bytes as a JSON string: one branch-free pass (it vectorises) tells
+/// whether they are ASCII and whether they need escaping; only non-ASCII text is then
+/// checked to be UTF-8.
 fn push_json_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), WireError> {
-    let (high, special) = bytes.iter().fold((0u8, false), |(high, special), &b| {
-        (high | b, special | (b < 0x20) | (b == b'"') | (b == b'\\'))
+    let (high, escape) = bytes.iter().fold((0u8, false), |(high, escape), &b| {
+        (high | b, escape | (b < 0x20) | (b == b'"') | (b == b'\\'))
     });
-    if high < 0x80 && !special {
-        out.push(b'"');
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-        return Ok(());
+    if high >= 0x80 && std::str::from_utf8(bytes).is_err() {
+        return Err(error("a string field holds invalid UTF-8"));
     }
-    let text =
-        std::str::from_utf8(bytes).map_err(|_| error("a string field holds invalid UTF-8"))?;
-    if special {
-        let _ = serde_json::to_writer(&mut *out, text);
-    } else {
-        out.push(b'"');
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-    }
+    row::push_json_utf8(out, bytes, escape);
     Ok(())
 }
 
@@ -959,8 +929,6 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use prost::Message as _;
     use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 
@@ -1020,17 +988,7 @@ message Every {
 "#;
 
     fn every() -> (DescriptorPool, MessageDescriptor) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("contracts/every/every.proto");
-        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&file, EVERY_TYPE).expect("write");
-        let shared = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
-        let mut compiler =
-            protox::Compiler::new([dir.path(), Path::new(shared)]).expect("compiler");
-        compiler
-            .open_file("contracts/every/every.proto")
-            .expect("compiles");
-        let pool = compiler.descriptor_pool();
+        let pool = crate::contract::compile_for_test("contracts/every/every.proto", EVERY_TYPE);
         let every = pool
             .get_message_by_name("contracts.every.Every")
             .expect("message");
