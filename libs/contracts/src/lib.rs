@@ -4,6 +4,8 @@
 //!
 //! - [`gandalf::v1`]: the Gandalf envelope, its bodies and the `Aggregator` / `Cluster`
 //!   streaming services.
+//! - [`contracts::delivery`], [`contracts::payments`]: the domains' topic messages, for
+//!   Rust producers and for measuring a consumer against the generated decoder.
 //!
 //! Every `.proto` file under `proto/` is compiled by `build.rs`; none needs `protoc`.
 
@@ -16,6 +18,20 @@ pub mod gandalf {
     pub mod v1 {
         #![allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
         tonic::include_proto!("gandalf.v1");
+    }
+}
+
+/// Generated code of the data contracts (packages `contracts.<domain>`).
+pub mod contracts {
+    /// Package `contracts.delivery`.
+    pub mod delivery {
+        #![allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
+        tonic::include_proto!("contracts.delivery");
+    }
+    /// Package `contracts.payments`.
+    pub mod payments {
+        #![allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
+        tonic::include_proto!("contracts.payments");
     }
 }
 

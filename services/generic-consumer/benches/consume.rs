@@ -9,6 +9,8 @@
 //!   comparison);
 //! - bare: a `BaseConsumer` with the service's own consumer settings, polling until it has
 //!   seen every message and doing nothing with them (the floor);
+//! - bare + decode: the same loop decoding each payload into the contract's generated Rust
+//!   type (prost), the least a consumer that reads its events does;
 //! - generic-consumer: an `Instance` as the binary runs it (consumer thread, decode, typed
 //!   rows, batches, watermarks, commits) into the `jsonl` sink (files in a temporary
 //!   directory, each batch synced), and once more into a sink that acknowledges at once
@@ -110,6 +112,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         None,
     );
 
+    let decode_context = context.clone();
+    let decoded =
+        measure(move || decode_loop(&decode_context, messages, "bench-bare-decode")).await;
+    let decode_floor = row(
+        "bare loop + prost decode of each event",
+        &decoded,
+        messages,
+        Some(floor),
+    );
+
     let out = tempfile::tempdir()?;
     let (jsonl_context, _) = delivery(&bootstrap, "bench-e2e-jsonl", None)?;
     let jsonl = JsonlSink::new(out.path());
@@ -155,9 +167,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         small,
         Some(floor),
     );
+    let per_k = |m: &Measured, count: u64| m.cpu_seconds * 1000.0 / count as f64;
     println!(
         "  (CPU x = CPU per message relative to the bare loop; goal <= 2.00x for the jsonl side; \
+         relative to the bare loop + prost decode: jsonl {:.2}x, instant-ack {:.2}x; \
          jsonl wrote {:.0} MiB; RSS before: {:.0} MiB)",
+        per_k(&e2e, messages) / decode_floor,
+        per_k(&instant, messages) / decode_floor,
         jsonl_bytes as f64 / 1024.0 / 1024.0,
         e2e.rss_before_mib
     );
@@ -279,6 +295,32 @@ fn bare_loop(context: &Context, count: u64, group: &str) -> Duration {
         }
     }
     std::hint::black_box(checksum);
+    started.elapsed()
+}
+
+/// The floor of reading the events: the bare loop, each payload decoded into the
+/// contract's generated type.
+fn decode_loop(context: &Context, count: u64, group: &str) -> Duration {
+    use contracts::contracts::delivery::DeliveryEventsV10Topic;
+    use prost::Message as _;
+
+    let started = Instant::now();
+    let mut config = kafka::consumer_config(context);
+    config.set("group.id", group);
+    let consumer: BaseConsumer = config.create().expect("consumer");
+    consumer.subscribe(&[TOPIC]).expect("subscribe");
+    let mut seen = 0u64;
+    let mut events = 0u64;
+    while seen < count {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message.expect("message");
+            let event = DeliveryEventsV10Topic::decode(message.payload().unwrap_or_default())
+                .expect("a sample decodes");
+            events += u64::from(event.event.is_some());
+            seen += 1;
+        }
+    }
+    assert_eq!(events, count, "every sample carries an event");
     started.elapsed()
 }
 

@@ -225,4 +225,34 @@ mod tests {
             "{average} bytes on average"
         );
     }
+
+    /// The benchmark's second floor decodes the samples with the generated types: they
+    /// must read them whole, the event of the oneof found.
+    #[test]
+    fn delivery_samples_decode_with_the_generated_types() {
+        use contracts::contracts::delivery::{DeliveryEventsV10Topic, delivery_events_v10_topic};
+        use prost::Message as _;
+
+        let contract = contract(
+            "delivery",
+            "contracts.delivery.delivery_events_v10",
+            "DeliveryEventsV10Topic",
+        );
+        for n in 0..8 {
+            let (event, bytes) = encoded(&contract, n);
+            let decoded = DeliveryEventsV10Topic::decode(bytes.as_slice()).expect("decodes");
+            let name = match decoded.event.as_ref().expect("an event") {
+                delivery_events_v10_topic::Event::ShippingPricesEstimated(_) => {
+                    "ShippingPricesEstimatedEvent"
+                }
+                delivery_events_v10_topic::Event::DeliveryScheduled(_) => "DeliveryScheduledEvent",
+                delivery_events_v10_topic::Event::DeliveryDispatched(_) => {
+                    "DeliveryDispatchedEvent"
+                }
+                delivery_events_v10_topic::Event::DeliveryCompleted(_) => "DeliveryCompletedEvent",
+            };
+            assert_eq!(name, event, "sample {n}");
+            assert_eq!(decoded.encoded_len(), bytes.len(), "sample {n} read whole");
+        }
+    }
 }
