@@ -10,6 +10,7 @@ use clap::Parser;
 use platform::ops::{OpsServer, Readiness};
 
 use crate::{
+    bigquery::{BigQuerySink, auth::Auth, layout::Layout},
     context::{Context, SinkKind},
     contract::Contract,
     kafka,
@@ -101,6 +102,23 @@ fn check(context: &Context, contract: &Contract) -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    if let Some(target) = context
+        .bigquery
+        .as_ref()
+        .filter(|_| context.sink == SinkKind::Bigquery)
+    {
+        match Auth::load(&target.credentials) {
+            Ok(auth) => println!(
+                "credentials: {} ({})",
+                target.credentials.display(),
+                auth.describe()
+            ),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     match kafka::check_topics(context, &[&contract.topic, &dlq], CHECK_TIMEOUT) {
         Ok(()) => {
             println!("topics: {} and {dlq} exist", contract.topic);
@@ -164,10 +182,14 @@ async fn consume(context: Context, contract: Contract) -> anyhow::Result<()> {
             instance.run(sink, shutdown.clone(), ready).await
         }
         SinkKind::Bigquery => {
-            return Err(anyhow::anyhow!(
-                "SINK=bigquery: this build writes with the jsonl sink only (set SINK=jsonl); \
-                 the BigQuery sink is not part of it yet"
-            ));
+            let target = instance
+                .context
+                .bigquery
+                .clone()
+                .context("SINK=bigquery needs WRITE_ENV and its BQ_PROJECT_/BQ_DATASET_")?;
+            let layout = Layout::of(&instance.contract, instance.context.row_mode);
+            let sink = BigQuerySink::new(&target, layout)?;
+            instance.run(sink, shutdown.clone(), ready).await
         }
     };
     readiness.set("kafka", false);

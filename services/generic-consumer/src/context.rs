@@ -160,9 +160,26 @@ pub struct BigQueryTarget {
     pub dataset: String,
     pub credentials: PathBuf,
     pub api: BigQueryApi,
-    pub endpoint: Option<String>,
-    pub storage_endpoint: Option<String>,
+    /// REST base (`BIGQUERY_ENDPOINT`); requests go to `<base>/bigquery/v2/...`.
+    pub endpoint: String,
+    /// gRPC endpoint of the Storage Write API (`BIGQUERY_STORAGE_ENDPOINT`).
+    pub storage_endpoint: String,
+    /// `BQ_CREATE_TABLE_<D>=true`: a missing table is created from the row layout.
+    pub create_table: bool,
+    /// Rows per insertAll request (`BIGQUERY_INSERT_ALL_ROWS`, default 500, at most
+    /// 50,000: BigQuery's own limit).
+    pub insert_all_rows: usize,
+    /// Bytes per request on either API (`BIGQUERY_REQUEST_BYTES`, default 9 MB; BigQuery
+    /// refuses requests of 10 MB and more).
+    pub request_bytes: usize,
 }
+
+/// Default REST base of the `bigquery` sink.
+pub const BIGQUERY_ENDPOINT: &str = "https://bigquery.googleapis.com";
+/// Default gRPC endpoint of the Storage Write API.
+pub const BIGQUERY_STORAGE_ENDPOINT: &str = "https://bigquerystorage.googleapis.com";
+/// BigQuery's limit on one request's size, both APIs.
+pub const BIGQUERY_MAX_REQUEST_BYTES: usize = 10_000_000;
 
 /// Everything an instance needs to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -547,13 +564,64 @@ pub fn resolve(domain: &str, vars: &Vars) -> Result<Context, Problems> {
                 BigQueryApi::StorageWrite
             }
         };
+        let mut url = |name: &str, default: &str| {
+            let raw = vars.get(name).map_or(default, str::trim);
+            match url::Url::parse(raw) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                    raw.trim_end_matches('/').to_owned()
+                }
+                _ => {
+                    problems.push(format!(
+                        "{name}: {raw:?} is not an http:// or https:// URL such as {default}"
+                    ));
+                    default.to_owned()
+                }
+            }
+        };
+        let endpoint = url("BIGQUERY_ENDPOINT", BIGQUERY_ENDPOINT);
+        let storage_endpoint = url("BIGQUERY_STORAGE_ENDPOINT", BIGQUERY_STORAGE_ENDPOINT);
+        let create_name = format!("BQ_CREATE_TABLE_{domain}");
+        let create_table = match vars
+            .get(&create_name)
+            .map(|v| v.trim().to_ascii_lowercase())
+        {
+            None => false,
+            Some(v) if v == "true" => true,
+            Some(v) if v == "false" => false,
+            Some(v) => {
+                problems.push(format!("{create_name}: {v:?} is not true or false"));
+                false
+            }
+        };
+        let mut limit = |name: &str, default: usize, min: usize, max: usize| match vars.get(name) {
+            None => default,
+            Some(raw) => match raw.trim().parse::<usize>() {
+                Ok(n) if (min..=max).contains(&n) => n,
+                _ => {
+                    problems.push(format!(
+                        "{name}: {raw:?} is not a whole number from {min} to {max}"
+                    ));
+                    default
+                }
+            },
+        };
+        let insert_all_rows = limit("BIGQUERY_INSERT_ALL_ROWS", 500, 1, 50_000);
+        let request_bytes = limit(
+            "BIGQUERY_REQUEST_BYTES",
+            9_000_000,
+            100_000,
+            BIGQUERY_MAX_REQUEST_BYTES - 100_000,
+        );
         BigQueryTarget {
             project,
             dataset,
             credentials,
             api,
-            endpoint: vars.get("BIGQUERY_ENDPOINT").map(str::to_owned),
-            storage_endpoint: vars.get("BIGQUERY_STORAGE_ENDPOINT").map(str::to_owned),
+            endpoint,
+            storage_endpoint,
+            create_table,
+            insert_all_rows,
+            request_bytes,
         }
     });
 

@@ -293,20 +293,10 @@ impl Decoder {
                 };
                 let columns = fields
                     .into_iter()
-                    .map(|(name, value)| {
-                        // Metadata columns keep their meaning; a clashing event field is
-                        // prefixed (event_id is the same value in both).
-                        let column = if row::METADATA_COLUMNS.contains(&name.as_str())
-                            || name == "payload"
-                            || name == "insert_id"
-                        {
-                            format!("event_{name}")
-                        } else {
-                            name
-                        };
-                        (column.into_boxed_str(), Json::from_value(&value))
+                    .filter_map(|(name, value)| {
+                        let column = row::flattened_column(&name)?;
+                        Some((column.into_boxed_str(), Json::from_value(&value)))
                     })
-                    .filter(|(column, _)| &**column != "event_event_id")
                     .collect();
                 Body::Columns(columns)
             }

@@ -23,6 +23,7 @@
 //! - [`samples`]: sample events for any contract (demo, benchmark, tests).
 
 pub mod app;
+pub mod bigquery;
 pub mod consumer;
 pub mod context;
 pub mod contract;

@@ -82,6 +82,22 @@ pub const METADATA_COLUMNS: [&str; 8] = [
     "ingested_at",
 ];
 
+/// The column an event's top-level field becomes in a flattened row: its own name, or
+/// `event_<name>` where it would clash with a metadata column; `None` for the event's
+/// `event_id` (the `event_id` column holds it already).
+pub fn flattened_column(field: &str) -> Option<String> {
+    if field == "event_id" {
+        return None;
+    }
+    Some(
+        if METADATA_COLUMNS.contains(&field) || field == "payload" || field == "insert_id" {
+            format!("event_{field}")
+        } else {
+            field.to_owned()
+        },
+    )
+}
+
 /// `<topic>:<partition>:<offset>`, written where it is needed.
 #[derive(Debug, Clone, Copy)]
 pub struct InsertId<'a> {
@@ -178,13 +194,13 @@ impl Row {
     }
 }
 
-fn push_int(out: &mut Vec<u8>, n: i64) {
+pub(crate) fn push_int(out: &mut Vec<u8>, n: i64) {
     let mut buffer = itoa::Buffer::new();
     out.extend_from_slice(buffer.format(n).as_bytes());
 }
 
 /// A JSON string literal.
-fn push_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) {
     push_json_str(out, s);
 }
 
@@ -215,7 +231,7 @@ pub(crate) fn push_json_utf8(out: &mut Vec<u8>, utf8: &[u8], escape: bool) {
 }
 
 /// `text` escaped for the inside of a JSON string (no quotes).
-fn push_escaped_inner(out: &mut Vec<u8>, text: &str) {
+pub(crate) fn push_escaped_inner(out: &mut Vec<u8>, text: &str) {
     if !needs_escape(text.as_bytes()) {
         out.extend_from_slice(text.as_bytes());
         return;
@@ -225,7 +241,7 @@ fn push_escaped_inner(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(&quoted[1..quoted.len() - 1]);
 }
 
-fn push_timestamp(out: &mut Vec<u8>, micros: Option<Micros>) {
+pub(crate) fn push_timestamp(out: &mut Vec<u8>, micros: Option<Micros>) {
     match micros {
         None => out.extend_from_slice(b"null"),
         Some(micros) => {

@@ -1,0 +1,125 @@
+//! `SINK=bigquery`: rows into a BigQuery table, authenticated with the mounted
+//! service-account key (`GOOGLE_APPLICATION_CREDENTIALS`), in the project and dataset of
+//! the write environment (`BQ_PROJECT_<WRITE_ENV>`, `BQ_DATASET_<WRITE_ENV>`).
+//!
+//! Opening the table (`tables.get`) checks that its columns take the rows (a missing
+//! column or a wrong type stops the start, naming the column and both types), or creates
+//! it when `BQ_CREATE_TABLE_<D>=true` (partitioned by day on `event_timestamp`, clustered
+//! by `event_name`). Rows then go through `tabledata.insertAll` ([`insert_all`]) or the
+//! Storage Write API's default stream, as `BIGQUERY_API` says.
+
+pub mod auth;
+pub mod insert_all;
+pub mod layout;
+pub mod rest;
+
+use std::sync::Arc;
+
+use self::{auth::Auth, insert_all::InsertAllTable, layout::Layout, rest::Rest};
+use crate::{
+    context::{BigQueryApi, BigQueryTarget},
+    sink::{Fatal, Sink},
+};
+
+/// The `bigquery` sink of one instance.
+#[derive(Debug, Clone)]
+pub struct BigQuerySink {
+    target: BigQueryTarget,
+    layout: Arc<Layout>,
+    rest: Rest,
+}
+
+impl BigQuerySink {
+    /// Reads the key file (an unreadable or malformed one is an error naming it) and
+    /// prepares the clients; nothing is sent yet.
+    pub fn new(target: &BigQueryTarget, layout: Layout) -> Result<Self, Fatal> {
+        let auth = Arc::new(Auth::load(&target.credentials).map_err(Fatal)?);
+        let rest =
+            Rest::new(&target.endpoint, &target.project, &target.dataset, auth).map_err(Fatal)?;
+        Ok(Self {
+            target: target.clone(),
+            layout: Arc::new(layout),
+            rest,
+        })
+    }
+
+    /// Where `table` is, for messages: `project.dataset.table`.
+    fn name(&self, table: &str) -> String {
+        format!("{}.{}.{table}", self.target.project, self.target.dataset)
+    }
+
+    /// `tables.get`, then the schema check, or `tables.insert` of a missing table.
+    async fn prepare(&self, table: &str) -> Result<(), Fatal> {
+        let name = self.name(table);
+        let found = self
+            .rest
+            .get_table(table)
+            .await
+            .map_err(|f| Fatal(format!("cannot open the table {name}: {}", describe(&f))))?;
+        match found {
+            Some(resource) => self.layout.check(&resource["schema"]).map_err(|problems| {
+                Fatal(format!(
+                    "the table {name} does not take these rows: {}",
+                    problems.join("; ")
+                ))
+            }),
+            None if self.target.create_table => {
+                let resource =
+                    self.layout
+                        .new_table(&self.target.project, &self.target.dataset, table);
+                self.rest.create_table(&resource).await.map_err(|f| {
+                    Fatal(format!("cannot create the table {name}: {}", describe(&f)))
+                })?;
+                tracing::info!(table = %name, "created the table from the row layout");
+                Ok(())
+            }
+            None => Err(Fatal(format!(
+                "the table {name} does not exist (create it, or set BQ_CREATE_TABLE_<DOMAIN>=true \
+                 to have it created from the row layout)"
+            ))),
+        }
+    }
+}
+
+fn describe(failure: &rest::Failure) -> String {
+    match failure {
+        rest::Failure::TooLarge(r) | rest::Failure::Fatal(r) => r.clone(),
+        rest::Failure::Transient { reason, .. } => reason.clone(),
+    }
+}
+
+/// The table the sink opened, through the API chosen.
+#[derive(Debug)]
+pub enum BigQueryTable {
+    InsertAll(InsertAllTable),
+}
+
+impl crate::sink::Table for BigQueryTable {
+    async fn write(&self, rows: &[crate::row::Row]) -> Result<Vec<crate::sink::RowOutcome>, Fatal> {
+        match self {
+            Self::InsertAll(table) => table.write(rows).await,
+        }
+    }
+}
+
+impl Sink for BigQuerySink {
+    type Table = BigQueryTable;
+
+    async fn open(&self, table: &str) -> Result<BigQueryTable, Fatal> {
+        self.prepare(table).await?;
+        match self.target.api {
+            BigQueryApi::InsertAll => Ok(BigQueryTable::InsertAll(InsertAllTable::new(
+                self.rest.clone(),
+                table,
+                &self.layout,
+                self.target.insert_all_rows,
+                self.target.request_bytes,
+            ))),
+            BigQueryApi::StorageWrite => Err(Fatal(
+                "BIGQUERY_API=storage_write: the Storage Write API is not in this build yet; \
+                 set BIGQUERY_API=insert_all"
+                    .into(),
+            )),
+        }
+    }
+}
