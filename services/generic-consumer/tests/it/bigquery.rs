@@ -1,0 +1,288 @@
+//! The `bigquery` sink against the fake Google endpoints (`fake_bigquery.rs`): auth with
+//! a key file, the table checked or created at start, rows complete with their insert
+//! ids, and every failure BigQuery produces handled as the README says.
+
+use std::time::Duration;
+
+use generic_consumer::{
+    bigquery::{BigQuerySink, layout::Layout},
+    context::Context,
+    contract::Contract,
+    pipeline::Counts,
+    run::RunError,
+};
+use serde_json::Value;
+
+use crate::{fake_bigquery::FakeBigQuery, helpers::*};
+
+const PROJECT: &str = "acme-data";
+const DATASET: &str = "events";
+const TABLE: &str = "delivery_events";
+
+struct Setup {
+    fake: FakeBigQuery,
+    cluster: Cluster,
+    context: Context,
+    contract: Contract,
+    _dir: tempfile::TempDir,
+}
+
+/// A cluster with the delivery topic (and its dead-letter topic), the fake, and a
+/// context writing to it with `extra` variables.
+async fn setup(partitions: i32, extra: &[(&str, &str)]) -> Setup {
+    let fake = FakeBigQuery::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = fake.key_file(dir.path());
+    let dlq = format!("{DELIVERY_TOPIC}.dlq");
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, partitions), (&dlq, 1)]);
+    let key = key.display().to_string();
+    let mut vars: Vec<(&str, &str)> = vec![
+        ("SINK", "bigquery"),
+        ("BIGQUERY_API", "insert_all"),
+        ("BIGQUERY_ENDPOINT", fake.url.as_str()),
+        ("BQ_PROJECT_LOCAL", PROJECT),
+        ("BQ_DATASET_LOCAL", DATASET),
+        ("GOOGLE_APPLICATION_CREDENTIALS", key.as_str()),
+    ];
+    vars.extend_from_slice(extra);
+    let (context, contract) = resolve(DELIVERY, &cluster.bootstrap, &vars, None);
+    Setup {
+        fake,
+        cluster,
+        context,
+        contract,
+        _dir: dir,
+    }
+}
+
+fn sink(setup: &Setup) -> BigQuerySink {
+    let target = setup.context.bigquery.clone().expect("bigquery target");
+    BigQuerySink::new(&target, Layout::of(&setup.contract, setup.context.row_mode))
+        .expect("the sink")
+}
+
+fn add_table(setup: &Setup) {
+    let layout = Layout::of(&setup.contract, setup.context.row_mode);
+    setup
+        .fake
+        .add_table(PROJECT, DATASET, TABLE, layout.table_schema());
+}
+
+fn stored(setup: &Setup) -> usize {
+    setup.fake.rows(PROJECT, DATASET, TABLE).len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_arrive_complete_with_the_table_path_auth_and_insert_ids() {
+    let setup = setup(3, &[("BQ_CREATE_TABLE_DELIVERY", "true")]).await;
+    produce_samples(&setup.cluster.bootstrap, &setup.contract, 0..600, 3);
+    let running = start(setup.context.clone(), setup.contract.clone(), sink(&setup));
+    eventually("600 rows in the table", Duration::from_secs(30), || {
+        stored(&setup) >= 600
+    })
+    .await;
+    let summary = running.stop().await;
+    assert_eq!(summary.written, 600);
+
+    // The table was created from the row layout: partitioned and clustered.
+    let schema = setup
+        .fake
+        .table_schema(PROJECT, DATASET, TABLE)
+        .expect("created");
+    assert_eq!(schema["fields"][8]["name"], "payload");
+    assert_eq!(schema["fields"][8]["type"], "JSON");
+
+    let rows = setup.fake.rows(PROJECT, DATASET, TABLE);
+    let mut positions: Vec<(i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            let (p, o) = (
+                r.json["kafka_partition"].as_i64().expect("partition"),
+                r.json["kafka_offset"].as_i64().expect("offset"),
+            );
+            assert_eq!(r.insert_id, format!("{DELIVERY_TOPIC}:{p}:{o}"));
+            (p, o)
+        })
+        .collect();
+    positions.sort_unstable();
+    positions.dedup();
+    assert_eq!(positions.len(), 600, "every message once");
+    // The payload is the event's JSON, complete.
+    let first = &rows[0].json;
+    let payload: Value =
+        serde_json::from_str(first["payload"].as_str().expect("JSON text")).expect("JSON");
+    assert!(
+        payload.as_object().is_some_and(|o| o.len() >= 3),
+        "{payload}"
+    );
+    assert!(
+        first["event_timestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+    assert_eq!(setup.fake.problems(), Vec::<String>::new());
+    assert_eq!(setup.fake.tokens_issued(), 1, "one token, cached");
+    assert_eq!(
+        committed(
+            &setup.cluster.bootstrap,
+            "delivery-consumer",
+            DELIVERY_TOPIC,
+            3
+        ),
+        ends(&setup.cluster.bootstrap, DELIVERY_TOPIC, 3)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_too_large_is_halved_until_everything_lands() {
+    let setup = setup(1, &[("BATCH_ROWS", "400"), ("BATCH_LINGER_MS", "300")]).await;
+    add_table(&setup);
+    // A front end that refuses more than 60 rows with a 413 page.
+    setup.fake.front_end_limit(60);
+    produce_samples(&setup.cluster.bootstrap, &setup.contract, 0..400, 1);
+    let running = start(setup.context.clone(), setup.contract.clone(), sink(&setup));
+    eventually("400 rows in the table", Duration::from_secs(30), || {
+        stored(&setup) >= 400
+    })
+    .await;
+    let summary = running.stop().await;
+    assert_eq!((summary.written, summary.dead_lettered), (400, 0));
+    assert_eq!(stored(&setup), 400);
+    let requests = setup.fake.insert_requests();
+    assert!(requests.iter().any(|r| r.2 == 413), "{requests:?}");
+    assert!(
+        requests.iter().filter(|r| r.2 == 200).all(|r| r.0 <= 60),
+        "{requests:?}"
+    );
+    assert_eq!(setup.fake.problems(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_invalid_row_is_dead_lettered_and_every_other_row_lands() {
+    let setup = setup(1, &[]).await;
+    add_table(&setup);
+    setup.fake.refuse_offsets([17]);
+    produce_samples(&setup.cluster.bootstrap, &setup.contract, 0..100, 1);
+    let running = start(setup.context.clone(), setup.contract.clone(), sink(&setup));
+    eventually("99 rows in the table", Duration::from_secs(30), || {
+        stored(&setup) >= 99
+    })
+    .await;
+    eventually("the dead letter", Duration::from_secs(10), || {
+        Counts::get(&running.counts.dead_lettered) == 1
+    })
+    .await;
+    let summary = running.stop().await;
+    assert_eq!((summary.written, summary.dead_lettered), (99, 1));
+    let rows = setup.fake.rows(PROJECT, DATASET, TABLE);
+    assert!(rows.iter().all(|r| r.json["kafka_offset"] != 17));
+    let letters = read_topic(
+        &setup.cluster.bootstrap,
+        &format!("{DELIVERY_TOPIC}.dlq"),
+        1,
+    );
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        header(&letters[0], "dlq.original.offset").as_deref(),
+        Some("17")
+    );
+    let error = header(&letters[0], "dlq.error").unwrap_or_default();
+    assert!(error.contains("invalid"), "{error}");
+    // The stopped rows of that request were sent again (and only once each landed).
+    assert_eq!(rows.len(), 99);
+    assert_eq!(
+        committed(
+            &setup.cluster.bootstrap,
+            "delivery-consumer",
+            DELIVERY_TOPIC,
+            1
+        ),
+        vec![100]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_retried_with_nothing_committed_past_unwritten_rows() {
+    let setup = setup(2, &[]).await;
+    add_table(&setup);
+    setup.fake.outage(503, "backendError");
+    produce_samples(&setup.cluster.bootstrap, &setup.contract, 0..200, 2);
+    let running = start(setup.context.clone(), setup.contract.clone(), sink(&setup));
+    eventually("requests refused", Duration::from_secs(20), || {
+        setup.fake.insert_requests().len() >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(stored(&setup), 0);
+    // Nothing committed past offset 0 (-1: nothing at all) while nothing is written.
+    let during = committed(
+        &setup.cluster.bootstrap,
+        "delivery-consumer",
+        DELIVERY_TOPIC,
+        2,
+    );
+    assert!(during.iter().all(|&o| o <= 0), "{during:?}");
+    // Then throttling with a hint, an expired token, and the service back.
+    setup.fake.end_outage();
+    setup.fake.fail_next(2, 429, "rateLimitExceeded", Some(1));
+    setup.fake.revoke_tokens();
+    eventually("200 rows in the table", Duration::from_secs(30), || {
+        stored(&setup) >= 200
+    })
+    .await;
+    let summary = running.stop().await;
+    assert_eq!((summary.written, summary.dead_lettered), (200, 0));
+    assert!(summary.retries > 0);
+    assert_eq!(setup.fake.tokens_issued(), 2, "one refresh after the 401");
+    let requests = setup.fake.insert_requests();
+    assert!(requests.iter().any(|r| r.2 == 429), "{requests:?}");
+    assert_eq!(setup.fake.problems(), Vec::<String>::new());
+    assert_eq!(
+        committed(
+            &setup.cluster.bootstrap,
+            "delivery-consumer",
+            DELIVERY_TOPIC,
+            2
+        ),
+        ends(&setup.cluster.bootstrap, DELIVERY_TOPIC, 2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_does_not_fit_stops_the_start_naming_the_column() {
+    let setup = setup(1, &[]).await;
+    let layout = Layout::of(&setup.contract, setup.context.row_mode);
+    let mut schema = layout.table_schema();
+    for field in schema["fields"].as_array_mut().expect("fields") {
+        if field["name"] == "kafka_offset" {
+            field["type"] = "STRING".into();
+        }
+    }
+    setup.fake.add_table(PROJECT, DATASET, TABLE, schema);
+    produce_samples(&setup.cluster.bootstrap, &setup.contract, 0..10, 1);
+    let mut running = start(setup.context.clone(), setup.contract.clone(), sink(&setup));
+    let error = running.ended().await.expect_err("refused");
+    assert_eq!(setup.fake.problems(), Vec::<String>::new());
+    assert!(matches!(error, RunError::Open { .. }), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("column kafka_offset: the table has STRING, the rows need INTEGER"),
+        "{text}"
+    );
+    assert_eq!(running.consumed(), 0, "nothing consumed");
+
+    // A missing table without BQ_CREATE_TABLE is refused the same way.
+    let missing = setup_missing().await;
+    let mut running = start(
+        missing.context.clone(),
+        missing.contract.clone(),
+        sink(&missing),
+    );
+    let text = running.ended().await.expect_err("refused").to_string();
+    assert!(text.contains("does not exist"), "{text}");
+    assert!(text.contains("BQ_CREATE_TABLE_"), "{text}");
+}
+
+async fn setup_missing() -> Setup {
+    setup(1, &[]).await
+}

@@ -1,0 +1,597 @@
+//! A fake of the Google endpoints the `bigquery` sink talks to, on 127.0.0.1: the OAuth
+//! token endpoint of a service-account key file and BigQuery's REST API (`tables.get`,
+//! `tables.insert`, `tabledata.insertAll`). It checks what it receives the way Google
+//! does (the JWT assertion's signature against the key file's public key, its `iss`,
+//! `aud` and scope; the bearer token on every call; the table path; each row against the
+//! table's schema; request size and row count limits), keeps the rows, and fails on
+//! request: scripted statuses, invalid rows, 413 pages from a front end, revoked tokens.
+//! What it found wrong with a request is kept in [`FakeBigQuery::problems`].
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path as UrlPath, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+const KEY_PEM: &str = include_str!("../fixtures/fake-service-account-key.pem");
+pub const CLIENT_EMAIL: &str = "generic-consumer@fake-project.iam.gserviceaccount.com";
+/// BigQuery's limits, as it enforces them.
+const MAX_REQUEST_BYTES: usize = 10_485_760;
+const MAX_ROWS: usize = 50_000;
+
+/// A row the fake keeps: the request's `insertId` and `json`.
+#[derive(Debug, Clone)]
+pub struct StoredRow {
+    pub insert_id: String,
+    pub json: serde_json::Map<String, Value>,
+}
+
+#[derive(Default)]
+struct Table {
+    schema: Value,
+    rows: Vec<StoredRow>,
+}
+
+/// A scripted answer to the next insertAll requests.
+#[derive(Debug, Clone)]
+pub struct Scripted {
+    pub status: u16,
+    pub reason: &'static str,
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    token_uri: String,
+    tokens: HashMap<String, bool>,
+    issued: u32,
+    tables: BTreeMap<String, Table>,
+    script: VecDeque<Scripted>,
+    /// insertAll answers with this until cleared (an outage).
+    outage: Option<Scripted>,
+    invalid_offsets: BTreeSet<i64>,
+    /// Requests with more rows than this get a front end's 413 HTML page.
+    front_end_rows: Option<usize>,
+    insert_requests: Vec<(usize, usize, u16)>,
+    problems: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    inner: Arc<Mutex<Inner>>,
+    public_key: Arc<Vec<u8>>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub struct FakeBigQuery {
+    pub url: String,
+    shared: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeBigQuery {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn key_der() -> Vec<u8> {
+    let body: String = KEY_PEM
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("the fixture key is PEM")
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn google_error(status: StatusCode, reason: &str, message: &str) -> Response {
+    let body = json!({
+        "error": {
+            "code": status.as_u16(),
+            "message": message,
+            "errors": [{"reason": reason, "message": message, "domain": "global"}],
+            "status": match status.as_u16() { 401 => "UNAUTHENTICATED", 403 => "PERMISSION_DENIED",
+                404 => "NOT_FOUND", 429 => "RESOURCE_EXHAUSTED", 503 => "UNAVAILABLE",
+                500 => "INTERNAL", _ => "INVALID_ARGUMENT" },
+        }
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+impl FakeBigQuery {
+    pub async fn start() -> Self {
+        let der = key_der();
+        let pair = ring::signature::RsaKeyPair::from_pkcs8(&der).expect("the fixture key parses");
+        let public_key = pair.public().as_ref().to_vec();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        let url = format!("http://{addr}");
+        let shared = Shared {
+            inner: Arc::new(Mutex::new(Inner {
+                token_uri: format!("{url}/token"),
+                ..Inner::default()
+            })),
+            public_key: Arc::new(public_key),
+        };
+        let tables = "/bigquery/v2/projects/{project}/datasets/{dataset}/tables";
+        let app = Router::new()
+            .route("/token", post(token))
+            .route(tables, post(create_table))
+            .route(&format!("{tables}/{{table}}"), get(get_table))
+            .route(&format!("{tables}/{{table}}/insertAll"), post(insert_all))
+            .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
+            .with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { url, shared, task }
+    }
+
+    /// Writes a service-account key file whose `token_uri` is this fake.
+    pub fn key_file(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("service-account.json");
+        let key = json!({
+            "type": "service_account",
+            "project_id": "fake-project",
+            "private_key_id": "fake-key-1",
+            "private_key": KEY_PEM,
+            "client_email": CLIENT_EMAIL,
+            "client_id": "1",
+            "token_uri": self.shared.lock().token_uri,
+        });
+        std::fs::write(&path, serde_json::to_vec_pretty(&key).expect("json")).expect("write key");
+        path
+    }
+
+    pub fn add_table(&self, project: &str, dataset: &str, table: &str, schema: Value) {
+        self.shared.lock().tables.insert(
+            format!("{project}/{dataset}/{table}"),
+            Table {
+                schema,
+                rows: Vec::new(),
+            },
+        );
+    }
+
+    pub fn table_schema(&self, project: &str, dataset: &str, table: &str) -> Option<Value> {
+        let inner = self.shared.lock();
+        inner
+            .tables
+            .get(&format!("{project}/{dataset}/{table}"))
+            .map(|t| t.schema.clone())
+    }
+
+    pub fn rows(&self, project: &str, dataset: &str, table: &str) -> Vec<StoredRow> {
+        let inner = self.shared.lock();
+        inner
+            .tables
+            .get(&format!("{project}/{dataset}/{table}"))
+            .map(|t| t.rows.clone())
+            .unwrap_or_default()
+    }
+
+    /// The next `n` insertAll requests get `status` with `reason`.
+    pub fn fail_next(&self, n: usize, status: u16, reason: &'static str, retry_after: Option<u64>) {
+        let mut inner = self.shared.lock();
+        for _ in 0..n {
+            inner.script.push_back(Scripted {
+                status,
+                reason,
+                retry_after,
+            });
+        }
+    }
+
+    /// Every insertAll request gets `status` until [`FakeBigQuery::end_outage`].
+    pub fn outage(&self, status: u16, reason: &'static str) {
+        self.shared.lock().outage = Some(Scripted {
+            status,
+            reason,
+            retry_after: None,
+        });
+    }
+
+    pub fn end_outage(&self) {
+        self.shared.lock().outage = None;
+    }
+
+    /// Rows at these Kafka offsets are refused as invalid, every time.
+    pub fn refuse_offsets(&self, offsets: impl IntoIterator<Item = i64>) {
+        self.shared.lock().invalid_offsets.extend(offsets);
+    }
+
+    /// A front end that answers 413 with an HTML page to requests of more than `rows` rows.
+    pub fn front_end_limit(&self, rows: usize) {
+        self.shared.lock().front_end_rows = Some(rows);
+    }
+
+    /// Every token issued so far stops working (as when it expires early).
+    pub fn revoke_tokens(&self) {
+        for valid in self.shared.lock().tokens.values_mut() {
+            *valid = false;
+        }
+    }
+
+    pub fn tokens_issued(&self) -> u32 {
+        self.shared.lock().issued
+    }
+
+    /// insertAll requests so far: (rows, bytes, status).
+    pub fn insert_requests(&self) -> Vec<(usize, usize, u16)> {
+        self.shared.lock().insert_requests.clone()
+    }
+
+    pub fn problems(&self) -> Vec<String> {
+        self.shared.lock().problems.clone()
+    }
+}
+
+/// The OAuth 2 JWT bearer grant: the assertion must verify with the key file's public
+/// key and name this service account, this endpoint and a BigQuery scope.
+async fn token(State(shared): State<Shared>, body: Bytes) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let refuse = |why: String| {
+        shared.lock().problems.push(format!("token: {why}"));
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_grant", "error_description": why})),
+        )
+            .into_response()
+    };
+    if form.get("grant_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+    {
+        return refuse(format!("grant_type is {:?}", form.get("grant_type")));
+    }
+    let Some(assertion) = form.get("assertion") else {
+        return refuse("no assertion".into());
+    };
+    let parts: Vec<&str> = assertion.split('.').collect();
+    let [head, claims, signature] = parts.as_slice() else {
+        return refuse("the assertion is not a JWT".into());
+    };
+    // base64url; Google takes it with or without padding.
+    let b64 = |part: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part.trim_end_matches('='))
+    };
+    let (Ok(header), Ok(claims), Ok(signature)) = (b64(head), b64(claims), b64(signature)) else {
+        return refuse("the assertion is not base64url".into());
+    };
+    let key = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        shared.public_key.as_slice(),
+    );
+    if key
+        .verify(format!("{head}.{}", parts[1]).as_bytes(), &signature)
+        .is_err()
+    {
+        return refuse("the signature does not verify with the key file's public key".into());
+    }
+    let header: Value = serde_json::from_slice(&header).unwrap_or_default();
+    let claims: Value = serde_json::from_slice(&claims).unwrap_or_default();
+    let token_uri = shared.lock().token_uri.clone();
+    if header["alg"] != "RS256" {
+        return refuse(format!("alg is {}", header["alg"]));
+    }
+    if claims["iss"] != CLIENT_EMAIL {
+        return refuse(format!("iss is {}", claims["iss"]));
+    }
+    if claims["aud"] != token_uri.as_str() {
+        return refuse(format!("aud is {}, not {token_uri}", claims["aud"]));
+    }
+    if !claims["scope"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("https://www.googleapis.com/auth/bigquery")
+    {
+        return refuse(format!("scope is {}", claims["scope"]));
+    }
+    if claims["exp"].as_u64().unwrap_or(0) <= now() {
+        return refuse("the assertion has expired".into());
+    }
+    let mut inner = shared.lock();
+    inner.issued += 1;
+    let access = format!("fake-access-token-{}", inner.issued);
+    inner.tokens.insert(access.clone(), true);
+    axum::Json(json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600}))
+        .into_response()
+}
+
+/// `None` when the bearer token is one this fake issued and has not revoked.
+fn unauthorized(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let valid = token.is_some_and(|t| shared.lock().tokens.get(t).copied().unwrap_or(false));
+    (!valid).then(|| {
+        google_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Request had invalid authentication credentials. Expected OAuth 2 access token.",
+        )
+    })
+}
+
+async fn get_table(
+    State(shared): State<Shared>,
+    UrlPath((project, dataset, table)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = unauthorized(&shared, &headers) {
+        return refused;
+    }
+    let inner = shared.lock();
+    match inner.tables.get(&format!("{project}/{dataset}/{table}")) {
+        Some(t) => axum::Json(json!({
+            "kind": "bigquery#table",
+            "id": format!("{project}:{dataset}.{table}"),
+            "tableReference": {"projectId": project, "datasetId": dataset, "tableId": table},
+            "schema": t.schema,
+        }))
+        .into_response(),
+        None => google_error(
+            StatusCode::NOT_FOUND,
+            "notFound",
+            &format!("Not found: Table {project}:{dataset}.{table}"),
+        ),
+    }
+}
+
+async fn create_table(
+    State(shared): State<Shared>,
+    UrlPath((project, dataset)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = unauthorized(&shared, &headers) {
+        return refused;
+    }
+    let resource: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let reference = &resource["tableReference"];
+    if reference["projectId"] != project.as_str() || reference["datasetId"] != dataset.as_str() {
+        return google_error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "tableReference does not match the path",
+        );
+    }
+    let Some(table) = reference["tableId"].as_str() else {
+        return google_error(StatusCode::BAD_REQUEST, "invalid", "no tableId");
+    };
+    let mut inner = shared.lock();
+    let key = format!("{project}/{dataset}/{table}");
+    if inner.tables.contains_key(&key) {
+        return google_error(
+            StatusCode::CONFLICT,
+            "duplicate",
+            &format!("Already Exists: Table {project}:{dataset}.{table}"),
+        );
+    }
+    inner.tables.insert(
+        key,
+        Table {
+            schema: resource["schema"].clone(),
+            rows: Vec::new(),
+        },
+    );
+    axum::Json(resource).into_response()
+}
+
+/// Why a row does not fit the table's schema, as BigQuery words it.
+fn check_row(schema: &Value, row: &serde_json::Map<String, Value>) -> Option<(String, String)> {
+    let fields = schema["fields"].as_array().cloned().unwrap_or_default();
+    for (name, value) in row {
+        let Some(field) = fields.iter().find(|f| f["name"] == name.as_str()) else {
+            return Some((name.clone(), format!("no such field: {name}.")));
+        };
+        let kind = field["type"].as_str().unwrap_or_default();
+        let ok = match (kind, value) {
+            (_, Value::Null) => field["mode"] != "REQUIRED",
+            ("STRING", Value::String(_)) => true,
+            ("INTEGER" | "INT64", Value::Number(n)) => n.is_i64(),
+            ("INTEGER" | "INT64", Value::String(s)) => s.parse::<i64>().is_ok(),
+            ("FLOAT" | "FLOAT64", Value::Number(_)) => true,
+            ("BOOLEAN" | "BOOL", Value::Bool(_)) => true,
+            ("TIMESTAMP", Value::String(s)) => {
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                    .is_ok()
+            }
+            ("JSON", Value::String(s)) => serde_json::from_str::<Value>(s).is_ok(),
+            ("JSON", _) => true,
+            ("BYTES", Value::String(_)) => true,
+            _ => false,
+        };
+        if !ok {
+            return Some((
+                name.clone(),
+                format!("Cannot convert value to {kind}: {value}"),
+            ));
+        }
+    }
+    for field in &fields {
+        let name = field["name"].as_str().unwrap_or_default();
+        if field["mode"] == "REQUIRED" && !row.contains_key(name) {
+            return Some((name.to_owned(), format!("Missing required field: {name}.")));
+        }
+    }
+    None
+}
+
+async fn insert_all(
+    State(shared): State<Shared>,
+    UrlPath((project, dataset, table)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = unauthorized(&shared, &headers) {
+        return refused;
+    }
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            shared
+                .lock()
+                .problems
+                .push(format!("insertAll: body is not JSON: {e}"));
+            return google_error(StatusCode::BAD_REQUEST, "parseError", "Parse Error");
+        }
+    };
+    let rows = request["rows"].as_array().cloned().unwrap_or_default();
+    let mut inner = shared.lock();
+    let answer = |inner: &mut Inner, status: u16, response: Response| {
+        inner.insert_requests.push((rows.len(), body.len(), status));
+        response
+    };
+    if let Some(limit) = inner.front_end_rows.filter(|&limit| rows.len() > limit) {
+        let _ = limit;
+        let page = "<html><head><title>413 Request Entity Too Large</title></head><body>Request Entity Too Large</body></html>";
+        return answer(
+            &mut inner,
+            413,
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                [(header::CONTENT_TYPE, "text/html")],
+                page,
+            )
+                .into_response(),
+        );
+    }
+    if body.len() > MAX_REQUEST_BYTES {
+        let r = google_error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "Request payload size exceeds the limit: 10485760 bytes.",
+        );
+        return answer(&mut inner, 400, r);
+    }
+    if rows.len() > MAX_ROWS {
+        let r = google_error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "too many rows present in the request, limit: 50000 row count: N.",
+        );
+        return answer(&mut inner, 400, r);
+    }
+    if let Some(s) = inner.outage.clone().or_else(|| inner.script.pop_front()) {
+        let status = StatusCode::from_u16(s.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = google_error(status, s.reason, "scripted failure");
+        if let Some(after) = s.retry_after {
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                after.to_string().parse().expect("header"),
+            );
+        }
+        return answer(&mut inner, s.status, r);
+    }
+    if request["skipInvalidRows"] != false || request["ignoreUnknownValues"] != false {
+        inner.problems.push(format!(
+            "insertAll: skipInvalidRows/ignoreUnknownValues not false: {request}"
+        ));
+    }
+    let key = format!("{project}/{dataset}/{table}");
+    let Some(schema) = inner.tables.get(&key).map(|t| t.schema.clone()) else {
+        let r = google_error(
+            StatusCode::NOT_FOUND,
+            "notFound",
+            &format!("Not found: Table {project}:{dataset}.{table}"),
+        );
+        return answer(&mut inner, 404, r);
+    };
+    let mut parsed = Vec::new();
+    let mut errors = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        let insert_id = row["insertId"].as_str().unwrap_or_default().to_owned();
+        let json = row["json"].as_object().cloned().unwrap_or_default();
+        let expected = format!(
+            "{}:{}:{}",
+            json.get("kafka_topic")
+                .and_then(Value::as_str)
+                .unwrap_or("?"),
+            json.get("kafka_partition").unwrap_or(&Value::Null),
+            json.get("kafka_offset").unwrap_or(&Value::Null)
+        );
+        if insert_id != expected {
+            inner.problems.push(format!(
+                "insertAll: row {index}: insertId {insert_id:?}, expected {expected:?}"
+            ));
+        }
+        let offset = json
+            .get("kafka_offset")
+            .and_then(Value::as_i64)
+            .unwrap_or(-1);
+        let invalid = if inner.invalid_offsets.contains(&offset) {
+            Some((
+                "payload".to_owned(),
+                "scripted: the row is invalid".to_owned(),
+            ))
+        } else {
+            let found = check_row(&schema, &json);
+            if let Some((column, message)) = &found {
+                inner.problems.push(format!(
+                    "insertAll: row {index} ({insert_id}): {column}: {message}"
+                ));
+            }
+            found
+        };
+        if let Some((location, message)) = invalid {
+            errors.push((index, location, message));
+        }
+        parsed.push(StoredRow { insert_id, json });
+    }
+    if errors.is_empty() {
+        if let Some(t) = inner.tables.get_mut(&key) {
+            t.rows.extend(parsed);
+        }
+        return answer(
+            &mut inner,
+            200,
+            axum::Json(json!({"kind": "bigquery#tableDataInsertAllResponse"})).into_response(),
+        );
+    }
+    // skipInvalidRows=false: nothing of the request is inserted; the valid rows are
+    // "stopped".
+    let invalid: BTreeMap<usize, (String, String)> =
+        errors.into_iter().map(|(i, l, m)| (i, (l, m))).collect();
+    let insert_errors: Vec<Value> = (0..rows.len())
+        .map(|i| match invalid.get(&i) {
+            Some((location, message)) => json!({"index": i, "errors": [{"reason": "invalid", "location": location, "debugInfo": "", "message": message}]}),
+            None => json!({"index": i, "errors": [{"reason": "stopped", "location": "", "debugInfo": "", "message": ""}]}),
+        })
+        .collect();
+    answer(
+        &mut inner,
+        200,
+        axum::Json(
+            json!({"kind": "bigquery#tableDataInsertAllResponse", "insertErrors": insert_errors}),
+        )
+        .into_response(),
+    )
+}
