@@ -234,4 +234,29 @@ pub fn describe_metrics() {
         "consumer_in_flight_bytes",
         "Bytes of the messages consumed and not yet written or dead-lettered"
     );
+    describe_counter!("bigquery_rows_sent_total", "Rows BigQuery took, by API");
+    describe_counter!(
+        "bigquery_rows_failed_total",
+        "Rows a BigQuery write did not take, by API and reason (retry, invalid)"
+    );
+    describe_counter!(
+        "bigquery_requests_total",
+        "BigQuery requests, by API and outcome (ok, HTTP status, unreachable)"
+    );
+    describe_counter!(
+        "bigquery_request_splits_total",
+        "BigQuery requests halved after a size refusal"
+    );
+    describe_histogram!(
+        "bigquery_request_duration_seconds",
+        "Time of one BigQuery request"
+    );
+    describe_counter!(
+        "bigquery_request_bytes_total",
+        "BigQuery request bytes sent"
+    );
+    describe_counter!(
+        "bigquery_token_refreshes_total",
+        "Google access tokens fetched"
+    );
 }

@@ -286,3 +286,77 @@ async fn a_table_that_does_not_fit_stops_the_start_naming_the_column() {
 async fn setup_missing() -> Setup {
     setup(1, &[]).await
 }
+
+/// The binary with exactly `vars` (plus the domain's) as its environment.
+async fn binary(setup: &Setup, vars: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let mut all = domain_vars(DELIVERY, &setup.cluster.bootstrap, &[]);
+    for (name, value) in vars {
+        all.retain(|(n, _)| n != name);
+        all.push(((*name).to_owned(), (*value).to_owned()));
+    }
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_generic-consumer"))
+        .current_dir(setup._dir.path())
+        .env_clear()
+        .envs(all)
+        .env("RUST_LOG", "info")
+        .env("ADMIN_LISTEN", "127.0.0.1:0")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run the binary")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_exits_1_naming_the_column_or_the_key_file_that_is_wrong() {
+    let setup = setup(1, &[]).await;
+    let key = setup.fake.key_file(setup._dir.path()).display().to_string();
+    let sink_vars = [
+        ("SINK", "bigquery"),
+        ("BIGQUERY_API", "insert_all"),
+        ("BIGQUERY_ENDPOINT", setup.fake.url.as_str()),
+        ("BQ_PROJECT_LOCAL", PROJECT),
+        ("BQ_DATASET_LOCAL", DATASET),
+        ("GOOGLE_APPLICATION_CREDENTIALS", key.as_str()),
+    ];
+    let layout = Layout::of(&setup.contract, setup.context.row_mode);
+    let mut schema = layout.table_schema();
+    schema["fields"]
+        .as_array_mut()
+        .expect("fields")
+        .retain(|f| f["name"] != "payload");
+    setup.fake.add_table(PROJECT, DATASET, TABLE, schema);
+
+    let output = binary(&setup, &sink_vars, &["DELIVERY"]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    let said = format!("{stdout}{stderr}");
+    assert!(
+        said.contains("column payload (JSON) is missing from the table"),
+        "{said}"
+    );
+    assert!(!said.contains("panicked"), "{said}");
+
+    // A key file that is not one: --check says which file and exits 1.
+    let bad = setup._dir.path().join("not-a-key.json");
+    std::fs::write(&bad, "{\"type\": \"service_account\"}").expect("write");
+    let bad = bad.display().to_string();
+    let mut vars = sink_vars.to_vec();
+    vars.retain(|(n, _)| *n != "GOOGLE_APPLICATION_CREDENTIALS");
+    vars.push(("GOOGLE_APPLICATION_CREDENTIALS", bad.as_str()));
+    let output = binary(&setup, &vars, &["DELIVERY", "--check"]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not-a-key.json is not a service-account key file"),
+        "{stderr}"
+    );
+    // And the good one passes that step.
+    let output = binary(&setup, &sink_vars, &["DELIVERY", "--check"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("({})", crate::fake_bigquery::CLIENT_EMAIL)),
+        "{stdout}"
+    );
+}
