@@ -251,4 +251,38 @@ row = json.loads(pathlib.Path("out/delivery_events.jsonl").read_text().splitline
 print("one delivery row:")
 print("  " + json.dumps(row, indent=2).replace("\n", "\n  "))
 PY
+
+step "the delivery domain into BigQuery (insertAll) against a local fake of Google's token endpoint and REST API"
+"$BIN/examples/bigquery_fake" --dir "$WORK/bigquery" > "$WORK/bigquery.log" 2>&1 &
+FAKE_PID=$!; PIDS+=($FAKE_PID)
+for _ in $(seq 100); do [ -s "$WORK/bigquery/endpoint" ] && break; sleep 0.1; done
+head -1 "$WORK/bigquery.log"
+port=$(free_port)
+ADMIN_LISTEN="127.0.0.1:$port" RUST_LOG=info LOG_FORMAT=text \
+    SINK=bigquery BIGQUERY_API=insert_all BIGQUERY_ENDPOINT="$(cat "$WORK/bigquery/endpoint")" \
+    BQ_PROJECT_LOCAL=demo-project BQ_DATASET_LOCAL=events BQ_CREATE_TABLE_DELIVERY=true \
+    GOOGLE_APPLICATION_CREDENTIALS="$WORK/bigquery/service-account.json" \
+    GROUP_ID_DELIVERY=delivery-bigquery \
+    "$GC" DELIVERY > "$WORK/consumer-bigquery.log" 2>&1 &
+BQ_PID=$!; PIDS+=($BQ_PID)
+wait_ready "http://127.0.0.1:$port/readyz"
+python3 - "$port" 400 <<'PY'
+import re, sys, time, urllib.request
+port, want = sys.argv[1], int(sys.argv[2])
+def metric(name):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    m = re.search(rf"^{name} (\d+)", text, re.M)
+    return int(m.group(1)) if m else 0
+for _ in range(600):
+    if metric("consumer_messages_consumed_total") >= want:
+        break
+    time.sleep(0.1)
+else:
+    sys.exit("the consumer did not consume every message within a minute")
+PY
+sleep 1.5
+kill -TERM "$BQ_PID"; wait "$BQ_PID"; echo "exit code: $?"
+echo "DELIVERY: $(grep -oE 'stopped consumed=.*' "$WORK/consumer-bigquery.log" | sed -E 's/\x1b\[[0-9;]*m//g')"
+kill -TERM "$FAKE_PID"; wait "$FAKE_PID" || true
+tail -n +2 "$WORK/bigquery.log" | head -40
 cd - >/dev/null

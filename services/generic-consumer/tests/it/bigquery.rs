@@ -92,6 +92,13 @@ async fn rows_arrive_complete_with_the_table_path_auth_and_insert_ids() {
     assert_eq!(schema["fields"][8]["name"], "payload");
     assert_eq!(schema["fields"][8]["type"], "JSON");
 
+    let tables = setup.fake.all_rows();
+    assert_eq!(
+        tables.len(),
+        1,
+        "one table, at the path of the write environment"
+    );
+    assert_eq!(tables[0].0, format!("{PROJECT}.{DATASET}.{TABLE}"));
     let rows = setup.fake.rows(PROJECT, DATASET, TABLE);
     let mut positions: Vec<(i64, i64)> = rows
         .iter()

@@ -197,6 +197,16 @@ impl FakeBigQuery {
             .unwrap_or_default()
     }
 
+    /// Every table's rows, by `project.dataset.table`.
+    pub fn all_rows(&self) -> Vec<(String, Vec<StoredRow>)> {
+        let inner = self.shared.lock();
+        inner
+            .tables
+            .iter()
+            .map(|(key, t)| (key.replace('/', "."), t.rows.clone()))
+            .collect()
+    }
+
     /// The next `n` insertAll requests get `status` with `reason`.
     pub fn fail_next(&self, n: usize, status: u16, reason: &'static str, retry_after: Option<u64>) {
         let mut inner = self.shared.lock();
