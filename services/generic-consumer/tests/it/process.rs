@@ -445,3 +445,112 @@ fn http_get(url: &str) -> String {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
 }
+
+#[test]
+fn kill_9_mid_stream_into_bigquery_then_a_restart_loses_nothing() {
+    use crate::fake_bigquery::FakeBigQuery;
+
+    const PARTITIONS: i32 = 6;
+    const COUNT: u64 = 6_000;
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let fake = runtime.block_on(FakeBigQuery::start());
+    let cluster = Cluster::new(&[(DELIVERY_TOPIC, PARTITIONS)]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = fake.key_file(dir.path()).display().to_string();
+    let vars = |batch: &str| {
+        domain_vars(
+            DELIVERY,
+            &cluster.bootstrap,
+            &[
+                ("SINK", "bigquery"),
+                ("BIGQUERY_API", "insert_all"),
+                ("BIGQUERY_ENDPOINT", fake.url.as_str()),
+                ("BQ_PROJECT_LOCAL", "acme-data"),
+                ("BQ_DATASET_LOCAL", "events"),
+                ("BQ_CREATE_TABLE_DELIVERY", "true"),
+                ("GOOGLE_APPLICATION_CREDENTIALS", key.as_str()),
+                ("ADMIN_LISTEN", "127.0.0.1:0"),
+                ("BATCH_ROWS", batch),
+                ("BATCHES_IN_FLIGHT", "1"),
+            ],
+        )
+    };
+    let (context, contract) = resolve(DELIVERY, &cluster.bootstrap, &[], None);
+    produce_samples(&cluster.bootstrap, &contract, 0..COUNT, PARTITIONS);
+    let rows = || fake.rows("acme-data", "events", "delivery_events");
+
+    let mut first = Instance::start(dir.path(), &vars("10"), "first");
+    wait_for(
+        "rows written and committed",
+        Duration::from_secs(60),
+        &first,
+        || {
+            rows().len() >= 500
+                && committed(
+                    &cluster.bootstrap,
+                    &context.group_id,
+                    DELIVERY_TOPIC,
+                    PARTITIONS,
+                )
+                .iter()
+                .any(|c| *c > 0)
+        },
+    );
+    first.signal("-KILL");
+    assert_eq!(first.wait(Duration::from_secs(10)).code(), None, "killed");
+    let at_kill = committed(
+        &cluster.bootstrap,
+        &context.group_id,
+        DELIVERY_TOPIC,
+        PARTITIONS,
+    );
+    let written_at_kill = rows().len();
+    assert!((written_at_kill as u64) < COUNT, "the kill came mid-stream");
+
+    // The restart finds the table it created and goes on from the committed offsets.
+    let mut second = Instance::start(dir.path(), &vars("1000"), "second");
+    let position = |r: &crate::fake_bigquery::StoredRow| {
+        (
+            r.json["kafka_partition"].as_i64().expect("partition") as i32,
+            r.json["kafka_offset"].as_i64().expect("offset"),
+        )
+    };
+    wait_for(
+        "every message written",
+        Duration::from_secs(120),
+        &second,
+        || rows().iter().map(position).collect::<BTreeSet<_>>().len() as u64 == COUNT,
+    );
+    second.signal("-TERM");
+    let status = second.wait(Duration::from_secs(40));
+    assert_eq!(status.code(), Some(0), "{}", second.log());
+
+    let mut copies: BTreeMap<(i32, i64), Vec<String>> = BTreeMap::new();
+    for row in rows() {
+        copies
+            .entry(position(&row))
+            .or_default()
+            .push(row.insert_id);
+    }
+    assert_eq!(copies.len() as u64, COUNT, "every message is in the table");
+    for ((partition, offset), ids) in &copies {
+        let id = format!("{DELIVERY_TOPIC}:{partition}:{offset}");
+        assert!(ids.iter().all(|i| *i == id), "{ids:?}");
+        if ids.len() > 1 {
+            assert!(
+                *offset >= at_kill[*partition as usize],
+                "{partition}:{offset} written twice, below the offset committed at the kill ({at_kill:?})"
+            );
+        }
+    }
+    assert_eq!(fake.problems(), Vec::<String>::new());
+    assert_eq!(
+        committed(
+            &cluster.bootstrap,
+            &context.group_id,
+            DELIVERY_TOPIC,
+            PARTITIONS
+        ),
+        vec![COUNT as i64 / PARTITIONS as i64; PARTITIONS as usize]
+    );
+}
