@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod insert_all;
 pub mod layout;
+pub mod proto_rows;
 pub mod rest;
 
 use std::sync::Arc;
