@@ -236,25 +236,7 @@ impl Table for InsertAllTable {
                 })
             })
             .collect();
-        for outcome in &outcomes {
-            match outcome {
-                RowOutcome::Written => {}
-                RowOutcome::Retry(_) => {
-                    metrics::counter!("bigquery_rows_failed_total", "api" => "insert_all", "reason" => "retry")
-                        .increment(1);
-                }
-                RowOutcome::Invalid(_) => {
-                    metrics::counter!("bigquery_rows_failed_total", "api" => "insert_all", "reason" => "invalid")
-                        .increment(1);
-                }
-            }
-        }
-        let written = outcomes
-            .iter()
-            .filter(|o| **o == RowOutcome::Written)
-            .count();
-        metrics::counter!("bigquery_rows_sent_total", "api" => "insert_all")
-            .increment(written as u64);
+        super::count_outcomes("insert_all", &outcomes);
         Ok(outcomes)
     }
 }

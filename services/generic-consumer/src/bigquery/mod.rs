@@ -13,10 +13,13 @@ pub mod insert_all;
 pub mod layout;
 pub mod proto_rows;
 pub mod rest;
+pub mod storage;
 
 use std::sync::Arc;
 
-use self::{auth::Auth, insert_all::InsertAllTable, layout::Layout, rest::Rest};
+use self::{
+    auth::Auth, insert_all::InsertAllTable, layout::Layout, rest::Rest, storage::StorageWriteTable,
+};
 use crate::{
     context::{BigQueryApi, BigQueryTarget},
     sink::{Fatal, Sink},
@@ -27,6 +30,7 @@ use crate::{
 pub struct BigQuerySink {
     target: BigQueryTarget,
     layout: Arc<Layout>,
+    auth: Arc<Auth>,
     rest: Rest,
 }
 
@@ -35,11 +39,17 @@ impl BigQuerySink {
     /// prepares the clients; nothing is sent yet.
     pub fn new(target: &BigQueryTarget, layout: Layout) -> Result<Self, Fatal> {
         let auth = Arc::new(Auth::load(&target.credentials).map_err(Fatal)?);
-        let rest =
-            Rest::new(&target.endpoint, &target.project, &target.dataset, auth).map_err(Fatal)?;
+        let rest = Rest::new(
+            &target.endpoint,
+            &target.project,
+            &target.dataset,
+            Arc::clone(&auth),
+        )
+        .map_err(Fatal)?;
         Ok(Self {
             target: target.clone(),
             layout: Arc::new(layout),
+            auth,
             rest,
         })
     }
@@ -82,6 +92,28 @@ impl BigQuerySink {
     }
 }
 
+/// Counts a write's outcomes: rows BigQuery took, and those it did not, by reason.
+fn count_outcomes(api: &'static str, outcomes: &[crate::sink::RowOutcome]) {
+    use crate::sink::RowOutcome;
+    let (mut written, mut retry, mut invalid) = (0u64, 0u64, 0u64);
+    for outcome in outcomes {
+        match outcome {
+            RowOutcome::Written => written += 1,
+            RowOutcome::Retry(_) => retry += 1,
+            RowOutcome::Invalid(_) => invalid += 1,
+        }
+    }
+    metrics::counter!("bigquery_rows_sent_total", "api" => api).increment(written);
+    if retry > 0 {
+        metrics::counter!("bigquery_rows_failed_total", "api" => api, "reason" => "retry")
+            .increment(retry);
+    }
+    if invalid > 0 {
+        metrics::counter!("bigquery_rows_failed_total", "api" => api, "reason" => "invalid")
+            .increment(invalid);
+    }
+}
+
 fn describe(failure: &rest::Failure) -> String {
     match failure {
         rest::Failure::TooLarge(r) | rest::Failure::Fatal(r) => r.clone(),
@@ -93,12 +125,14 @@ fn describe(failure: &rest::Failure) -> String {
 #[derive(Debug)]
 pub enum BigQueryTable {
     InsertAll(InsertAllTable),
+    StorageWrite(Box<StorageWriteTable>),
 }
 
 impl crate::sink::Table for BigQueryTable {
     async fn write(&self, rows: &[crate::row::Row]) -> Result<Vec<crate::sink::RowOutcome>, Fatal> {
         match self {
             Self::InsertAll(table) => table.write(rows).await,
+            Self::StorageWrite(table) => table.write(rows).await,
         }
     }
 }
@@ -116,11 +150,18 @@ impl Sink for BigQuerySink {
                 self.target.insert_all_rows,
                 self.target.request_bytes,
             ))),
-            BigQueryApi::StorageWrite => Err(Fatal(
-                "BIGQUERY_API=storage_write: the Storage Write API is not in this build yet; \
-                 set BIGQUERY_API=insert_all"
-                    .into(),
-            )),
+            BigQueryApi::StorageWrite => {
+                let channel = storage::channel(&self.target.storage_endpoint).map_err(Fatal)?;
+                Ok(BigQueryTable::StorageWrite(Box::new(
+                    StorageWriteTable::new(
+                        channel,
+                        Arc::clone(&self.auth),
+                        (&self.target.project, &self.target.dataset, table),
+                        &self.layout,
+                        self.target.request_bytes,
+                    ),
+                )))
+            }
         }
     }
 }

@@ -30,6 +30,10 @@ struct Setup {
 /// A cluster with the delivery topic (and its dead-letter topic), the fake, and a
 /// context writing to it with `extra` variables.
 async fn setup(partitions: i32, extra: &[(&str, &str)]) -> Setup {
+    setup_api("insert_all", partitions, extra).await
+}
+
+async fn setup_api(api: &str, partitions: i32, extra: &[(&str, &str)]) -> Setup {
     let fake = FakeBigQuery::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let key = fake.key_file(dir.path());
@@ -38,8 +42,9 @@ async fn setup(partitions: i32, extra: &[(&str, &str)]) -> Setup {
     let key = key.display().to_string();
     let mut vars: Vec<(&str, &str)> = vec![
         ("SINK", "bigquery"),
-        ("BIGQUERY_API", "insert_all"),
+        ("BIGQUERY_API", api),
         ("BIGQUERY_ENDPOINT", fake.url.as_str()),
+        ("BIGQUERY_STORAGE_ENDPOINT", fake.storage_url.as_str()),
         ("BQ_PROJECT_LOCAL", PROJECT),
         ("BQ_DATASET_LOCAL", DATASET),
         ("GOOGLE_APPLICATION_CREDENTIALS", key.as_str()),
@@ -74,7 +79,16 @@ fn stored(setup: &Setup) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_arrive_complete_with_the_table_path_auth_and_insert_ids() {
-    let setup = setup(3, &[("BQ_CREATE_TABLE_DELIVERY", "true")]).await;
+    rows_arrive_complete_with_the_table_path_auth_and_insert_ids_over("insert_all").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_write_rows_arrive_complete_with_the_table_path_auth_and_insert_ids() {
+    rows_arrive_complete_with_the_table_path_auth_and_insert_ids_over("storage_write").await;
+}
+
+async fn rows_arrive_complete_with_the_table_path_auth_and_insert_ids_over(api: &str) {
+    let setup = setup_api(api, 3, &[("BQ_CREATE_TABLE_DELIVERY", "true")]).await;
     produce_samples(&setup.cluster.bootstrap, &setup.contract, 0..600, 3);
     let running = start(setup.context.clone(), setup.contract.clone(), sink(&setup));
     eventually("600 rows in the table", Duration::from_secs(30), || {
@@ -122,10 +136,14 @@ async fn rows_arrive_complete_with_the_table_path_auth_and_insert_ids() {
         payload.as_object().is_some_and(|o| o.len() >= 3),
         "{payload}"
     );
+    // RFC 3339 text through insertAll, int64 microseconds through Storage Write.
+    let timestamp = &first["event_timestamp"];
     assert!(
-        first["event_timestamp"]
-            .as_str()
-            .is_some_and(|t| t.ends_with('Z'))
+        timestamp.as_str().is_some_and(|t| t.ends_with('Z'))
+            || timestamp
+                .as_i64()
+                .is_some_and(|us| us > 1_700_000_000_000_000),
+        "{timestamp}"
     );
     assert_eq!(setup.fake.problems(), Vec::<String>::new());
     assert_eq!(setup.fake.tokens_issued(), 1, "one token, cached");
@@ -166,7 +184,16 @@ async fn a_request_too_large_is_halved_until_everything_lands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_invalid_row_is_dead_lettered_and_every_other_row_lands() {
-    let setup = setup(1, &[]).await;
+    one_invalid_row_is_dead_lettered_and_every_other_row_lands_over("insert_all").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_write_one_invalid_row_is_dead_lettered_and_every_other_row_lands() {
+    one_invalid_row_is_dead_lettered_and_every_other_row_lands_over("storage_write").await;
+}
+
+async fn one_invalid_row_is_dead_lettered_and_every_other_row_lands_over(api: &str) {
+    let setup = setup_api(api, 1, &[]).await;
     add_table(&setup);
     setup.fake.refuse_offsets([17]);
     produce_samples(&setup.cluster.bootstrap, &setup.contract, 0..100, 1);
@@ -210,7 +237,16 @@ async fn one_invalid_row_is_dead_lettered_and_every_other_row_lands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_is_retried_with_nothing_committed_past_unwritten_rows() {
-    let setup = setup(2, &[]).await;
+    an_outage_is_retried_with_nothing_committed_past_unwritten_rows_over("insert_all").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_write_an_outage_is_retried_with_nothing_committed_past_unwritten_rows() {
+    an_outage_is_retried_with_nothing_committed_past_unwritten_rows_over("storage_write").await;
+}
+
+async fn an_outage_is_retried_with_nothing_committed_past_unwritten_rows_over(api: &str) {
+    let setup = setup_api(api, 2, &[]).await;
     add_table(&setup);
     setup.fake.outage(503, "backendError");
     produce_samples(&setup.cluster.bootstrap, &setup.contract, 0..200, 2);

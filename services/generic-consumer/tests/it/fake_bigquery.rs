@@ -82,14 +82,19 @@ impl Shared {
 }
 
 pub struct FakeBigQuery {
+    /// REST base and token endpoint (`BIGQUERY_ENDPOINT`).
     pub url: String,
+    /// The Storage Write API (`BIGQUERY_STORAGE_ENDPOINT`).
+    pub storage_url: String,
     shared: Shared,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for FakeBigQuery {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -148,10 +153,28 @@ impl FakeBigQuery {
             .route(&format!("{tables}/{{table}}/insertAll"), post(insert_all))
             .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(shared.clone());
-        let task = tokio::spawn(async move {
+        let rest = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { url, shared, task }
+        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let storage_url = format!("http://{}", grpc_listener.local_addr().expect("addr"));
+        let service = storage::WriteService(shared.clone());
+        let grpc = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                    grpc_listener,
+                ))
+                .await;
+        });
+        Self {
+            url,
+            storage_url,
+            shared,
+            tasks: vec![rest, grpc],
+        }
     }
 
     /// Writes a service-account key file whose `token_uri` is this fake.
@@ -604,4 +627,331 @@ async fn insert_all(
         )
         .into_response(),
     )
+}
+
+/// The Storage Write API's `AppendRows` (the only method the sink uses), served by hand
+/// (the generated crate ships clients only): checks the bearer token and the routing
+/// header, takes the stream name and writer schema from the first request, decodes every
+/// row with that schema and checks it against the table, and answers in order.
+mod storage {
+    use std::pin::Pin;
+
+    use googleapis_tonic_google_cloud_bigquery_storage_v1::google::cloud::bigquery::storage::v1::{
+        AppendRowsRequest, AppendRowsResponse, RowError, append_rows_request, append_rows_response,
+        row_error::RowErrorCode,
+    };
+    use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
+    use serde_json::Value;
+    use tonic::{
+        Status,
+        codegen::{Body, BoxFuture, Context, Poll, Service, StdError, http},
+    };
+
+    use super::{Shared, StoredRow, check_row};
+
+    pub const PATH: &str = "/google.cloud.bigquery.storage.v1.BigQueryWrite/AppendRows";
+
+    #[derive(Clone)]
+    pub struct WriteService(pub Shared);
+
+    impl tonic::server::NamedService for WriteService {
+        const NAME: &'static str = "google.cloud.bigquery.storage.v1.BigQueryWrite";
+    }
+
+    type Responses =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<AppendRowsResponse, Status>> + Send>>;
+
+    struct AppendRows(Shared);
+
+    impl tonic::server::StreamingService<AppendRowsRequest> for AppendRows {
+        type Response = AppendRowsResponse;
+        type ResponseStream = Responses;
+        type Future = BoxFuture<tonic::Response<Responses>, Status>;
+
+        fn call(
+            &mut self,
+            request: tonic::Request<tonic::Streaming<AppendRowsRequest>>,
+        ) -> Self::Future {
+            let shared = self.0.clone();
+            Box::pin(async move { open(shared, request) })
+        }
+    }
+
+    fn open(
+        shared: Shared,
+        request: tonic::Request<tonic::Streaming<AppendRowsRequest>>,
+    ) -> Result<tonic::Response<Responses>, Status> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        let valid = token
+            .as_ref()
+            .is_some_and(|t| shared.lock().tokens.get(t).copied().unwrap_or(false));
+        if !valid {
+            return Err(Status::unauthenticated(
+                "Request had invalid authentication credentials.",
+            ));
+        }
+        let routing = request
+            .metadata()
+            .get("x-goog-request-params")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let mut incoming = request.into_inner();
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut stream_name: Option<String> = None;
+            let mut row_type: Option<MessageDescriptor> = None;
+            loop {
+                let request = match incoming.message().await {
+                    Ok(Some(request)) => request,
+                    _ => return,
+                };
+                let answer = append(&shared, &routing, &mut stream_name, &mut row_type, request);
+                let last = answer.is_err();
+                if sender.send(answer).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+
+    fn error_response(
+        code: tonic::Code,
+        message: &str,
+        row_errors: Vec<RowError>,
+    ) -> AppendRowsResponse {
+        AppendRowsResponse {
+            response: Some(append_rows_response::Response::Error(
+                googleapis_tonic_google_rpc::google::rpc::Status {
+                    code: code as i32,
+                    message: message.to_owned(),
+                    details: Vec::new(),
+                },
+            )),
+            row_errors,
+            ..AppendRowsResponse::default()
+        }
+    }
+
+    /// One request: `Ok` is the response to send, `Err` ends the stream with a status.
+    fn append(
+        shared: &Shared,
+        routing: &str,
+        stream_name: &mut Option<String>,
+        row_type: &mut Option<MessageDescriptor>,
+        request: AppendRowsRequest,
+    ) -> Result<AppendRowsResponse, Status> {
+        let problem = |p: String| shared.lock().problems.push(format!("AppendRows: {p}"));
+        if stream_name.is_none() {
+            if request.write_stream.is_empty() {
+                problem("the first request has no write_stream".into());
+                return Err(Status::invalid_argument("write_stream is required"));
+            }
+            let expected: String = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("write_stream", &request.write_stream)
+                .finish();
+            if routing != expected {
+                problem(format!(
+                    "x-goog-request-params is {routing:?}, expected {expected:?}"
+                ));
+            }
+            *stream_name = Some(request.write_stream.clone());
+        } else if !request.write_stream.is_empty()
+            && Some(&request.write_stream) != stream_name.as_ref()
+        {
+            problem("write_stream changed within a stream".into());
+        }
+        let Some(append_rows_request::Rows::ProtoRows(data)) = request.rows else {
+            problem("no proto rows".into());
+            return Err(Status::invalid_argument("rows are required"));
+        };
+        if let Some(schema) = data.writer_schema.and_then(|s| s.proto_descriptor) {
+            let file = prost_types::FileDescriptorProto {
+                name: Some("writer.proto".into()),
+                message_type: vec![schema.clone()],
+                ..Default::default()
+            };
+            let pool = DescriptorPool::from_file_descriptor_set(prost_types::FileDescriptorSet {
+                file: vec![file],
+            })
+            .map_err(|e| Status::invalid_argument(format!("invalid writer schema: {e}")))?;
+            *row_type = pool.get_message_by_name(schema.name());
+        }
+        let Some(descriptor) = row_type.clone() else {
+            problem("the first request has no writer_schema".into());
+            return Err(Status::invalid_argument("writer_schema is required"));
+        };
+        let name = stream_name.clone().unwrap_or_default();
+        // projects/P/datasets/D/tables/T/streams/_default
+        let parts: Vec<&str> = name.split('/').collect();
+        let key = match parts.as_slice() {
+            [
+                "projects",
+                p,
+                "datasets",
+                d,
+                "tables",
+                t,
+                "streams",
+                "_default",
+            ] => {
+                format!("{p}/{d}/{t}")
+            }
+            _ => {
+                problem(format!("{name:?} is not a default stream"));
+                return Err(Status::invalid_argument("bad stream name"));
+            }
+        };
+        let rows = data.rows.map(|r| r.serialized_rows).unwrap_or_default();
+        let bytes: usize = rows.iter().map(|r| r.len()).sum();
+        let mut inner = shared.lock();
+        inner.insert_requests.push((rows.len(), bytes, 0));
+        if bytes > super::MAX_REQUEST_BYTES {
+            return Ok(error_response(
+                tonic::Code::InvalidArgument,
+                "AppendRows request too large: 10485760 limit",
+                Vec::new(),
+            ));
+        }
+        if let Some(s) = inner.outage.clone().or_else(|| inner.script.pop_front()) {
+            if let Some(last) = inner.insert_requests.last_mut() {
+                last.2 = s.status;
+            }
+            let code = match s.status {
+                429 => tonic::Code::ResourceExhausted,
+                403 => tonic::Code::PermissionDenied,
+                404 => tonic::Code::NotFound,
+                _ => tonic::Code::Unavailable,
+            };
+            return Err(Status::new(
+                code,
+                format!("scripted failure ({})", s.reason),
+            ));
+        }
+        let Some(schema) = inner.tables.get(&key).map(|t| t.schema.clone()) else {
+            return Err(Status::not_found(format!(
+                "Requested entity was not found. Table {key}"
+            )));
+        };
+        let options = SerializeOptions::new()
+            .stringify_64_bit_integers(false)
+            .use_proto_field_name(true);
+        let mut parsed = Vec::new();
+        let mut errors = Vec::new();
+        for (index, bytes) in rows.iter().enumerate() {
+            let message = match DynamicMessage::decode(descriptor.clone(), bytes.as_ref()) {
+                Ok(m) => m,
+                Err(e) => {
+                    inner
+                        .problems
+                        .push(format!("AppendRows: row {index} does not decode: {e}"));
+                    errors.push((index, format!("cannot decode: {e}")));
+                    continue;
+                }
+            };
+            let json = match message.serialize_with_options(serde_json::value::Serializer, &options)
+            {
+                Ok(Value::Object(map)) => map,
+                _ => serde_json::Map::new(),
+            };
+            // TIMESTAMP columns arrive as int64 micros: compare with the schema's types
+            // as BigQuery does for proto rows.
+            let mut checked = json.clone();
+            for (column, value) in checked.iter_mut() {
+                let is_ts = schema["fields"].as_array().is_some_and(|f| {
+                    f.iter()
+                        .any(|f| f["name"] == column.as_str() && f["type"] == "TIMESTAMP")
+                });
+                if is_ts && value.is_i64() {
+                    *value = Value::String("1970-01-01T00:00:00Z".into());
+                }
+            }
+            let offset = json
+                .get("kafka_offset")
+                .and_then(Value::as_i64)
+                .unwrap_or(-1);
+            if inner.invalid_offsets.contains(&offset) {
+                errors.push((index, "scripted: the row is invalid".into()));
+            } else if let Some((column, message)) = check_row(&schema, &checked) {
+                inner
+                    .problems
+                    .push(format!("AppendRows: row {index}: {column}: {message}"));
+                errors.push((index, format!("{column}: {message}")));
+            }
+            let insert_id = format!(
+                "{}:{}:{}",
+                json.get("kafka_topic")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?"),
+                json.get("kafka_partition").unwrap_or(&Value::Null),
+                json.get("kafka_offset").unwrap_or(&Value::Null)
+            );
+            parsed.push(StoredRow { insert_id, json });
+        }
+        if !errors.is_empty() {
+            let row_errors = errors
+                .into_iter()
+                .map(|(index, message)| RowError {
+                    index: index as i64,
+                    code: RowErrorCode::FieldsError as i32,
+                    message,
+                })
+                .collect();
+            return Ok(error_response(
+                tonic::Code::InvalidArgument,
+                "Errors found while processing rows.",
+                row_errors,
+            ));
+        }
+        if let Some(t) = inner.tables.get_mut(&key) {
+            t.rows.extend(parsed);
+        }
+        if let Some(last) = inner.insert_requests.last_mut() {
+            last.2 = 200;
+        }
+        Ok(AppendRowsResponse {
+            response: Some(append_rows_response::Response::AppendResult(
+                append_rows_response::AppendResult { offset: None },
+            )),
+            write_stream: name,
+            ..AppendRowsResponse::default()
+        })
+    }
+
+    impl<B> Service<http::Request<B>> for WriteService
+    where
+        B: Body + Send + 'static,
+        B::Error: Into<StdError> + Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<B>) -> Self::Future {
+            let shared = self.0.clone();
+            if request.uri().path() == PATH {
+                return Box::pin(async move {
+                    let codec = tonic_prost::ProstCodec::default();
+                    let mut grpc = tonic::server::Grpc::new(codec)
+                        .apply_max_message_size_config(Some(32 << 20), Some(32 << 20));
+                    Ok(grpc.streaming(AppendRows(shared), request).await)
+                });
+            }
+            Box::pin(
+                async move { Ok(Status::unimplemented("only AppendRows is served").into_http()) },
+            )
+        }
+    }
 }
