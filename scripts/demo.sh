@@ -252,14 +252,15 @@ print("one delivery row:")
 print("  " + json.dumps(row, indent=2).replace("\n", "\n  "))
 PY
 
-step "the delivery domain into BigQuery (insertAll) against a local fake of Google's token endpoint and REST API"
+step "the delivery domain into BigQuery (the Storage Write API, the default) against a local fake of Google's endpoints"
 "$BIN/examples/bigquery_fake" --dir "$WORK/bigquery" > "$WORK/bigquery.log" 2>&1 &
 FAKE_PID=$!; PIDS+=($FAKE_PID)
 for _ in $(seq 100); do [ -s "$WORK/bigquery/endpoint" ] && break; sleep 0.1; done
 head -1 "$WORK/bigquery.log"
 port=$(free_port)
 ADMIN_LISTEN="127.0.0.1:$port" RUST_LOG=info LOG_FORMAT=text \
-    SINK=bigquery BIGQUERY_API=insert_all BIGQUERY_ENDPOINT="$(cat "$WORK/bigquery/endpoint")" \
+    SINK=bigquery BIGQUERY_ENDPOINT="$(cat "$WORK/bigquery/endpoint")" \
+    BIGQUERY_STORAGE_ENDPOINT="$(cat "$WORK/bigquery/storage-endpoint")" \
     BQ_PROJECT_LOCAL=demo-project BQ_DATASET_LOCAL=events BQ_CREATE_TABLE_DELIVERY=true \
     GOOGLE_APPLICATION_CREDENTIALS="$WORK/bigquery/service-account.json" \
     GROUP_ID_DELIVERY=delivery-bigquery \

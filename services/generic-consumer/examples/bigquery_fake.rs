@@ -1,6 +1,7 @@
 //! The tests' fake of Google's token endpoint and BigQuery REST API as a process, for
 //! `make demo`: `bigquery_fake --dir DIR` writes `DIR/service-account.json` (a key file
-//! whose `token_uri` is this fake) and `DIR/endpoint` (the `BIGQUERY_ENDPOINT` to use),
+//! whose `token_uri` is this fake), `DIR/endpoint` (the `BIGQUERY_ENDPOINT` to use) and
+//! `DIR/storage-endpoint` (the `BIGQUERY_STORAGE_ENDPOINT`),
 //! serves until SIGTERM or SIGINT, then prints what each table received.
 
 use std::{collections::BTreeMap, path::PathBuf};
@@ -23,7 +24,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fake = fake_bigquery::FakeBigQuery::start().await;
     let key = fake.key_file(&dir);
     std::fs::write(dir.join("endpoint"), &fake.url)?;
-    println!("fake BigQuery on {} (key file {})", fake.url, key.display());
+    std::fs::write(dir.join("storage-endpoint"), &fake.storage_url)?;
+    println!(
+        "fake BigQuery: REST and token endpoint on {}, Storage Write on {} (key file {})",
+        fake.url,
+        fake.storage_url,
+        key.display()
+    );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -49,13 +56,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("  {n:>5}  {event}");
         }
         if let Some(row) = rows.first() {
-            println!("one row as insertAll sent it (insertId {}):", row.insert_id);
+            println!("one row as the table received it ({}):", row.insert_id);
             let text = serde_json::to_string_pretty(&row.json)?;
             println!("  {}", text.replace('\n', "\n  "));
         }
     }
     println!(
-        "access tokens issued: {}; insertAll requests: {}; problems found in requests: {}",
+        "access tokens issued: {}; requests: {}; problems found in requests: {}",
         fake.tokens_issued(),
         fake.insert_requests().len(),
         fake.problems().len()
