@@ -141,12 +141,7 @@ impl Row {
     /// columns (timestamps as RFC 3339 text), then `payload` or the event's columns.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"insert_id\":\"");
-        // Topic names are ASCII letters, digits, '.', '_' and '-': nothing to escape.
-        push_escaped_inner(out, &self.kafka_topic);
-        out.push(b':');
-        push_int(out, i64::from(self.kafka_partition));
-        out.push(b':');
-        push_int(out, self.kafka_offset);
+        push_insert_id(out, self);
         out.extend_from_slice(b"\",\"event_name\":");
         push_str(out, &self.event_name);
         out.extend_from_slice(b",\"event_id\":");
@@ -192,6 +187,15 @@ impl Row {
             _ => serde_json::Map::new(),
         }
     }
+}
+
+/// `row`'s insert id, escaped for the inside of a JSON string, without allocating.
+pub(crate) fn push_insert_id(out: &mut Vec<u8>, row: &Row) {
+    push_escaped_inner(out, &row.kafka_topic);
+    out.push(b':');
+    push_int(out, i64::from(row.kafka_partition));
+    out.push(b':');
+    push_int(out, row.kafka_offset);
 }
 
 pub(crate) fn push_int(out: &mut Vec<u8>, n: i64) {

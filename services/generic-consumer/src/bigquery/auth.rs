@@ -76,7 +76,7 @@ impl Auth {
                     TOKEN_TIMEOUT.as_secs()
                 ))
             })?
-            .map_err(|e| AuthError(format!("cannot get an access token: {}", chain(&e))))?;
+            .map_err(|e| AuthError(format!("cannot get an access token: {}", super::chain(&e))))?;
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if last.as_ref().is_none_or(|t| !Arc::ptr_eq(t, &token)) {
             metrics::counter!("bigquery_token_refreshes_total").increment(1);
@@ -96,18 +96,6 @@ impl Auth {
             *last = None;
         }
     }
-}
-
-/// An error with its causes ("token request failed" alone says little).
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn parse(path: &Path, key: &str) -> Result<CustomServiceAccount, String> {

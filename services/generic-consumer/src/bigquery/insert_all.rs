@@ -11,7 +11,10 @@
 //! `quotaExceeded`) leave the rows to the pipeline's backoff; 403/404 and requests
 //! BigQuery refuses as they are stop the instance.
 
-use std::{collections::HashMap, ops::Range};
+use std::{
+    collections::{HashMap, HashSet},
+    ops::Range,
+};
 
 use serde_json::Value;
 
@@ -34,7 +37,7 @@ pub struct InsertAllTable {
     pub(super) rest: Rest,
     pub(super) table: String,
     /// Flattened rows: the JSON columns (their values are sent as JSON text).
-    pub(super) json_columns: HashMap<String, ColumnType>,
+    pub(super) json_columns: HashSet<String>,
     pub(super) max_rows: usize,
     pub(super) max_bytes: usize,
 }
@@ -54,7 +57,7 @@ impl InsertAllTable {
                 .columns
                 .iter()
                 .filter(|c| c.kind == ColumnType::Json)
-                .map(|c| (c.name.clone(), c.kind))
+                .map(|c| c.name.clone())
                 .collect(),
             max_rows,
             max_bytes,
@@ -66,7 +69,7 @@ impl InsertAllTable {
     /// columns as a string holding the JSON text (the form insertAll takes for them).
     fn write_entry(&self, row: &Row, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"insertId\":\"");
-        row::push_escaped_inner(out, &row.insert_id().to_string());
+        row::push_insert_id(out, row);
         out.extend_from_slice(b"\",\"json\":{\"event_name\":");
         row::push_str(out, &row.event_name);
         if let Some(id) = &row.event_id {
@@ -99,7 +102,7 @@ impl InsertAllTable {
                     out.push(b',');
                     row::push_str(out, name);
                     out.push(b':');
-                    if self.json_columns.contains_key(&**name) {
+                    if self.json_columns.contains(&**name) {
                         row::push_json_utf8(out, value.as_bytes(), true);
                     } else {
                         out.extend_from_slice(value.as_bytes());
@@ -133,31 +136,12 @@ impl InsertAllTable {
         entries: &[Range<usize>],
         rows: impl Iterator<Item = usize>,
     ) -> Vec<Vec<usize>> {
-        let mut requests = Vec::new();
-        let mut current = Vec::new();
-        let mut bytes = 64;
-        for i in rows {
-            let size = entries[i].len() + 1;
-            if !current.is_empty()
-                && (current.len() == self.max_rows || bytes + size > self.max_bytes)
-            {
-                requests.push(std::mem::take(&mut current));
-                bytes = 64;
-            }
-            bytes += size;
-            current.push(i);
-        }
-        if !current.is_empty() {
-            requests.push(current);
-        }
-        requests
+        super::cut_requests(
+            rows,
+            |i| entries[i].len() + 1,
+            (self.max_rows, self.max_bytes, 64),
+        )
     }
-}
-
-/// What one request's answer says about its rows.
-enum Answer {
-    Sent(Value),
-    Failed(Failure),
 }
 
 impl Table for InsertAllTable {
@@ -187,22 +171,19 @@ impl Table for InsertAllTable {
             if pending.is_empty() {
                 break;
             }
-            let sent = futures::future::join_all(pending.iter().map(|request| async {
+            let sent = futures::future::join_all(pending.iter().map(|request| {
                 let body = Self::body(&encoded, &entries, request);
-                match self.rest.insert_all(&self.table, &body).await {
-                    Ok(answer) => Answer::Sent(answer),
-                    Err(failure) => Answer::Failed(failure),
-                }
+                self.rest.insert_all(&self.table, body)
             }))
             .await;
             let mut next = Vec::new();
             for (request, answer) in pending.drain(..).zip(sent) {
                 match answer {
-                    Answer::Sent(answer) => {
+                    Ok(answer) => {
                         let resend = settle(&request, &answer, &mut outcomes);
                         next.extend(self.requests(&entries, resend.into_iter()));
                     }
-                    Answer::Failed(Failure::TooLarge(reason)) => {
+                    Err(Failure::TooLarge(reason)) => {
                         if request.len() > 1 {
                             metrics::counter!("bigquery_request_splits_total", "api" => "insert_all")
                                 .increment(1);
@@ -215,13 +196,13 @@ impl Table for InsertAllTable {
                             )));
                         }
                     }
-                    Answer::Failed(Failure::Transient { reason, after }) => {
+                    Err(Failure::Transient { reason, after }) => {
                         let retry = Retry { reason, after };
                         for &i in &request {
                             outcomes[i] = Some(RowOutcome::Retry(retry.clone()));
                         }
                     }
-                    Answer::Failed(Failure::Fatal(reason)) => return Err(Fatal(reason)),
+                    Err(Failure::Fatal(reason)) => return Err(Fatal(reason)),
                 }
             }
             pending = next;

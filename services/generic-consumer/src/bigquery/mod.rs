@@ -92,6 +92,44 @@ impl BigQuerySink {
     }
 }
 
+/// Cuts `rows` into requests of at most `max_rows` rows and `max_bytes` bytes, each
+/// starting at `overhead` bytes and each row taking `size(row)` (a row over the bound
+/// alone still gets a request of its own).
+fn cut_requests(
+    rows: impl Iterator<Item = usize>,
+    size: impl Fn(usize) -> usize,
+    (max_rows, max_bytes, overhead): (usize, usize, usize),
+) -> Vec<Vec<usize>> {
+    let mut requests = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = overhead;
+    for i in rows {
+        let row = size(i);
+        if !current.is_empty() && (current.len() == max_rows || bytes + row > max_bytes) {
+            requests.push(std::mem::take(&mut current));
+            bytes = overhead;
+        }
+        bytes += row;
+        current.push(i);
+    }
+    if !current.is_empty() {
+        requests.push(current);
+    }
+    requests
+}
+
+/// An error with its causes ("token request failed" alone says little).
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Counts a write's outcomes: rows BigQuery took, and those it did not, by reason.
 fn count_outcomes(api: &'static str, outcomes: &[crate::sink::RowOutcome]) {
     use crate::sink::RowOutcome;

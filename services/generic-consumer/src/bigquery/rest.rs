@@ -151,7 +151,7 @@ impl Rest {
         &self,
         method: Method,
         url: &str,
-        body: Option<&[u8]>,
+        body: Option<bytes::Bytes>,
         what: &str,
     ) -> Result<(StatusCode, bytes::Bytes), Failure> {
         for attempt in 0..2 {
@@ -163,10 +163,11 @@ impl Rest {
                 .http
                 .request(method.clone(), url)
                 .bearer_auth(token.as_str());
-            if let Some(body) = body {
+            if let Some(body) = &body {
+                // A cheap clone: the second attempt after a 401 sends the same bytes.
                 request = request
                     .header(header::CONTENT_TYPE, "application/json")
-                    .body(body.to_vec());
+                    .body(body.clone());
             }
             let started = std::time::Instant::now();
             let answer = request.send().await;
@@ -231,7 +232,12 @@ impl Rest {
     pub async fn create_table(&self, resource: &Value) -> Result<(), Failure> {
         let body = serde_json::to_vec(resource).unwrap_or_default();
         let (status, answer) = self
-            .send(Method::POST, &self.tables, Some(&body), "tables.insert")
+            .send(
+                Method::POST,
+                &self.tables,
+                Some(body.into()),
+                "tables.insert",
+            )
             .await?;
         if status == StatusCode::NOT_FOUND {
             return Err(Failure::Fatal(format!(
@@ -244,12 +250,12 @@ impl Rest {
     }
 
     /// `tabledata.insertAll` with `body` (the request JSON); the answer's JSON.
-    pub async fn insert_all(&self, table: &str, body: &[u8]) -> Result<Value, Failure> {
+    pub async fn insert_all(&self, table: &str, body: Vec<u8>) -> Result<Value, Failure> {
         let url = self.table_url(table, "/insertAll");
         metrics::counter!("bigquery_request_bytes_total", "api" => "insert_all")
             .increment(body.len() as u64);
         let (status, answer) = self
-            .send(Method::POST, &url, Some(body), "tabledata.insertAll")
+            .send(Method::POST, &url, Some(body.into()), "tabledata.insertAll")
             .await?;
         if status == StatusCode::NOT_FOUND {
             return Err(Failure::Fatal(format!(
@@ -264,19 +270,14 @@ impl Rest {
     }
 }
 
-/// A reqwest error with its causes (`error sending request` alone says little).
+/// A reqwest error with its causes, and whether it timed out.
 fn describe(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
+    let text = super::chain(err);
     if err.is_timeout() {
-        text.push_str(" (timed out)");
+        format!("{text} (timed out)")
+    } else {
+        text
     }
-    text
 }
 
 #[cfg(test)]

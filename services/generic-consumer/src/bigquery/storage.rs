@@ -284,22 +284,11 @@ impl StorageWriteTable {
 
     /// Cuts `rows` (indices into `encoded`) into requests within the byte bound.
     fn requests(&self, encoded: &[Bytes], rows: impl Iterator<Item = usize>) -> Vec<Vec<usize>> {
-        let mut requests = Vec::new();
-        let mut current = Vec::new();
-        let mut bytes = 1024;
-        for i in rows {
-            let size = encoded[i].len() + 8;
-            if !current.is_empty() && bytes + size > self.max_bytes {
-                requests.push(std::mem::take(&mut current));
-                bytes = 1024;
-            }
-            bytes += size;
-            current.push(i);
-        }
-        if !current.is_empty() {
-            requests.push(current);
-        }
-        requests
+        super::cut_requests(
+            rows,
+            |i| encoded[i].len() + 8,
+            (usize::MAX, self.max_bytes, 1024),
+        )
     }
 }
 
@@ -402,13 +391,12 @@ impl Table for StorageWriteTable {
                     Err(status) => classify(&status),
                 };
                 match failure {
-                    Failed::Split(reason) if request.len() > 1 => {
+                    Failed::Split(_) if request.len() > 1 => {
                         metrics::counter!("bigquery_request_splits_total", "api" => "storage_write")
                             .increment(1);
                         let (a, b) = request.split_at(request.len() / 2);
                         next.push(a.to_vec());
                         next.push(b.to_vec());
-                        let _ = reason;
                     }
                     Failed::Split(reason) => {
                         outcomes[request[0]] = Some(RowOutcome::Invalid(format!(

@@ -315,7 +315,7 @@ async fn a_table_that_does_not_fit_stops_the_start_naming_the_column() {
     assert_eq!(running.consumed(), 0, "nothing consumed");
 
     // A missing table without BQ_CREATE_TABLE is refused the same way.
-    let missing = setup_missing().await;
+    let missing = crate::bigquery::setup(1, &[]).await;
     let mut running = start(
         missing.context.clone(),
         missing.contract.clone(),
@@ -324,10 +324,6 @@ async fn a_table_that_does_not_fit_stops_the_start_naming_the_column() {
     let text = running.ended().await.expect_err("refused").to_string();
     assert!(text.contains("does not exist"), "{text}");
     assert!(text.contains("BQ_CREATE_TABLE_"), "{text}");
-}
-
-async fn setup_missing() -> Setup {
-    setup(1, &[]).await
 }
 
 /// The binary with exactly `vars` (plus the domain's) as its environment.
