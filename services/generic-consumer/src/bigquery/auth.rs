@@ -1,7 +1,9 @@
 //! Google access tokens from the mounted service-account key file: a JWT signed with the
 //! file's key is exchanged at the file's own `token_uri` (`gcp_auth`), the token cached
 //! and refreshed before it expires; a request answered 401 / UNAUTHENTICATED drops the
-//! cached token once so that the next one is fresh.
+//! cached token once so that the next one is fresh. When that fresh token is refused
+//! too before any request accepted it, the key is refused for good: the sink stops the
+//! instance rather than asking for tokens forever.
 
 use std::{
     path::{Path, PathBuf},
@@ -27,8 +29,29 @@ pub struct Auth {
     /// The file's text, kept to start over with an empty cache after a 401.
     key: String,
     account: Mutex<Arc<CustomServiceAccount>>,
+    state: Mutex<State>,
+}
+
+/// What is known of the tokens handed out.
+#[derive(Default)]
+struct State {
     /// The last token handed out (refreshes are counted by it changing).
-    last: Mutex<Option<Arc<Token>>>,
+    last: Option<Arc<Token>>,
+    /// A token was refused and dropped; the next one is a renewal.
+    dropped: bool,
+    /// The last token is a renewal that no request has accepted yet.
+    unproven: bool,
+    /// A renewed token was refused: the key is refused.
+    key_refused: bool,
+}
+
+/// What a refusal of a token means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The token was dropped (or already had been): the next one is new.
+    Renewed,
+    /// A renewed token was refused before anything accepted it: the key is refused.
+    KeyRefused,
 }
 
 impl std::fmt::Debug for Auth {
@@ -53,7 +76,7 @@ impl Auth {
             path: path.to_owned(),
             key,
             account: Mutex::new(Arc::new(account)),
-            last: Mutex::new(None),
+            state: Mutex::default(),
         })
     }
 
@@ -77,24 +100,51 @@ impl Auth {
                 ))
             })?
             .map_err(|e| AuthError(format!("cannot get an access token: {}", super::chain(&e))))?;
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if last.as_ref().is_none_or(|t| !Arc::ptr_eq(t, &token)) {
+        let mut state = self.state();
+        if state.last.as_ref().is_none_or(|t| !Arc::ptr_eq(t, &token)) {
             metrics::counter!("bigquery_token_refreshes_total").increment(1);
-            *last = Some(Arc::clone(&token));
+            state.last = Some(Arc::clone(&token));
+            state.unproven = std::mem::take(&mut state.dropped);
         }
         Ok(token)
     }
 
-    /// `token` was refused (401): drops it, so the next [`Auth::token`] fetches a new one.
-    /// Several requests refused with the same token drop it once.
-    pub fn refused(&self, token: &Arc<Token>) {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if last.as_ref().is_some_and(|t| Arc::ptr_eq(t, token))
-            && let Ok(fresh) = parse(&self.path, &self.key)
-        {
-            *self.account.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
-            *last = None;
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a renewed token was refused before anything accepted it.
+    pub fn key_refused(&self) -> bool {
+        self.state().key_refused
+    }
+
+    /// A request with `token` succeeded: a renewed token is proven.
+    pub fn accepted(&self, token: &Arc<Token>) {
+        let mut state = self.state();
+        if state.unproven && state.last.as_ref().is_some_and(|t| Arc::ptr_eq(t, token)) {
+            state.unproven = false;
         }
+    }
+
+    /// `token` was refused (401 / UNAUTHENTICATED): drops it, so the next
+    /// [`Auth::token`] fetches a new one. Several requests refused with the same token
+    /// drop it once. A renewed token refused before anything accepted it means the key
+    /// is refused.
+    pub fn refused(&self, token: &Arc<Token>) -> Refusal {
+        let mut state = self.state();
+        if !state.last.as_ref().is_some_and(|t| Arc::ptr_eq(t, token)) {
+            return Refusal::Renewed;
+        }
+        if state.unproven {
+            state.key_refused = true;
+            return Refusal::KeyRefused;
+        }
+        if let Ok(fresh) = parse(&self.path, &self.key) {
+            *self.account.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+            state.last = None;
+            state.dropped = true;
+        }
+        Refusal::Renewed
     }
 }
 

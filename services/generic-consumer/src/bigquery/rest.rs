@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 use reqwest::{Method, StatusCode, header};
 use serde_json::Value;
 
-use super::auth::Auth;
+use super::auth::{Auth, Refusal};
 
 /// How long one request may take, connection included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -197,8 +197,10 @@ impl Rest {
             };
             metrics::counter!("bigquery_requests_total", "api" => "rest", "outcome" => outcome.to_owned())
                 .increment(1);
-            if status == StatusCode::UNAUTHORIZED && attempt == 0 {
-                self.auth.refused(&token);
+            if status == StatusCode::UNAUTHORIZED
+                && self.auth.refused(&token) == Refusal::Renewed
+                && attempt == 0
+            {
                 continue;
             }
             if status == StatusCode::UNAUTHORIZED {
@@ -209,6 +211,7 @@ impl Rest {
                 )));
             }
             if status.is_success() || status == StatusCode::NOT_FOUND {
+                self.auth.accepted(&token);
                 return Ok((status, bytes));
             }
             return Err(classify(status, after, &bytes, what));

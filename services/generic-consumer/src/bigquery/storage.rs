@@ -7,8 +7,9 @@
 //! Outcomes: an append result → written; `row_errors` (FIELDS_ERROR: nothing of that
 //! request was appended) → the named rows dead-lettered, the others sent again at once;
 //! UNAVAILABLE, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, DEADLINE_EXCEEDED, a broken stream
-//! → the rows left to the pipeline's backoff; UNAUTHENTICATED → a new token and stream,
-//! once; PERMISSION_DENIED, NOT_FOUND, another INVALID_ARGUMENT → the instance stops.
+//! → the rows left to the pipeline's backoff; UNAUTHENTICATED → a new token and stream
+//! (when the new token is refused too, the key is refused: the instance stops);
+//! PERMISSION_DENIED, NOT_FOUND, another INVALID_ARGUMENT → the instance stops.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
@@ -156,9 +157,14 @@ impl StorageWriteTable {
                     return fail_all(status);
                 }
             };
+            let mut proven = false;
             loop {
                 match responses.message().await {
                     Ok(Some(response)) => {
+                        if !proven {
+                            auth.accepted(&token);
+                            proven = true;
+                        }
                         let answer = reader_pending
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -299,13 +305,17 @@ enum Failed {
     Fatal(String),
 }
 
-fn classify(status: &Status) -> Failed {
+fn classify(status: &Status, auth: &Auth) -> Failed {
     let reason = format!(
         "AppendRows: {}: {}",
         status.code().description(),
         status.message()
     );
     match status.code() {
+        Code::Unauthenticated if auth.key_refused() => Failed::Fatal(format!(
+            "{reason}: refused again with a new token for {}: the key is refused",
+            auth.describe()
+        )),
         Code::Unavailable
         | Code::ResourceExhausted
         | Code::Aborted
@@ -383,12 +393,13 @@ impl Table for StorageWriteTable {
                             next.extend(self.requests(&encoded, again.into_iter()));
                             continue;
                         }
-                        Some(append_rows_response::Response::Error(status)) => {
-                            classify(&Status::new(Code::from_i32(status.code), status.message))
-                        }
+                        Some(append_rows_response::Response::Error(status)) => classify(
+                            &Status::new(Code::from_i32(status.code), status.message),
+                            &self.auth,
+                        ),
                         None => Failed::Transient("AppendRows: an empty response".into()),
                     },
-                    Err(status) => classify(&status),
+                    Err(status) => classify(&status, &self.auth),
                 };
                 match failure {
                     Failed::Split(_) if request.len() > 1 => {

@@ -160,9 +160,19 @@ async fn rows_arrive_complete_with_the_table_path_auth_and_insert_ids_over(api: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_too_large_is_halved_until_everything_lands() {
-    let setup = setup(1, &[("BATCH_ROWS", "400"), ("BATCH_LINGER_MS", "300")]).await;
+    a_request_too_large_is_halved_until_everything_lands_over("insert_all").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_write_a_request_too_large_is_halved_until_everything_lands() {
+    a_request_too_large_is_halved_until_everything_lands_over("storage_write").await;
+}
+
+async fn a_request_too_large_is_halved_until_everything_lands_over(api: &str) {
+    let setup = setup_api(api, 1, &[("BATCH_ROWS", "400"), ("BATCH_LINGER_MS", "300")]).await;
     add_table(&setup);
-    // A front end that refuses more than 60 rows with a 413 page.
+    // More than 60 rows are too large: a front end's 413 page (insertAll), the
+    // "AppendRows request too large" status (Storage Write).
     setup.fake.front_end_limit(60);
     produce_samples(&setup.cluster.bootstrap, &setup.contract, 0..400, 1);
     let running = start(setup.context.clone(), setup.contract.clone(), sink(&setup));
@@ -288,6 +298,52 @@ async fn an_outage_is_retried_with_nothing_committed_past_unwritten_rows_over(ap
             2
         ),
         ends(&setup.cluster.bootstrap, DELIVERY_TOPIC, 2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_refused_with_a_new_token_stops_the_instance() {
+    a_key_refused_with_a_new_token_stops_the_instance_over("insert_all").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_write_a_key_refused_with_a_new_token_stops_the_instance() {
+    a_key_refused_with_a_new_token_stops_the_instance_over("storage_write").await;
+}
+
+/// A 401 / UNAUTHENTICATED is answered with one new token; when that one is refused too,
+/// the key is refused for good and the instance stops (exit 1) instead of retrying.
+async fn a_key_refused_with_a_new_token_stops_the_instance_over(api: &str) {
+    let setup = setup_api(api, 1, &[]).await;
+    add_table(&setup);
+    produce_samples(&setup.cluster.bootstrap, &setup.contract, 0..50, 1);
+    let mut running = start(setup.context.clone(), setup.contract.clone(), sink(&setup));
+    eventually("50 rows in the table", Duration::from_secs(30), || {
+        stored(&setup) >= 50
+    })
+    .await;
+    setup.fake.refuse_all_tokens();
+    // An open AppendRows stream was authorized when it opened; one refused request ends
+    // it (as the server ends streams after a while), the next opens with a refused token.
+    setup.fake.fail_next(1, 503, "backendError", None);
+    produce_samples(&setup.cluster.bootstrap, &setup.contract, 50..100, 1);
+    let error = running.ended().await.expect_err("the key is refused");
+    let text = error.to_string();
+    assert!(text.contains("the key is refused"), "{text}");
+    assert!(text.contains(crate::fake_bigquery::CLIENT_EMAIL), "{text}");
+    assert_eq!(stored(&setup), 50);
+    assert_eq!(
+        setup.fake.tokens_issued(),
+        2,
+        "one new token, then the stop"
+    );
+    assert!(
+        committed(
+            &setup.cluster.bootstrap,
+            "delivery-consumer",
+            DELIVERY_TOPIC,
+            1
+        )[0] <= 50
     );
 }
 

@@ -57,6 +57,8 @@ pub struct Scripted {
 struct Inner {
     token_uri: String,
     tokens: HashMap<String, bool>,
+    /// Tokens issued are refused by the APIs.
+    refuse_tokens: bool,
     issued: u32,
     tables: BTreeMap<String, Table>,
     script: VecDeque<Scripted>,
@@ -260,9 +262,20 @@ impl FakeBigQuery {
         self.shared.lock().invalid_offsets.extend(offsets);
     }
 
-    /// A front end that answers 413 with an HTML page to requests of more than `rows` rows.
+    /// Requests of more than `rows` rows are too large: a front end's 413 HTML page
+    /// (REST), the "AppendRows request too large" status (Storage Write).
     pub fn front_end_limit(&self, rows: usize) {
         self.shared.lock().front_end_rows = Some(rows);
+    }
+
+    /// Every token, issued so far or from now on, is refused by the APIs (a key whose
+    /// account lost its access while its tokens are still issued).
+    pub fn refuse_all_tokens(&self) {
+        let mut inner = self.shared.lock();
+        inner.refuse_tokens = true;
+        for valid in inner.tokens.values_mut() {
+            *valid = false;
+        }
     }
 
     /// Every token issued so far stops working (as when it expires early).
@@ -352,7 +365,8 @@ async fn token(State(shared): State<Shared>, body: Bytes) -> Response {
     let mut inner = shared.lock();
     inner.issued += 1;
     let access = format!("fake-access-token-{}", inner.issued);
-    inner.tokens.insert(access.clone(), true);
+    let valid = !inner.refuse_tokens;
+    inner.tokens.insert(access.clone(), valid);
     axum::Json(json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600}))
         .into_response()
 }
@@ -813,11 +827,18 @@ mod storage {
         let rows = data.rows.map(|r| r.serialized_rows).unwrap_or_default();
         let bytes: usize = rows.iter().map(|r| r.len()).sum();
         let mut inner = shared.lock();
-        inner.insert_requests.push((rows.len(), bytes, 0));
-        if bytes > super::MAX_REQUEST_BYTES {
+        let over_front_end = inner.front_end_rows.is_some_and(|limit| rows.len() > limit);
+        let too_large = bytes > super::MAX_REQUEST_BYTES || over_front_end;
+        inner
+            .insert_requests
+            .push((rows.len(), bytes, if too_large { 413 } else { 0 }));
+        if too_large {
             return Ok(error_response(
                 tonic::Code::InvalidArgument,
-                "AppendRows request too large: 10485760 limit",
+                &format!(
+                    "AppendRows request too large: {bytes} limit {}",
+                    super::MAX_REQUEST_BYTES
+                ),
                 Vec::new(),
             ));
         }

@@ -448,6 +448,15 @@ fn http_get(url: &str) -> String {
 
 #[test]
 fn kill_9_mid_stream_into_bigquery_then_a_restart_loses_nothing() {
+    kill_9_mid_stream_into_bigquery_then_a_restart_loses_nothing_over("insert_all");
+}
+
+#[test]
+fn storage_write_kill_9_mid_stream_into_bigquery_then_a_restart_loses_nothing() {
+    kill_9_mid_stream_into_bigquery_then_a_restart_loses_nothing_over("storage_write");
+}
+
+fn kill_9_mid_stream_into_bigquery_then_a_restart_loses_nothing_over(api: &str) {
     use crate::fake_bigquery::FakeBigQuery;
 
     const PARTITIONS: i32 = 6;
@@ -463,8 +472,9 @@ fn kill_9_mid_stream_into_bigquery_then_a_restart_loses_nothing() {
             &cluster.bootstrap,
             &[
                 ("SINK", "bigquery"),
-                ("BIGQUERY_API", "insert_all"),
+                ("BIGQUERY_API", api),
                 ("BIGQUERY_ENDPOINT", fake.url.as_str()),
+                ("BIGQUERY_STORAGE_ENDPOINT", fake.storage_url.as_str()),
                 ("BQ_PROJECT_LOCAL", "acme-data"),
                 ("BQ_DATASET_LOCAL", "events"),
                 ("BQ_CREATE_TABLE_DELIVERY", "true"),
