@@ -14,7 +14,12 @@
 //! - generic-consumer: an `Instance` as the binary runs it (consumer thread, decode, typed
 //!   rows, batches, watermarks, commits) into the `jsonl` sink (files in a temporary
 //!   directory, each batch synced), and once more into a sink that acknowledges at once
-//!   (what the sink's own work costs).
+//!   (what the sink's own work costs);
+//! - BigQuery (`bigquery_sides`): the fake Google endpoints in a process of their own,
+//!   counting rows; over each API a bare client sending the rows pre-encoded as fast as
+//!   the fake takes them (the ceiling), the sink alone (`Table::write`, batches in flight
+//!   as the pipeline drives it) and the instance end to end; Storage Write once more with
+//!   a quarter of the backlog. `BENCH_ONLY=bigquery` runs the floors and these only.
 //!
 //! Time: from creating the consumer (group join included) to the last message seen
 //! (bare) or the last row acknowledged (generic-consumer). CPU: this process's user +
@@ -51,6 +56,9 @@ use tokio_util::sync::CancellationToken;
 mod tansu;
 use tansu::Tansu;
 
+mod bigquery_sides;
+use bigquery_sides::FakeProcess;
+
 /// The allocator the service binary uses.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -62,9 +70,16 @@ const SMALL_TOPIC: &str = "delivery.events.v10.quarter";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    if !std::env::args().any(|a| a == "--bench") {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--fake-bigquery") {
+        let dir = args.get(at + 1).ok_or("--fake-bigquery DIR")?;
+        return bigquery_sides::serve_fake(std::path::Path::new(dir)).await;
+    }
+    if !args.iter().any(|a| a == "--bench") {
         return Ok(());
     }
+    // BENCH_ONLY=bigquery runs the floor and the BigQuery sides only.
+    let only_bigquery = std::env::var("BENCH_ONLY").as_deref() == Ok("bigquery");
     let messages: u64 = std::env::var("BENCH_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -122,8 +137,42 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(floor),
     );
 
+    if !only_bigquery {
+        consume_sides(
+            &bootstrap,
+            &contract,
+            messages,
+            small,
+            floor,
+            decode_floor,
+            &row,
+        )
+        .await?;
+    }
+    bigquery(
+        &bootstrap,
+        &contract,
+        (messages, small),
+        (floor, bare.seconds),
+        &row,
+    )
+    .await
+}
+
+type Printer<'a> = dyn Fn(&str, &Measured, u64, Option<f64>) -> f64 + 'a;
+
+/// The jsonl and instant-ack sides, and the quarter backlog.
+async fn consume_sides(
+    bootstrap: &str,
+    contract: &Contract,
+    messages: u64,
+    small: u64,
+    floor: f64,
+    decode_floor: f64,
+    row: &Printer<'_>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let out = tempfile::tempdir()?;
-    let (jsonl_context, _) = delivery(&bootstrap, "bench-e2e-jsonl", None)?;
+    let (jsonl_context, _) = delivery(bootstrap, "bench-e2e-jsonl", None)?;
     let jsonl = JsonlSink::new(out.path());
     let e2e = measure_async(end_to_end(jsonl_context, contract.clone(), messages, jsonl)).await;
     row(
@@ -137,7 +186,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(0);
     drop(out);
 
-    let (instant_context, _) = delivery(&bootstrap, "bench-e2e-instant", None)?;
+    let (instant_context, _) = delivery(bootstrap, "bench-e2e-instant", None)?;
     let instant = measure_async(end_to_end(
         instant_context,
         contract.clone(),
@@ -153,7 +202,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let (small_context, small_contract) =
-        delivery(&bootstrap, "bench-e2e-quarter", Some(SMALL_TOPIC))?;
+        delivery(bootstrap, "bench-e2e-quarter", Some(SMALL_TOPIC))?;
     let quarter = measure_async(end_to_end(
         small_context,
         small_contract,
@@ -177,6 +226,145 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         jsonl_bytes as f64 / 1024.0 / 1024.0,
         e2e.rss_before_mib
     );
+    Ok(())
+}
+
+/// Into BigQuery (the fake, in its own process): over each API, a bare client sending
+/// the rows pre-encoded (the ceiling), the sink alone driven as the pipeline drives it,
+/// and the instance end to end; last, Storage Write with a quarter of the backlog.
+async fn bigquery(
+    bootstrap: &str,
+    contract: &Contract,
+    (messages, small): (u64, u64),
+    (floor, floor_seconds): (f64, f64),
+    row: &Printer<'_>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use generic_consumer::bigquery::{BigQuerySink, layout::Layout};
+
+    let fake = FakeProcess::start()?;
+    let (probe, _) = delivery_with(bootstrap, "bench-bq", None, &fake.vars("storage_write"))?;
+    let layout = Layout::of(contract, probe.row_mode);
+    let batches = bigquery_sides::rows(contract, probe.row_mode);
+    let in_flight = probe.tuning.batches_in_flight;
+    let sink_of = |context: &Context| {
+        let target = context.bigquery.as_ref().expect("a bigquery target");
+        BigQuerySink::new(target, layout.clone()).map_err(|e| e.0)
+    };
+    println!(
+        "  into BigQuery (fake Google endpoints in another process, counting rows; \
+         rows/s x = against the bare client of the same API):"
+    );
+    let throughput = |name: &str, m: &Measured, count: u64, ceiling: Option<f64>| {
+        let rate = count as f64 / m.seconds;
+        println!(
+            "  {:<46} {:>7.2} s {:>11.0} {:>11.3} ms {:>6.3} ms {:>7.1} MiB {:>6.2}x rows/s",
+            name,
+            m.seconds,
+            rate,
+            m.cpu_seconds * 1_000_000.0 / count as f64,
+            m.system_seconds * 1_000_000.0 / count as f64,
+            m.rss_growth_mib,
+            ceiling.map_or(1.0, |c| rate / c)
+        );
+        rate
+    };
+    // The fake's process warmed up (first stream, flow-control windows grown, pages
+    // touched) before anything is timed: the ceiling must not pay for a cold start.
+    let warm = 20_000.min(messages);
+    bigquery_sides::bare_append_rows(&fake, &layout, &batches, warm, 16).await;
+    bigquery_sides::bare_insert_all(&fake, &batches, 500, warm, 16).await;
+    let floor_rate = messages as f64 / floor_seconds;
+    let mut summary = Vec::new();
+    for (api, group) in [
+        ("storage_write", "bench-bq-storage-write"),
+        ("insert_all", "bench-bq-insert-all"),
+    ] {
+        let before = fake.counted().await;
+        let bare = match api {
+            "storage_write" => {
+                measure_async(bigquery_sides::bare_append_rows(
+                    &fake, &layout, &batches, messages, 16,
+                ))
+                .await
+            }
+            _ => {
+                measure_async(bigquery_sides::bare_insert_all(
+                    &fake,
+                    &batches,
+                    probe.bigquery.as_ref().map_or(500, |t| t.insert_all_rows),
+                    messages,
+                    16,
+                ))
+                .await
+            }
+        };
+        let ceiling = throughput(
+            &format!("{api}: bare client (ceiling)"),
+            &bare,
+            messages,
+            None,
+        );
+        let (context, _) = delivery_with(bootstrap, group, None, &fake.vars(api))?;
+        let alone = measure_async(bigquery_sides::sink_alone(
+            sink_of(&context)?,
+            &batches,
+            messages,
+            in_flight,
+        ))
+        .await;
+        let alone_rate = throughput(
+            &format!("{api}: the sink alone"),
+            &alone,
+            messages,
+            Some(ceiling),
+        );
+        let e2e = measure_async(end_to_end(
+            context.clone(),
+            contract.clone(),
+            messages,
+            sink_of(&context)?,
+        ))
+        .await;
+        let per_k = row(&format!("{api}: end to end"), &e2e, messages, Some(floor));
+        let counted = fake.counted().await - before;
+        let e2e_rate = messages as f64 / e2e.seconds;
+        assert!(
+            counted >= 3 * messages,
+            "the fake counted {counted} rows of {} sent",
+            3 * messages
+        );
+        summary.push(format!(
+            "{api}: the sink alone at {:.2}x the bare client's rows/s; end to end \
+             {e2e_rate:.0} rows/s, {:.2}x the bare client's and {:.2}x the bare consume loop's \
+             (the broker's rate), at {:.2}x the floor's CPU per message",
+            alone_rate / ceiling,
+            e2e_rate / ceiling,
+            e2e_rate / floor_rate,
+            per_k / floor
+        ));
+    }
+    let (quarter_context, quarter_contract) = delivery_with(
+        bootstrap,
+        "bench-bq-quarter",
+        Some(SMALL_TOPIC),
+        &fake.vars("storage_write"),
+    )?;
+    let quarter = measure_async(end_to_end(
+        quarter_context.clone(),
+        quarter_contract,
+        small,
+        sink_of(&quarter_context)?,
+    ))
+    .await;
+    row(
+        "storage_write: a quarter of the backlog",
+        &quarter,
+        small,
+        Some(floor),
+    );
+    for line in summary {
+        println!("  ({line}; goals: >= 0.80x the bare client, <= 2.50x the floor's CPU)");
+    }
     Ok(())
 }
 
@@ -219,6 +407,16 @@ fn delivery(
     group: &str,
     topic: Option<&str>,
 ) -> Result<(Context, Contract), String> {
+    delivery_with(bootstrap, group, topic, &[("SINK", "jsonl".into())])
+}
+
+/// The delivery domain's context with `extra` variables (the sink's).
+fn delivery_with(
+    bootstrap: &str,
+    group: &str,
+    topic: Option<&str>,
+    extra: &[(&str, String)],
+) -> Result<(Context, Contract), String> {
     // The tuning knobs pass through from the environment, to compare settings.
     let mut tuning: Vec<(&str, String)> = [
         "BATCH_ROWS",
@@ -234,6 +432,7 @@ fn delivery(
     if let Some(topic) = topic {
         tuning.push(("TOPIC_DELIVERY", topic.to_owned()));
     }
+    tuning.extend(extra.iter().cloned());
     let vars = Vars::from_pairs(tuning.iter().map(|(n, v)| (*n, v.as_str())).chain([
         ("BQ_TABLE_DELIVERY", "delivery_events"),
         (
@@ -245,7 +444,6 @@ fn delivery(
         ("GROUP_ID_DELIVERY", group),
         ("WRITE_ENV", "local"),
         ("KAFKA_BOOTSTRAP_LOCAL", bootstrap),
-        ("SINK", "jsonl"),
     ]));
     let context = context::resolve("DELIVERY", &vars).map_err(|p| p.0.join("; "))?;
     let pool = contracts::descriptor_pool()?;

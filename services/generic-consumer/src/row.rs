@@ -34,6 +34,30 @@ impl Json {
         std::str::from_utf8(&self.0).unwrap_or("null")
     }
 
+    /// Appends the text as one JSON string literal (insertAll takes JSON columns so).
+    /// The text is compact JSON of our own writing: only `"` and `\` need escaping, and
+    /// a control byte (never written raw by a JSON serializer) sends it to serde_json.
+    pub fn push_as_string(&self, out: &mut Vec<u8>) {
+        let text = self.as_bytes();
+        if text.iter().fold(false, |control, &b| control | (b < 0x20)) {
+            push_json_utf8(out, text, true);
+            return;
+        }
+        out.reserve(text.len() + text.len() / 4 + 2);
+        out.push(b'"');
+        let mut run = 0;
+        for (i, &b) in text.iter().enumerate() {
+            if b == b'"' || b == b'\\' {
+                out.extend_from_slice(&text[run..i]);
+                out.push(b'\\');
+                // The byte itself starts the next run.
+                run = i;
+            }
+        }
+        out.extend_from_slice(&text[run..]);
+        out.push(b'"');
+    }
+
     /// Parsed back (tests, diagnostics; never on the write path).
     pub fn to_value(&self) -> serde_json::Value {
         serde_json::from_slice(&self.0).unwrap_or(serde_json::Value::Null)
@@ -332,6 +356,26 @@ mod tests {
         let mut out = Vec::new();
         write_rfc3339(&mut out, micros);
         String::from_utf8(out).expect("ascii")
+    }
+
+    #[test]
+    fn json_text_as_a_string_is_what_serde_json_writes() {
+        let texts = [
+            r#"{"a":"b","n":1,"list":[true,null,-2.5e3],"nested":{"x":""}}"#,
+            r#"{"quote":"say \"hi\"","slash":"a\\b","unicode":"grüße ✓ \u0001"}"#,
+            r#""just a string""#,
+            "42",
+            "{}",
+            // Whitespace a pretty printer leaves between tokens: raw control bytes.
+            "{\n  \"a\": 1\n}",
+        ];
+        for text in texts {
+            let json = Json::from_serialized(text.as_bytes().to_vec());
+            let mut out = b"prefix".to_vec();
+            json.push_as_string(&mut out);
+            let expected = format!("prefix{}", serde_json::to_string(text).expect("json"));
+            assert_eq!(String::from_utf8(out).expect("utf-8"), expected, "{text}");
+        }
     }
 
     #[test]

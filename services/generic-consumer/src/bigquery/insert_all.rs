@@ -95,7 +95,7 @@ impl InsertAllTable {
         match &row.body {
             Body::Payload(json) => {
                 out.extend_from_slice(b",\"payload\":");
-                row::push_json_utf8(out, json.as_bytes(), true);
+                json.push_as_string(out);
             }
             Body::Columns(columns) => {
                 for (name, value) in columns {
@@ -103,7 +103,7 @@ impl InsertAllTable {
                     row::push_str(out, name);
                     out.push(b':');
                     if self.json_columns.contains(&**name) {
-                        row::push_json_utf8(out, value.as_bytes(), true);
+                        value.push_as_string(out);
                     } else {
                         out.extend_from_slice(value.as_bytes());
                     }

@@ -59,6 +59,9 @@ struct Inner {
     tokens: HashMap<String, bool>,
     /// Tokens issued are refused by the APIs.
     refuse_tokens: bool,
+    /// Rows are counted, not decoded, checked or kept (the benchmark's fake).
+    count_only: bool,
+    counted: u64,
     issued: u32,
     tables: BTreeMap<String, Table>,
     script: VecDeque<Scripted>,
@@ -153,6 +156,7 @@ impl FakeBigQuery {
             .route(tables, post(create_table))
             .route(&format!("{tables}/{{table}}"), get(get_table))
             .route(&format!("{tables}/{{table}}/insertAll"), post(insert_all))
+            .route("/fake/stats", get(stats))
             .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(shared.clone());
         let rest = tokio::spawn(async move {
@@ -164,11 +168,17 @@ impl FakeBigQuery {
         let storage_url = format!("http://{}", grpc_listener.local_addr().expect("addr"));
         let service = storage::WriteService(shared.clone());
         let grpc = tokio::spawn(async move {
+            // Flow-control windows sized by bandwidth-delay probing, as gRPC servers do
+            // (h2's fixed 64 KiB would make a 1.5 MB append wait for window updates).
             let _ = tonic::transport::Server::builder()
+                .http2_adaptive_window(Some(true))
                 .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
-                    grpc_listener,
-                ))
+                // TCP_NODELAY, as Google's front ends answer: a small response must not
+                // wait for Nagle's algorithm behind a delayed ACK.
+                .serve_with_incoming(
+                    tonic::transport::server::TcpIncoming::from(grpc_listener)
+                        .with_nodelay(Some(true)),
+                )
                 .await;
         });
         Self {
@@ -266,6 +276,20 @@ impl FakeBigQuery {
     /// (REST), the "AppendRows request too large" status (Storage Write).
     pub fn front_end_limit(&self, rows: usize) {
         self.shared.lock().front_end_rows = Some(rows);
+    }
+
+    /// From now on rows are counted as they are accepted, not decoded, checked one by
+    /// one or kept: a fake that costs little beside a benchmark (auth, stream and
+    /// request limits are still checked).
+    #[allow(dead_code)] // the benchmark's
+    pub fn count_only(&self) {
+        self.shared.lock().count_only = true;
+    }
+
+    /// Rows accepted in count-only mode.
+    #[allow(dead_code)] // the benchmark's
+    pub fn counted(&self) -> u64 {
+        self.shared.lock().counted
     }
 
     /// Every token, issued so far or from now on, is refused by the APIs (a key whose
@@ -492,6 +516,13 @@ fn check_row(schema: &Value, row: &serde_json::Map<String, Value>) -> Option<(St
     None
 }
 
+/// `GET /fake/stats`: what the fake counted, for a benchmark in another process.
+async fn stats(State(shared): State<Shared>) -> Response {
+    let inner = shared.lock();
+    axum::Json(json!({"counted": inner.counted, "requests": inner.insert_requests.len()}))
+        .into_response()
+}
+
 async fn insert_all(
     State(shared): State<Shared>,
     UrlPath((project, dataset, table)): UrlPath<(String, String, String)>,
@@ -500,6 +531,32 @@ async fn insert_all(
 ) -> Response {
     if let Some(refused) = unauthorized(&shared, &headers) {
         return refused;
+    }
+    if shared.lock().count_only {
+        #[derive(serde::Deserialize)]
+        struct Rows {
+            rows: Vec<serde::de::IgnoredAny>,
+        }
+        return match serde_json::from_slice::<Rows>(&body) {
+            Ok(request) if body.len() <= MAX_REQUEST_BYTES => {
+                let mut inner = shared.lock();
+                inner.counted += request.rows.len() as u64;
+                inner
+                    .insert_requests
+                    .push((request.rows.len(), body.len(), 200));
+                axum::Json(json!({"kind": "bigquery#tableDataInsertAllResponse"})).into_response()
+            }
+            Ok(_) => google_error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "Request payload size exceeds the limit: 10485760 bytes.",
+            ),
+            Err(e) => google_error(
+                StatusCode::BAD_REQUEST,
+                "parseError",
+                &format!("Parse Error: {e}"),
+            ),
+        };
     }
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -841,6 +898,19 @@ mod storage {
                 ),
                 Vec::new(),
             ));
+        }
+        if inner.count_only {
+            inner.counted += rows.len() as u64;
+            if let Some(last) = inner.insert_requests.last_mut() {
+                last.2 = 200;
+            }
+            return Ok(AppendRowsResponse {
+                response: Some(append_rows_response::Response::AppendResult(
+                    append_rows_response::AppendResult { offset: None },
+                )),
+                write_stream: name,
+                ..AppendRowsResponse::default()
+            });
         }
         if let Some(s) = inner.outage.clone().or_else(|| inner.script.pop_front()) {
             if let Some(last) = inner.insert_requests.last_mut() {
