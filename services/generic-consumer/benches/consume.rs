@@ -280,38 +280,47 @@ async fn bigquery(
         ("insert_all", "bench-bq-insert-all"),
     ] {
         let before = fake.counted().await;
-        let bare = match api {
-            "storage_write" => {
-                measure_async(bigquery_sides::bare_append_rows(
-                    &fake, &layout, &batches, messages, 16,
-                ))
-                .await
-            }
-            _ => {
-                measure_async(bigquery_sides::bare_insert_all(
-                    &fake,
-                    &batches,
-                    probe.bigquery.as_ref().map_or(500, |t| t.insert_all_rows),
-                    messages,
-                    16,
-                ))
-                .await
-            }
-        };
+        // The best of three runs each: a short side on two shared cores is noisy, and
+        // the ceiling must be the fastest the bare client managed.
+        let mut bare: Option<Measured> = None;
+        let mut alone: Option<Measured> = None;
+        let (context, _) = delivery_with(bootstrap, group, None, &fake.vars(api))?;
+        for _ in 0..3 {
+            let run = match api {
+                "storage_write" => {
+                    measure_async(bigquery_sides::bare_append_rows(
+                        &fake, &layout, &batches, messages, 16,
+                    ))
+                    .await
+                }
+                _ => {
+                    measure_async(bigquery_sides::bare_insert_all(
+                        &fake,
+                        &batches,
+                        probe.bigquery.as_ref().map_or(500, |t| t.insert_all_rows),
+                        messages,
+                        16,
+                    ))
+                    .await
+                }
+            };
+            bare = Some(fastest(bare, run));
+            let run = measure_async(bigquery_sides::sink_alone(
+                sink_of(&context)?,
+                &batches,
+                messages,
+                in_flight,
+            ))
+            .await;
+            alone = Some(fastest(alone, run));
+        }
+        let (bare, alone) = (bare.ok_or("no run")?, alone.ok_or("no run")?);
         let ceiling = throughput(
             &format!("{api}: bare client (ceiling)"),
             &bare,
             messages,
             None,
         );
-        let (context, _) = delivery_with(bootstrap, group, None, &fake.vars(api))?;
-        let alone = measure_async(bigquery_sides::sink_alone(
-            sink_of(&context)?,
-            &batches,
-            messages,
-            in_flight,
-        ))
-        .await;
         let alone_rate = throughput(
             &format!("{api}: the sink alone"),
             &alone,
@@ -329,9 +338,9 @@ async fn bigquery(
         let counted = fake.counted().await - before;
         let e2e_rate = messages as f64 / e2e.seconds;
         assert!(
-            counted >= 3 * messages,
+            counted >= 7 * messages,
             "the fake counted {counted} rows of {} sent",
-            3 * messages
+            7 * messages
         );
         summary.push(format!(
             "{api}: the sink alone at {:.2}x the bare client's rows/s; end to end \
@@ -571,6 +580,14 @@ async fn end_to_end<S: Sink>(
         .await
         .expect("the instance runs");
     watcher.await.expect("watcher")
+}
+
+/// The faster of two measurements of the same side.
+fn fastest(best: Option<Measured>, run: Measured) -> Measured {
+    match best {
+        Some(best) if best.seconds <= run.seconds => best,
+        _ => run,
+    }
 }
 
 struct Measured {

@@ -16,6 +16,7 @@ use std::{
     ops::Range,
 };
 
+use bytes::Bytes;
 use serde_json::Value;
 
 use super::{
@@ -113,66 +114,139 @@ impl InsertAllTable {
         out.extend_from_slice(b"}}");
     }
 
-    /// The request body holding the entries `rows` of `entries`.
-    fn body(encoded: &[u8], entries: &[Range<usize>], rows: &[usize]) -> Vec<u8> {
-        let size: usize = rows.iter().map(|&i| entries[i].len() + 1).sum();
-        let mut body = Vec::with_capacity(size + 64);
-        body.extend_from_slice(
-            b"{\"skipInvalidRows\":false,\"ignoreUnknownValues\":false,\"rows\":[",
-        );
+    /// Writes every row's entry, straight into the first round's request bodies, cut
+    /// at `BIGQUERY_INSERT_ALL_ROWS` rows and `BIGQUERY_REQUEST_BYTES` bytes as they are
+    /// written (no copy of the entries into bodies); a row too large for any request is
+    /// invalid and not sent.
+    fn encode(&self, rows: &[Row], outcomes: &mut [Option<RowOutcome>]) -> Encoded {
+        let average = rows.iter().map(Row::size).sum::<usize>() * 11 / 10 / rows.len().max(1);
+        let reserve = |left: usize| (average * left.min(self.max_rows)).min(self.max_bytes) + 64;
+        let mut encoded = Encoded {
+            bodies: Vec::new(),
+            entries: Vec::with_capacity(rows.len()),
+            first: Vec::new(),
+        };
+        let mut body: Vec<u8> = Vec::new();
+        let mut members: Vec<usize> = Vec::new();
+        let mut moved = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            if body.is_empty() {
+                body.reserve(reserve(rows.len() - i));
+                body.extend_from_slice(PREFIX);
+            }
+            let mark = body.len();
+            if !members.is_empty() {
+                body.push(b',');
+            }
+            let start = body.len();
+            self.write_entry(row, &mut body);
+            let len = body.len() - start;
+            if len + PREFIX.len() + SUFFIX.len() > self.max_bytes {
+                body.truncate(mark);
+                outcomes[i] = Some(RowOutcome::Invalid(format!(
+                    "the row takes {len} bytes in an insertAll request, over the limit of {} \
+                     (BIGQUERY_REQUEST_BYTES)",
+                    self.max_bytes
+                )));
+                encoded.entries.push(None);
+                continue;
+            }
+            if members.len() < self.max_rows && body.len() + SUFFIX.len() <= self.max_bytes {
+                members.push(i);
+                encoded
+                    .entries
+                    .push(Some((encoded.bodies.len(), start..body.len())));
+                continue;
+            }
+            // Over the request's bounds: the body is closed without it, and the next
+            // one starts with it.
+            moved.clear();
+            moved.extend_from_slice(&body[start..]);
+            body.truncate(mark);
+            body.extend_from_slice(SUFFIX);
+            encoded.bodies.push(Bytes::from(std::mem::take(&mut body)));
+            encoded.first.push(std::mem::take(&mut members));
+            body.reserve(reserve(rows.len() - i));
+            body.extend_from_slice(PREFIX);
+            let start = body.len();
+            body.extend_from_slice(&moved);
+            members.push(i);
+            encoded
+                .entries
+                .push(Some((encoded.bodies.len(), start..body.len())));
+        }
+        if !members.is_empty() {
+            body.extend_from_slice(SUFFIX);
+            encoded.bodies.push(Bytes::from(body));
+            encoded.first.push(members);
+        }
+        encoded
+    }
+
+    /// Cuts `rows` into requests within the row and byte limits.
+    fn requests(&self, encoded: &Encoded, rows: impl Iterator<Item = usize>) -> Vec<Vec<usize>> {
+        super::cut_requests(
+            rows,
+            |i| encoded.entry(i).len() + 1,
+            (self.max_rows, self.max_bytes, PREFIX.len() + SUFFIX.len()),
+        )
+    }
+}
+
+const PREFIX: &[u8] = b"{\"skipInvalidRows\":false,\"ignoreUnknownValues\":false,\"rows\":[";
+const SUFFIX: &[u8] = b"]}";
+
+/// A batch's rows as insertAll entries: the first round's request bodies, and where each
+/// row's entry is in them for the rounds after it (resends, halvings).
+struct Encoded {
+    bodies: Vec<Bytes>,
+    /// Per row: the body holding its entry and the entry's range (`None`: not sent).
+    entries: Vec<Option<(usize, Range<usize>)>>,
+    /// The rows of each first-round body.
+    first: Vec<Vec<usize>>,
+}
+
+impl Encoded {
+    fn entry(&self, row: usize) -> &[u8] {
+        match &self.entries[row] {
+            Some((body, range)) => &self.bodies[*body][range.clone()],
+            None => &[],
+        }
+    }
+
+    /// A new request body holding the entries of `rows` (a later round's).
+    fn body(&self, rows: &[usize]) -> Bytes {
+        let size: usize = rows.iter().map(|&i| self.entry(i).len() + 1).sum();
+        let mut body = Vec::with_capacity(size + PREFIX.len() + SUFFIX.len());
+        body.extend_from_slice(PREFIX);
         for (n, &i) in rows.iter().enumerate() {
             if n > 0 {
                 body.push(b',');
             }
-            body.extend_from_slice(&encoded[entries[i].clone()]);
+            body.extend_from_slice(self.entry(i));
         }
-        body.extend_from_slice(b"]}");
-        body
-    }
-
-    /// Cuts `rows` into requests within the row and byte limits.
-    fn requests(
-        &self,
-        entries: &[Range<usize>],
-        rows: impl Iterator<Item = usize>,
-    ) -> Vec<Vec<usize>> {
-        super::cut_requests(
-            rows,
-            |i| entries[i].len() + 1,
-            (self.max_rows, self.max_bytes, 64),
-        )
+        body.extend_from_slice(SUFFIX);
+        Bytes::from(body)
     }
 }
 
 impl Table for InsertAllTable {
     async fn write(&self, rows: &[Row]) -> Result<Vec<RowOutcome>, Fatal> {
         let mut outcomes: Vec<Option<RowOutcome>> = vec![None; rows.len()];
-        let mut encoded = Vec::with_capacity(rows.iter().map(Row::size).sum::<usize>() * 11 / 10);
-        let mut entries = Vec::with_capacity(rows.len());
-        for row in rows {
-            let start = encoded.len();
-            self.write_entry(row, &mut encoded);
-            entries.push(start..encoded.len());
-        }
-        let sendable = (0..rows.len()).filter(|&i| {
-            let fits = entries[i].len() + 64 <= self.max_bytes;
-            if !fits {
-                outcomes[i] = Some(RowOutcome::Invalid(format!(
-                    "the row takes {} bytes in an insertAll request, over the limit of {} \
-                     (BIGQUERY_REQUEST_BYTES)",
-                    entries[i].len(),
-                    self.max_bytes
-                )));
-            }
-            fits
-        });
-        let mut pending = self.requests(&entries, sendable.collect::<Vec<_>>().into_iter());
+        let encoded = self.encode(rows, &mut outcomes);
+        // The first round sends the bodies as they were written.
+        let mut written = Some(encoded.bodies.clone());
+        let mut pending = encoded.first.clone();
         for _ in 0..MAX_ROUNDS {
             if pending.is_empty() {
                 break;
             }
-            let sent = futures::future::join_all(pending.iter().map(|request| {
-                let body = Self::body(&encoded, &entries, request);
+            let bodies = written.take();
+            let sent = futures::future::join_all(pending.iter().enumerate().map(|(k, request)| {
+                let body = match &bodies {
+                    Some(bodies) => bodies[k].clone(),
+                    None => encoded.body(request),
+                };
                 self.rest.insert_all(&self.table, body)
             }))
             .await;
@@ -181,7 +255,7 @@ impl Table for InsertAllTable {
                 match answer {
                     Ok(answer) => {
                         let resend = settle(&request, &answer, &mut outcomes);
-                        next.extend(self.requests(&entries, resend.into_iter()));
+                        next.extend(self.requests(&encoded, resend.into_iter()));
                     }
                     Err(Failure::TooLarge(reason)) => {
                         if request.len() > 1 {

@@ -253,12 +253,12 @@ impl Rest {
     }
 
     /// `tabledata.insertAll` with `body` (the request JSON); the answer's JSON.
-    pub async fn insert_all(&self, table: &str, body: Vec<u8>) -> Result<Value, Failure> {
+    pub async fn insert_all(&self, table: &str, body: bytes::Bytes) -> Result<Value, Failure> {
         let url = self.table_url(table, "/insertAll");
         metrics::counter!("bigquery_request_bytes_total", "api" => "insert_all")
             .increment(body.len() as u64);
         let (status, answer) = self
-            .send(Method::POST, &url, Some(body.into()), "tabledata.insertAll")
+            .send(Method::POST, &url, Some(body), "tabledata.insertAll")
             .await?;
         if status == StatusCode::NOT_FOUND {
             return Err(Failure::Fatal(format!(

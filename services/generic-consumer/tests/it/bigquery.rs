@@ -193,6 +193,55 @@ async fn a_request_too_large_is_halved_until_everything_lands_over(api: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_all_requests_are_cut_at_the_row_and_byte_limits() {
+    // (BIGQUERY_INSERT_ALL_ROWS, BIGQUERY_REQUEST_BYTES): the rows bound holds first
+    // (30 rows of ~2.4 KB are ~72 KB), then the bytes bound (~41 rows fill 100 KB).
+    for (rows, bytes) in [(30usize, 100_000usize), (500, 100_000)] {
+        let (rows_text, bytes_text) = (rows.to_string(), bytes.to_string());
+        let setup = setup(
+            1,
+            &[
+                ("BATCH_ROWS", "300"),
+                ("BATCH_LINGER_MS", "300"),
+                ("BIGQUERY_INSERT_ALL_ROWS", rows_text.as_str()),
+                ("BIGQUERY_REQUEST_BYTES", bytes_text.as_str()),
+            ],
+        )
+        .await;
+        add_table(&setup);
+        produce_samples(&setup.cluster.bootstrap, &setup.contract, 0..300, 1);
+        let running = start(setup.context.clone(), setup.contract.clone(), sink(&setup));
+        eventually("300 rows in the table", Duration::from_secs(30), || {
+            stored(&setup) >= 300
+        })
+        .await;
+        let summary = running.stop().await;
+        assert_eq!((summary.written, summary.dead_lettered), (300, 0));
+        let requests = setup.fake.insert_requests();
+        assert!(
+            requests
+                .iter()
+                .all(|r| r.0 <= rows && r.1 <= bytes && r.2 == 200),
+            "{requests:?}"
+        );
+        let full = requests.iter().map(|r| r.0).max().unwrap_or(0);
+        if rows == 30 {
+            assert_eq!(full, 30, "{requests:?}");
+        } else {
+            // Cut by bytes: each request holds about as many rows as 100 KB takes.
+            assert!((30..=45).contains(&full), "{requests:?}");
+        }
+        let rows_seen = setup.fake.rows(PROJECT, DATASET, TABLE);
+        let offsets: std::collections::BTreeSet<i64> = rows_seen
+            .iter()
+            .map(|r| r.json["kafka_offset"].as_i64().unwrap_or(-1))
+            .collect();
+        assert_eq!(offsets.len(), 300);
+        assert_eq!(setup.fake.problems(), Vec::<String>::new());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_invalid_row_is_dead_lettered_and_every_other_row_lands() {
     one_invalid_row_is_dead_lettered_and_every_other_row_lands_over("insert_all").await;
 }

@@ -479,6 +479,9 @@ async fn sigterm_with_a_hung_sink_stops_within_the_grace_period_and_commits_what
     produce_samples(&cluster.bootstrap, &contract, 0..COUNT, 1);
 
     let sink = RecordingSink::new();
+    // 20 ms a write: the 2,000 rows take 400 ms, so the hang comes mid-stream even when
+    // the machine is slow to look (the check runs every 50 ms).
+    sink.slow(Duration::from_millis(20));
     let running = start(context, contract, sink.clone());
     eventually("rows written", LIMIT, || sink.len() >= 500).await;
     sink.hang();
