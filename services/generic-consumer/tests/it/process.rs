@@ -309,13 +309,22 @@ fn kill_9_mid_stream_then_a_restart_loses_nothing() {
     );
 
     let mut second = Instance::start(dir.path(), &vars("1000"), "second");
+    // Every message in the file is not enough: the first instance wrote some past the
+    // offsets it committed, which the second writes again; the end is its commits.
+    let ends = vec![COUNT as i64 / PARTITIONS as i64; PARTITIONS as usize];
     wait_for(
-        "every message written",
+        "every message written and committed",
         Duration::from_secs(120),
         &second,
         || {
             let seen: BTreeSet<(i32, i64)> = lines(&file).iter().map(|l| l.position).collect();
             seen.len() as u64 == COUNT
+                && committed(
+                    &cluster.bootstrap,
+                    &context.group_id,
+                    DELIVERY_TOPIC,
+                    PARTITIONS,
+                ) == ends
         },
     );
     second.signal("-TERM");
@@ -525,11 +534,22 @@ fn kill_9_mid_stream_into_bigquery_then_a_restart_loses_nothing_over(api: &str) 
             r.json["kafka_offset"].as_i64().expect("offset"),
         )
     };
+    // Every message in the table is not enough: the first instance wrote some past the
+    // offsets it committed, which the second writes again; the end is its commits.
+    let ends = vec![COUNT as i64 / PARTITIONS as i64; PARTITIONS as usize];
     wait_for(
-        "every message written",
+        "every message written and committed",
         Duration::from_secs(120),
         &second,
-        || rows().iter().map(position).collect::<BTreeSet<_>>().len() as u64 == COUNT,
+        || {
+            rows().iter().map(position).collect::<BTreeSet<_>>().len() as u64 == COUNT
+                && committed(
+                    &cluster.bootstrap,
+                    &context.group_id,
+                    DELIVERY_TOPIC,
+                    PARTITIONS,
+                ) == ends
+        },
     );
     second.signal("-TERM");
     let status = second.wait(Duration::from_secs(40));
