@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod job;
 pub mod ops;
+pub mod retry;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;

@@ -20,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use platform::retry::Backoff;
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -186,33 +187,6 @@ pub enum PipelineError {
     DeadLetters { topic: String, error: String },
     #[error("a write task failed: {0}")]
     Task(String),
-}
-
-/// Exponential backoff with jitter (0.5x to 1x of the current step).
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(options: &PipelineOptions) -> Self {
-        Self {
-            next: options.retry_initial,
-            max: options.retry_max,
-        }
-    }
-
-    fn step(&mut self) -> Duration {
-        let current = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let mut byte = [0u8; 1];
-        let jitter = match getrandom::fill(&mut byte) {
-            Ok(()) => 0.5 + f64::from(byte[0]) / 510.0,
-            Err(_) => 0.75,
-        };
-        current.mul_f64(jitter)
-    }
 }
 
 /// A message that goes to the dead-letter topic, with why and at which stage.
@@ -450,7 +424,7 @@ impl Work {
         if !dead_letter(shared, letters, abort).await? {
             return Ok(());
         }
-        let mut backoff = Backoff::new(&shared.options);
+        let mut backoff = Backoff::new(shared.options.retry_initial, shared.options.retry_max);
         let mut first = true;
         while !rows.is_empty() {
             if !std::mem::take(&mut first) {
@@ -570,7 +544,7 @@ async fn dead_letter<T>(
             "dead-lettering a message"
         );
     }
-    let mut backoff = Backoff::new(&shared.options);
+    let mut backoff = Backoff::new(shared.options.retry_initial, shared.options.retry_max);
     while !letters.is_empty() {
         let sent = {
             let sends = letters.iter().map(|letter| {

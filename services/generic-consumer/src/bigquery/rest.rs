@@ -97,14 +97,10 @@ fn classify(status: StatusCode, after: Option<Duration>, body: &[u8], what: &str
 
 /// `Retry-After` in seconds (the form Google's front ends send).
 fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
-    let seconds: u64 = headers
-        .get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(seconds.min(300)))
+    platform::retry::retry_after(
+        headers.get(header::RETRY_AFTER)?.to_str().ok()?,
+        Duration::from_secs(300),
+    )
 }
 
 /// The REST client of one dataset.
