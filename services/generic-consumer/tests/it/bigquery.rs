@@ -10,6 +10,7 @@ use generic_consumer::{
     contract::Contract,
     pipeline::Counts,
     run::RunError,
+    sink::Sink as _,
 };
 use serde_json::Value;
 
@@ -449,6 +450,65 @@ async fn binary(setup: &Setup, vars: &[(&str, &str)], args: &[&str]) -> std::pro
         .output()
         .await
         .expect("run the binary")
+}
+
+/// Google's endpoints are https: the REST client must open TLS to them (a client built
+/// without a TLS backend refuses https URLs outright).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_client_opens_tls_to_an_https_endpoint() {
+    use tokio::io::AsyncReadExt as _;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("https://{}", listener.local_addr().expect("addr"));
+    let first_byte = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("a connection");
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.expect("a first byte");
+        byte[0]
+    });
+    let setup = setup(1, &[("BIGQUERY_ENDPOINT", endpoint.as_str())]).await;
+    let opened = tokio::time::timeout(Duration::from_secs(30), sink(&setup).open(TABLE)).await;
+    let error = opened.expect("open ends").expect_err("no BigQuery there");
+    let byte = tokio::time::timeout(Duration::from_secs(5), first_byte)
+        .await
+        .unwrap_or_else(|_| panic!("no connection came: {error}"))
+        .expect("listener");
+    // 0x16: a TLS handshake record (the ClientHello).
+    assert_eq!(byte, 0x16, "{error}");
+}
+
+/// The same for the Storage Write API's gRPC channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storage_write_channel_opens_tls_to_an_https_endpoint() {
+    use tokio::io::AsyncReadExt as _;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("https://{}", listener.local_addr().expect("addr"));
+    let first_byte = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("a connection");
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.expect("a first byte");
+        byte[0]
+    });
+    let setup = setup_api(
+        "storage_write",
+        1,
+        &[("BIGQUERY_STORAGE_ENDPOINT", endpoint.as_str())],
+    )
+    .await;
+    add_table(&setup);
+    produce_samples(&setup.cluster.bootstrap, &setup.contract, 0..10, 1);
+    let running = start(setup.context.clone(), setup.contract.clone(), sink(&setup));
+    let byte = tokio::time::timeout(Duration::from_secs(30), first_byte)
+        .await
+        .expect("the channel connects")
+        .expect("listener");
+    assert_eq!(byte, 0x16, "a TLS ClientHello");
+    drop(running);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
