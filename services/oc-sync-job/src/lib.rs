@@ -8,5 +8,8 @@
 //! binary come next.
 
 pub mod cli;
+pub mod compass;
 pub mod config;
+pub mod http;
+pub mod oc;
 pub mod plan;

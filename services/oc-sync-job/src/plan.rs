@@ -19,9 +19,22 @@ use sha2::{Digest as _, Sha256};
 pub struct Instance {
     pub id: i64,
     pub name: String,
+    /// The instance's own token, which the application's API definition authenticates
+    /// with (`Element <token>`).
+    pub token: Token,
     pub disabled: bool,
     pub valid: bool,
     pub element: Element,
+}
+
+/// An instance token: never printed (its `Debug` says `[redacted]`).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Token(pub String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
 }
 
 /// The connector an instance is of.
@@ -44,8 +57,17 @@ pub struct Application {
     pub instance_id: String,
     /// Its `open_connectors_fingerprint` label, when it has one.
     pub fingerprint: Option<String>,
-    /// Whether one of its bundles holds an API definition.
-    pub has_api_definition: bool,
+    /// Its first bundle, when it has one.
+    pub bundle_id: Option<String>,
+    /// The API definition in that bundle, when there is one.
+    pub api_definition_id: Option<String>,
+}
+
+impl Application {
+    /// Whether it carries an API definition (one that the job wrote, or any).
+    pub fn has_api_definition(&self) -> bool {
+        self.api_definition_id.is_some()
+    }
 }
 
 /// What the plan is made against.
@@ -150,11 +172,14 @@ pub fn description(instance: &Instance) -> String {
 }
 
 /// What the listing says about an instance that the application reflects, hashed: a
-/// change of any of it means the application is rewritten (its spec fetched again).
+/// change of any of it means the application is rewritten (its spec fetched again). The
+/// token is part of it (the API definition authenticates with it); the hash does not
+/// reveal it.
 pub fn fingerprint(instance: &Instance) -> String {
     let mut hash = Sha256::new();
     for part in [
         instance.name.as_str(),
+        &instance.token.0,
         &instance.element.id.to_string(),
         &instance.element.key,
         &instance.element.name,
@@ -214,6 +239,20 @@ pub fn plan(
                 why: format!("a second application for instance {id}"),
             });
         }
+        // Compass cannot rename an application: one under another name (the prefix
+        // changed) is replaced.
+        let kept = match kept {
+            Some(application) if application.name != name => {
+                deletes.push(Action::Delete {
+                    application: application.clone(),
+                    why: format!(
+                        "instance {id}'s application is now named {name} (applicationPrefix changed)"
+                    ),
+                });
+                None
+            }
+            kept => kept,
+        };
         let usable = instance.valid && !instance.disabled;
         if !usable {
             let state = if instance.disabled {
@@ -240,13 +279,12 @@ pub fn plan(
             None => Action::Create {
                 instance: instance.clone(),
             },
-            Some(application) if !application.has_api_definition => Action::Repair {
+            Some(application) if !application.has_api_definition() => Action::Repair {
                 application: application.clone(),
                 instance: instance.clone(),
             },
             Some(application)
-                if application.fingerprint.as_deref() != Some(fingerprint(instance).as_str())
-                    || application.name != name =>
+                if application.fingerprint.as_deref() != Some(fingerprint(instance).as_str()) =>
             {
                 Action::Update {
                     application: application.clone(),
@@ -308,6 +346,7 @@ mod tests {
         Instance {
             id,
             name: name.into(),
+            token: Token(format!("token-{id}")),
             disabled: false,
             valid: true,
             element: Element {
@@ -326,7 +365,8 @@ mod tests {
             context: CONTEXT.into(),
             instance_id: instance.id.to_string(),
             fingerprint: Some(fingerprint(instance)),
-            has_api_definition: true,
+            bundle_id: Some(format!("bundle-{}", instance.id)),
+            api_definition_id: Some(format!("api-{}", instance.id)),
         }
     }
 
@@ -349,12 +389,12 @@ mod tests {
     fn a_renamed_instance_is_updated_and_a_broken_application_repaired() {
         let before = [instance(1, "a"), instance(2, "b")];
         let mut applications: Vec<Application> = before.iter().map(written).collect();
-        applications[1].has_api_definition = false;
+        applications[1].api_definition_id = None;
         let after = [instance(1, "a renamed"), instance(2, "b")];
         let actions = plan(&after, &applications, &settings()).expect("plan");
         assert_eq!(verbs(&actions), ["update", "repair"]);
         // An application written before fingerprints (no label) is brought up to date.
-        applications[1].has_api_definition = true;
+        applications[1].api_definition_id = Some("api-2".into());
         applications[1].fingerprint = None;
         let actions = plan(&before, &applications, &settings()).expect("plan");
         assert_eq!(verbs(&actions), ["unchanged", "update"]);
@@ -416,12 +456,34 @@ mod tests {
         copy.id = "copy".into();
         copy.name = "oc-1-copy".into();
         let applications = vec![copy, written(&one)];
-        let actions = plan(&[one], &applications, &settings()).expect("plan");
+        let actions = plan(std::slice::from_ref(&one), &applications, &settings()).expect("plan");
         assert_eq!(verbs(&actions), ["unchanged", "delete"]);
         match &actions[1] {
             Action::Delete { application, .. } => assert_eq!(application.id, "copy"),
             other => panic!("{other:?}"),
         }
+        // A new prefix: the application under the old name is replaced.
+        let mut settings = settings();
+        settings.prefix = "connector".into();
+        let actions = plan(&[one], &[written(&instance(1, "a"))], &settings).expect("plan");
+        assert_eq!(verbs(&actions), ["create", "delete"]);
+    }
+
+    #[test]
+    fn a_new_instance_token_updates_the_application_and_is_never_printed() {
+        let before = instance(1, "a");
+        let mut after = before.clone();
+        after.token = Token("rotated".into());
+        let actions = plan(
+            std::slice::from_ref(&after),
+            &[written(&before)],
+            &settings(),
+        )
+        .expect("plan");
+        assert_eq!(verbs(&actions), ["update"]);
+        let printed = format!("{actions:?}");
+        assert!(!printed.contains("rotated"), "{printed}");
+        assert!(!fingerprint(&after).contains("rotated"));
     }
 
     #[test]
