@@ -157,6 +157,20 @@ impl ConfigArgs {
     where
         T: DeserializeOwned + Serialize + Validate + JsonSchema,
     {
+        self.start_with_filter(env_prefix, service, |_: &T| None)
+    }
+
+    /// [`ConfigArgs::start`] for a config that names its log level: `log_filter` gives
+    /// the filter used when `RUST_LOG` is unset.
+    pub fn start_with_filter<T>(
+        &self,
+        env_prefix: &str,
+        service: Service,
+        log_filter: impl FnOnce(&T) -> Option<&'static str>,
+    ) -> Result<(T, TelemetryGuard), Stop>
+    where
+        T: DeserializeOwned + Serialize + Validate + JsonSchema,
+    {
         let loaded = self.load::<T>(env_prefix);
         if self.print_config {
             return Err(print_config(loaded));
@@ -165,7 +179,8 @@ impl ConfigArgs {
         for warning in config.warnings() {
             eprintln!("warning: {warning}");
         }
-        let guard = telemetry::init(service).map_err(|e| Stop::Failed(e.into()))?;
+        let guard = telemetry::init_with_filter(service, log_filter(&config))
+            .map_err(|e| Stop::Failed(e.into()))?;
         Ok((config, guard))
     }
 }

@@ -103,12 +103,22 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber. Call once, inside the tokio runtime, after the config
 /// has loaded (config errors are printed to stderr before telemetry exists).
 pub fn init(service: Service) -> Result<TelemetryGuard, TelemetryError> {
+    init_with_filter(service, None)
+}
+
+/// [`init`] with another filter than `info` when `RUST_LOG` is unset (a service whose
+/// config file names its log level); `RUST_LOG` still wins.
+pub fn init_with_filter(
+    service: Service,
+    default_filter: Option<&str>,
+) -> Result<TelemetryGuard, TelemetryError> {
     let format = LogFormat::from_env()?;
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.trim().is_empty() => {
             EnvFilter::try_new(&spec).map_err(|e| TelemetryError::Filter(e.to_string()))?
         }
-        _ => EnvFilter::new("info"),
+        _ => EnvFilter::try_new(default_filter.unwrap_or("info"))
+            .map_err(|e| TelemetryError::Filter(e.to_string()))?,
     };
 
     let fmt_layer: Box<dyn Layer<Registry> + Send + Sync> = match format {

@@ -163,17 +163,17 @@ impl Caller {
             loop {
                 self.counts.calls.fetch_add(1, Ordering::Relaxed);
                 let (result, wait_hint) = self.attempt(what, &build).await;
-                let span = tracing::Span::current();
-                span.record("attempts", attempt);
-                if let Some(status) = result.as_ref().err().and_then(CallError::status) {
-                    span.record("http.response.status_code", status);
-                }
                 let retried = match &result {
                     Err(CallError::Status { status, .. }) => *status == 429 || *status >= 500,
                     Err(CallError::Timeout { .. } | CallError::Transport { .. }) => true,
                     _ => false,
                 };
                 if !retried || attempt >= self.policy.attempts {
+                    let span = tracing::Span::current();
+                    span.record("attempts", attempt);
+                    if let Some(status) = result.as_ref().err().and_then(CallError::status) {
+                        span.record("http.response.status_code", status);
+                    }
                     return result;
                 }
                 let wait = wait_hint.unwrap_or_else(|| backoff.step());
