@@ -1,0 +1,155 @@
+//! Faults of either side: retried ones, a failing item, an expired token.
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    fake_compass,
+    fake_oc::{self, Fault},
+    helpers::{Setup, instances},
+};
+
+#[tokio::test]
+async fn one_failing_create_does_not_stop_the_others_and_exits_3() {
+    let setup = Setup::new(instances(5)).await;
+    setup.compass.with(|s| {
+        s.fail_register.insert("oc-3".into());
+    });
+    let run = setup.run(&["-o", "json"]).await;
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.names("created"), ["oc-1", "oc-2", "oc-4", "oc-5"]);
+    let summary = run.summary();
+    assert_eq!(summary["outcome"], "partial_failure");
+    assert_eq!(summary["errors"][0]["application"], "oc-3");
+    assert_eq!(summary["errors"][0]["action"], "create");
+    let error = summary["errors"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("internal error while registering oc-3"),
+        "{error}"
+    );
+    // The next run makes it.
+    setup.compass.with(|s| s.fail_register.clear());
+    let next = setup.run(&["-o", "json"]).await;
+    assert_eq!(next.code, 0);
+    assert_eq!(next.names("created"), ["oc-3"]);
+}
+
+#[tokio::test]
+async fn a_401_fetches_a_new_token_once_and_the_run_completes() {
+    let setup = Setup::new(instances(6)).await;
+    // Every token is revoked after the listing and two creates.
+    setup.compass.with(|s| s.revoke_after = Some(3));
+    let run = setup.run(&["-o", "json"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.names("created").len(), 6);
+    setup.compass.with(|s| {
+        assert_eq!(
+            s.token_calls, 2,
+            "one token, then one renewal: {:?}",
+            s.rejected
+        );
+        assert!(
+            s.rejected.iter().all(|r| r.starts_with("401")),
+            "{:?}",
+            s.rejected
+        );
+        assert!(!s.rejected.is_empty());
+    });
+    // A token that keeps being refused is not renewed forever: the item fails.
+    setup
+        .oc
+        .with(|s| s.instances.push(fake_oc::FakeInstance::new(7, "seven")));
+    setup.compass.with(|s| {
+        s.token_calls = 0;
+        s.faults.extend([Fault::Status(401), Fault::Status(401)]);
+    });
+    let run = setup.run(&["-o", "json"]).await;
+    assert_eq!(run.code, 1, "the listing got 401 twice: {}", run.stdout);
+    let error = run.summary()["errors"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("HTTP 401"), "{error}");
+}
+
+#[tokio::test]
+async fn a_token_about_to_expire_is_renewed_before_it_is_used() {
+    let setup = Setup::new(instances(3)).await;
+    // Tokens that live 1 s are renewed ahead of expiry (a tenth of their life early).
+    setup.compass.with(|s| {
+        s.token_lifetime = Duration::from_secs(1);
+        s.delay = Duration::from_millis(400);
+    });
+    let mut setup = setup;
+    setup.overrides = serde_json::json!({"concurrency": 1});
+    let run = setup.run(&["-o", "json"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    setup.compass.with(|s| {
+        assert!(s.token_calls >= 2, "{}", s.token_calls);
+        assert!(
+            s.rejected.is_empty(),
+            "no call went out with an expired token: {:?}",
+            s.rejected
+        );
+    });
+}
+
+#[tokio::test]
+async fn five_hundreds_429s_and_slow_answers_are_retried_and_retry_after_is_honoured() {
+    let setup = Setup::new(instances(2)).await;
+    setup.oc.with(|s| {
+        s.faults
+            .extend([Fault::Status(500), Fault::Status(503), Fault::TooMany(1)]);
+    });
+    setup.compass.with(|s| {
+        s.faults
+            .extend([Fault::Slow(Duration::from_secs(3)), Fault::Status(502)]);
+    });
+    let started = Instant::now();
+    let run = setup.run(&["-o", "json"]).await;
+    let took = started.elapsed();
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.names("created"), ["oc-1", "oc-2"]);
+    let summary = run.summary();
+    assert_eq!(summary["calls"]["retries"], 5, "{summary}");
+    // Retry-After: 1 waited for; the slow answer cut at the 2 s timeout.
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    assert!(run.stderr.contains("retrying"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn a_call_that_keeps_failing_is_given_up_after_its_attempts() {
+    let setup = Setup::new(instances(1)).await;
+    setup.compass.with(|s| {
+        s.faults.extend(std::iter::repeat_n(Fault::Status(500), 5));
+    });
+    let run = setup.run(&["-o", "json"]).await;
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let error = run.summary()["errors"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("Compass listing failed"), "{error}");
+    assert!(error.contains("HTTP 500"), "{error}");
+    assert_eq!(setup.compass.with(|s| s.apps.len()), 0);
+}
+
+#[tokio::test]
+async fn wrong_client_credentials_are_named_and_change_nothing() {
+    let mut setup = Setup::new(instances(1)).await;
+    setup.overrides = serde_json::json!({"compass": {"clientSecret": "wrong"}});
+    let run = setup.run(&["-o", "json"]).await;
+    assert_eq!(run.code, 1);
+    let error = run.summary()["errors"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("refused the client credentials"), "{error}");
+    assert!(error.contains("compass.clientSecret"), "{error}");
+    assert!(!run.stdout.contains("wrong") && !run.stderr.contains("wrong"));
+    assert_eq!(
+        setup.compass.with(|s| s.token_calls),
+        1,
+        "a refusal is not retried"
+    );
+    let _ = fake_compass::CLIENT_SECRET;
+}
