@@ -101,6 +101,12 @@ PY
 cd - >/dev/null
 
 # ---------------------------------------------------------------------------------------
+# oc-sync-job: a fake Open Connectors tenant and a fake Compass Director, on loopback.
+# ---------------------------------------------------------------------------------------
+step "oc-sync-job: Open Connectors instances kept in step with Compass applications (local fakes of both)"
+"$BIN/examples/oc_sync_demo" --job "$BIN/oc-sync-job" --dir "$WORK/oc-sync"
+
+# ---------------------------------------------------------------------------------------
 # Gandalf: a cluster, an aggregator, two connectors.
 # ---------------------------------------------------------------------------------------
 step "gandalf: a cluster, an aggregator for tenant acme, two connectors"

@@ -146,6 +146,28 @@ impl Summary {
         });
     }
 
+    /// Puts every list in name order (the apply finishes items in any order).
+    pub fn sort(&mut self) {
+        for list in [
+            &mut self.created,
+            &mut self.updated,
+            &mut self.repaired,
+            &mut self.deleted,
+            &mut self.unchanged,
+        ] {
+            list.sort();
+        }
+        let rank = |verb: &str| {
+            ["create", "update", "repair", "delete"]
+                .iter()
+                .position(|v| *v == verb)
+        };
+        self.lines
+            .sort_by(|a, b| (rank(a.verb), &a.application).cmp(&(rank(b.verb), &b.application)));
+        self.errors
+            .sort_by(|a, b| a.application.cmp(&b.application));
+    }
+
     /// Whether a run would change Compass (what `--detailed-exitcode` reports).
     pub fn changes_pending(&self) -> bool {
         !(self.created.is_empty()

@@ -102,6 +102,7 @@ pub async fn sync(config: &Config, options: &Options, shutdown: &CancellationTok
         retries: oc_retries + compass_retries,
     };
     summary.duration_ms = started.elapsed().as_millis() as u64;
+    summary.sort();
     summary
 }
 

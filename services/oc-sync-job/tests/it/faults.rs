@@ -153,3 +153,54 @@ async fn wrong_client_credentials_are_named_and_change_nothing() {
     );
     let _ = fake_compass::CLIENT_SECRET;
 }
+
+#[tokio::test]
+async fn sigterm_lets_the_calls_under_way_finish_and_starts_no_new_ones() {
+    let mut setup = Setup::new(instances(20)).await;
+    setup.overrides = serde_json::json!({"concurrency": 2});
+    setup.compass.with(|s| s.delay = Duration::from_millis(250));
+    let path = setup.config_path();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_oc-sync-job"))
+        .arg("-config")
+        .arg(&path)
+        .args(["-o", "json"])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawns");
+    // Listing and a few creates in.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = child.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("stops soon after the signal")
+        .expect("output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(3), "{stdout}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let created = summary["created"].as_array().expect("list").len();
+    assert!((1..20).contains(&created), "{summary}");
+    let stopped = summary["errors"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        stopped.contains(&format!("{} changes not started", 20 - created)),
+        "{summary}"
+    );
+    // Every application that exists is whole: the ones under way were finished.
+    setup.compass.with(|s| {
+        assert_eq!(s.apps.len(), created);
+        assert!(
+            s.apps
+                .values()
+                .all(|a| a.bundles.len() == 1 && a.bundles[0].apis.len() == 1)
+        );
+    });
+    let rest = setup.run(&["-o", "json"]).await;
+    assert_eq!(rest.names("created").len(), 20 - created);
+}
