@@ -12,19 +12,21 @@ use std::time::{Duration, Instant};
 use graphql_client::GraphQLQuery;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore};
 use url::Url;
 
 use crate::{
     config::CompassConfig,
     http::{CallError, Caller, RetryPolicy, excerpt},
-    plan::Application,
+    plan::{Application, SHARDS},
 };
 
 /// The label that ties an application to its instance.
 pub const LABEL: &str = "open_connectors";
 /// The label holding [`crate::plan::fingerprint`] of the instance last written.
 pub const FINGERPRINT_LABEL: &str = "open_connectors_fingerprint";
+/// The label holding [`crate::plan::shard_of`] the instance id: the listing's shard.
+pub const SHARD_LABEL: &str = "open_connectors_shard";
 /// The applications' provider.
 pub const PROVIDER_NAME: &str = "SAP Cloud Platform Open Connectors";
 /// Applications asked for per page: the most the Director serves.
@@ -56,6 +58,7 @@ macro_rules! operation {
             schema_path = "graphql/director.graphql",
             query_path = "graphql/queries.graphql",
             response_derives = "Debug",
+            variables_derives = "Clone",
             skip_serializing_none
         )]
         pub struct $name;
@@ -80,6 +83,8 @@ pub struct Desired {
     /// `open_connectors: {connectorInstanceContext, connectorInstanceID}`.
     pub label: serde_json::Value,
     pub fingerprint: String,
+    /// The `open_connectors_shard` label.
+    pub shard: String,
     pub integration_system_id: Option<String>,
     pub bundle_name: String,
     /// The `Authorization` header the runtime calls the instance with, as the Director's
@@ -95,7 +100,11 @@ pub struct Desired {
 impl Desired {
     /// The labels of a new application.
     pub fn labels(&self) -> serde_json::Value {
-        serde_json::json!({ LABEL: self.label, FINGERPRINT_LABEL: self.fingerprint })
+        serde_json::json!({
+            LABEL: self.label,
+            FINGERPRINT_LABEL: self.fingerprint,
+            SHARD_LABEL: self.shard,
+        })
     }
 }
 
@@ -156,6 +165,8 @@ pub struct Compass {
     client_secret: SecretString,
     tenant: String,
     token: Mutex<(Option<Token>, u64)>,
+    /// Listing calls under way at once (`concurrency`).
+    listing: Semaphore,
 }
 
 impl std::fmt::Debug for Compass {
@@ -175,10 +186,12 @@ struct TokenAnswer {
 }
 
 impl Compass {
+    /// A client making at most `concurrency` listing calls at once.
     pub fn new(
         config: &CompassConfig,
         client: reqwest::Client,
         policy: RetryPolicy,
+        concurrency: usize,
     ) -> Result<Self, String> {
         let parse = |key: &str, url: &str| {
             Url::parse(url).map_err(|e| format!("compass.{key}: {url:?}: {e}"))
@@ -191,6 +204,7 @@ impl Compass {
             client_secret: config.client_secret.clone(),
             tenant: config.tenant_id.trim().to_owned(),
             token: Mutex::new((None, 0)),
+            listing: Semaphore::new(concurrency.max(1)),
         })
     }
 
@@ -318,52 +332,105 @@ impl Compass {
         })
     }
 
-    /// Every application labelled `open_connectors` with this `context`, every page (the
-    /// Director filters by the label's JSON content: `value @> query`).
+    /// Every application labelled `open_connectors` with this `context` (the Director
+    /// filters by the label's JSON content: `value @> query`).
+    ///
+    /// The Director pages 10 applications at a time and each page names the next, so one
+    /// listing of N applications takes N/10 calls one after the other. The job lists its
+    /// [`SHARDS`] shards at once instead (`open_connectors_shard` label), next to one
+    /// call that counts all of them; when the shards do not add up to the count (an
+    /// application without the shard label: written by the Go job, or by hand), it lists
+    /// them all, page after page, and the run labels what lacked it.
     pub async fn applications(&self, context: &str) -> Result<Vec<Application>, CallError> {
-        let query = serde_json::json!({ "connectorInstanceContext": context }).to_string();
+        let ours = applications::LabelFilter {
+            key: LABEL.into(),
+            query: Some(serde_json::json!({ "connectorInstanceContext": context }).to_string()),
+        };
+        let shard_filter = |shard: i64| applications::LabelFilter {
+            key: SHARD_LABEL.into(),
+            query: Some(serde_json::Value::String(shard.to_string()).to_string()),
+        };
+        let count = self.page(vec![ours.clone()], 1, None, "count applications");
+        let shards = futures::future::try_join_all((0..SHARDS).map(|shard| {
+            let filter = vec![ours.clone(), shard_filter(shard)];
+            async move { self.list(filter, &format!("shard {shard}")).await }
+        }));
+        let (count, shards) = tokio::try_join!(count, shards)?;
+        let total = usize::try_from(count.total_count).unwrap_or(usize::MAX);
+        let found: Vec<Application> = shards.into_iter().flatten().collect();
+        if found.len() == total {
+            return Ok(found);
+        }
+        tracing::info!(
+            total,
+            sharded = found.len(),
+            "applications without the shard label: listing them all, page after page"
+        );
+        self.list(vec![ours], "all").await
+    }
+
+    /// Every application the filters match, page after page.
+    async fn list(
+        &self,
+        filter: Vec<applications::LabelFilter>,
+        what: &str,
+    ) -> Result<Vec<Application>, CallError> {
         let mut found = Vec::new();
         let mut after: Option<String> = None;
         for page in 1.. {
             if page > MAX_PAGES {
                 return Err(CallError::Refused {
-                    what: "query applications".into(),
+                    what: format!("query applications ({what})"),
                     error: format!("the listing has more than {MAX_PAGES} pages"),
                 });
             }
-            let what = format!("query applications (page {page})");
+            let label = format!("query applications ({what}, page {page})");
             let data = self
-                .graphql::<Applications>(
-                    &what,
-                    applications::Variables {
-                        filter: Some(vec![applications::LabelFilter {
-                            key: LABEL.into(),
-                            query: Some(query.clone()),
-                        }]),
-                        first: Some(PAGE_SIZE),
-                        after: after.clone(),
-                    },
-                )
+                .page(filter.clone(), PAGE_SIZE, after.clone(), &label)
                 .await?;
-            let page_data = data.applications;
-            for application in page_data.data {
-                if let Some(read) = read_application(application) {
-                    found.push(read);
-                }
-            }
-            if !page_data.page_info.has_next_page {
+            found.extend(data.data.into_iter().filter_map(read_application));
+            if !data.page_info.has_next_page {
                 break;
             }
-            let next = page_data.page_info.end_cursor;
+            let next = data.page_info.end_cursor;
             if next.is_empty() || after.as_deref() == Some(next.as_str()) {
                 return Err(CallError::Refused {
-                    what,
+                    what: label,
                     error: "hasNextPage without a new endCursor".into(),
                 });
             }
             after = Some(next);
         }
         Ok(found)
+    }
+
+    /// One page, at most `concurrency` listing calls under way at once.
+    async fn page(
+        &self,
+        filter: Vec<applications::LabelFilter>,
+        first: i64,
+        after: Option<String>,
+        what: &str,
+    ) -> Result<applications::ApplicationsApplications, CallError> {
+        let _permit = self
+            .listing
+            .acquire()
+            .await
+            .map_err(|_| CallError::Refused {
+                what: what.into(),
+                error: "the listing was stopped".into(),
+            })?;
+        let data = self
+            .graphql::<Applications>(
+                what,
+                applications::Variables {
+                    filter: Some(filter),
+                    first: Some(first),
+                    after,
+                },
+            )
+            .await?;
+        Ok(data.applications)
     }
 
     /// Registers the application with its bundle and API definition; its id.
@@ -524,10 +591,9 @@ fn read_application(
         serde_json::Value::Number(id) => id.to_string(),
         _ => return None,
     };
-    let fingerprint = labels
-        .get(FINGERPRINT_LABEL)
-        .and_then(|v| v.as_str())
-        .map(str::to_owned);
+    let text_label = |key: &str| labels.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    let fingerprint = text_label(FINGERPRINT_LABEL);
+    let shard = text_label(SHARD_LABEL);
     let bundles = application.bundles.map(|b| b.data).unwrap_or_default();
     // The bundle with an API definition, else the first one.
     let with_api = bundles.iter().find_map(|bundle| {
@@ -544,6 +610,7 @@ fn read_application(
         context,
         instance_id,
         fingerprint,
+        shard,
         bundle_id,
         api_definition_id,
     })

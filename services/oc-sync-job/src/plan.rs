@@ -57,6 +57,8 @@ pub struct Application {
     pub instance_id: String,
     /// Its `open_connectors_fingerprint` label, when it has one.
     pub fingerprint: Option<String>,
+    /// Its `open_connectors_shard` label, when it has one.
+    pub shard: Option<String>,
     /// Its first bundle, when it has one.
     pub bundle_id: Option<String>,
     /// The API definition in that bundle, when there is one.
@@ -140,6 +142,16 @@ pub enum PlanError {
          then raise maxDeletes or pass --max-deletes {count})"
     )]
     TooManyDeletes { count: usize, max: usize },
+}
+
+/// The listing shards: applications are labelled `open_connectors_shard: "<id mod 16>"`
+/// so that the Director's listing, which pages 10 applications at a time and can only be
+/// walked page after page, is walked as 16 listings at once.
+pub const SHARDS: i64 = 16;
+
+/// The `open_connectors_shard` label value of an instance's application.
+pub fn shard_of(instance_id: i64) -> String {
+    instance_id.rem_euclid(SHARDS).to_string()
 }
 
 /// The name of the instance's application, when it makes a valid Compass name.
@@ -284,7 +296,8 @@ pub fn plan(
                 instance: instance.clone(),
             },
             Some(application)
-                if application.fingerprint.as_deref() != Some(fingerprint(instance).as_str()) =>
+                if application.fingerprint.as_deref() != Some(fingerprint(instance).as_str())
+                    || application.shard.as_deref() != Some(shard_of(instance.id).as_str()) =>
             {
                 Action::Update {
                     application: application.clone(),
@@ -365,6 +378,7 @@ mod tests {
             context: CONTEXT.into(),
             instance_id: instance.id.to_string(),
             fingerprint: Some(fingerprint(instance)),
+            shard: Some(shard_of(instance.id)),
             bundle_id: Some(format!("bundle-{}", instance.id)),
             api_definition_id: Some(format!("api-{}", instance.id)),
         }
@@ -398,6 +412,11 @@ mod tests {
         applications[1].fingerprint = None;
         let actions = plan(&before, &applications, &settings()).expect("plan");
         assert_eq!(verbs(&actions), ["unchanged", "update"]);
+        // So is one without its listing shard.
+        applications[1].fingerprint = Some(fingerprint(&before[1]));
+        applications[0].shard = None;
+        let actions = plan(&before, &applications, &settings()).expect("plan");
+        assert_eq!(verbs(&actions), ["update", "unchanged"]);
     }
 
     #[test]

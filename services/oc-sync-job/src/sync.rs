@@ -14,7 +14,7 @@ use tracing::Instrument as _;
 
 use crate::{
     Cli,
-    compass::{Compass, Desired, FINGERPRINT_LABEL},
+    compass::{Compass, Desired, FINGERPRINT_LABEL, SHARD_LABEL},
     config::Config,
     http::{self, CallError, RetryPolicy},
     oc::{self, OpenConnectors},
@@ -127,7 +127,7 @@ impl Job {
             .to_owned();
         Ok(Self {
             oc: OpenConnectors::new(oc_config, client.clone(), options.retry)?,
-            compass: Compass::new(&config.compass, client, options.retry)?,
+            compass: Compass::new(&config.compass, client, options.retry, config.concurrency)?,
             target_url,
             context: oc_config
                 .context()
@@ -289,6 +289,7 @@ impl Job {
                 "connectorInstanceID": instance.id.to_string(),
             }),
             fingerprint: plan::fingerprint(instance),
+            shard: plan::shard_of(instance.id),
             integration_system_id: self.integration_system_id.clone(),
             bundle_name: instance.element.key.clone(),
             auth_headers: SecretString::from(auth_headers),
@@ -347,15 +348,18 @@ impl Job {
         }
     }
 
+    /// The shard label, then the fingerprint (last: it says the application is whole).
     async fn set_fingerprint(&self, id: &str, desired: &Desired) -> Result<(), CallError> {
-        self.compass
-            .set_label(
-                id,
-                &desired.name,
-                FINGERPRINT_LABEL,
-                serde_json::Value::String(desired.fingerprint.clone()),
-            )
-            .await
+        for (key, value) in [
+            (SHARD_LABEL, &desired.shard),
+            (FINGERPRINT_LABEL, &desired.fingerprint),
+        ] {
+            let value = serde_json::Value::String(value.clone());
+            self.compass
+                .set_label(id, &desired.name, key, value)
+                .await?;
+        }
+        Ok(())
     }
 }
 

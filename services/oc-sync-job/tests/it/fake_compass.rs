@@ -200,6 +200,8 @@ async fn token(
     body: axum::body::Bytes,
 ) -> Response {
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let delay = shared.state.lock().expect("lock").delay;
+    tokio::time::sleep(delay).await;
     let mut s = shared.state.lock().expect("lock");
     s.token_calls += 1;
     let expected = format!(

@@ -54,16 +54,28 @@ async fn a_401_fetches_a_new_token_once_and_the_run_completes() {
         );
         assert!(!s.rejected.is_empty());
     });
-    // A token that keeps being refused is not renewed forever: the item fails.
+    // A token that keeps being refused is renewed once per call, not forever: the
+    // listing fails.
     setup
         .oc
         .with(|s| s.instances.push(fake_oc::FakeInstance::new(7, "seven")));
     setup.compass.with(|s| {
         s.token_calls = 0;
-        s.faults.extend([Fault::Status(401), Fault::Status(401)]);
+        s.faults
+            .extend(std::iter::repeat_n(Fault::Status(401), 200));
     });
     let run = setup.run(&["-o", "json"]).await;
-    assert_eq!(run.code, 1, "the listing got 401 twice: {}", run.stdout);
+    assert_eq!(
+        run.code, 1,
+        "every listing call got 401 twice: {}",
+        run.stdout
+    );
+    let left = setup.compass.with(|s| s.faults.len());
+    // At most 17 listing calls (a count and 16 shards; the first failure stops the
+    // others), each sent, renewed once, sent again.
+    let used = 200 - left;
+    assert!((2..=34).contains(&used), "{used} faults used");
+    assert!(setup.compass.with(|s| s.token_calls) <= 18);
     let error = run.summary()["errors"][0]["error"]
         .as_str()
         .unwrap_or_default()
@@ -120,7 +132,8 @@ async fn five_hundreds_429s_and_slow_answers_are_retried_and_retry_after_is_hono
 async fn a_call_that_keeps_failing_is_given_up_after_its_attempts() {
     let setup = Setup::new(instances(1)).await;
     setup.compass.with(|s| {
-        s.faults.extend(std::iter::repeat_n(Fault::Status(500), 5));
+        s.faults
+            .extend(std::iter::repeat_n(Fault::Status(500), 1000));
     });
     let run = setup.run(&["-o", "json"]).await;
     assert_eq!(run.code, 1, "{}", run.stdout);
@@ -154,11 +167,8 @@ async fn wrong_client_credentials_are_named_and_change_nothing() {
     let _ = fake_compass::CLIENT_SECRET;
 }
 
-#[tokio::test]
-async fn sigterm_lets_the_calls_under_way_finish_and_starts_no_new_ones() {
-    let mut setup = Setup::new(instances(20)).await;
-    setup.overrides = serde_json::json!({"concurrency": 2});
-    setup.compass.with(|s| s.delay = Duration::from_millis(250));
+/// Runs the job and sends it SIGTERM after `after`; its exit code and JSON summary.
+async fn signalled(setup: &Setup, after: Duration) -> (Option<i32>, serde_json::Value) {
     let path = setup.config_path();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_oc-sync-job"))
         .arg("-config")
@@ -170,8 +180,7 @@ async fn sigterm_lets_the_calls_under_way_finish_and_starts_no_new_ones() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawns");
-    // Listing and a few creates in.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(after).await;
     let pid = child.id().expect("running").to_string();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -183,13 +192,36 @@ async fn sigterm_lets_the_calls_under_way_finish_and_starts_no_new_ones() {
         .expect("stops soon after the signal")
         .expect("output");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(3), "{stdout}");
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let summary = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    (output.status.code(), summary)
+}
+
+#[tokio::test]
+async fn sigterm_during_the_listings_changes_nothing_and_exits_1() {
+    let mut setup = Setup::new(instances(5)).await;
+    setup.overrides = serde_json::json!({"concurrency": 2});
+    // 17 listing calls, 2 at a time, 300 ms each: about 2.7 s of listing.
+    setup.compass.with(|s| s.delay = Duration::from_millis(300));
+    let (code, summary) = signalled(&setup, Duration::from_millis(1000)).await;
+    assert_eq!(code, Some(1), "{summary}");
+    assert_eq!(summary["outcome"], "interrupted");
+    assert!(setup.mutations().is_empty());
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_calls_under_way_finish_and_starts_no_new_ones() {
+    let mut setup = Setup::new(instances(40)).await;
+    setup.overrides = serde_json::json!({"concurrency": 4});
+    // Listing: a token and 5 rounds of 4 calls (about 2.4 s); then 10 rounds of 4
+    // creates (about 4 s). The signal comes in the middle of the creates.
+    setup.compass.with(|s| s.delay = Duration::from_millis(400));
+    let (code, summary) = signalled(&setup, Duration::from_millis(4400)).await;
+    assert_eq!(code, Some(3), "{summary}");
     let created = summary["created"].as_array().expect("list").len();
-    assert!((1..20).contains(&created), "{summary}");
+    assert!((1..40).contains(&created), "{summary}");
     let stopped = summary["errors"][0]["error"].as_str().unwrap_or_default();
     assert!(
-        stopped.contains(&format!("{} changes not started", 20 - created)),
+        stopped.contains(&format!("{} changes not started", 40 - created)),
         "{summary}"
     );
     // Every application that exists is whole: the ones under way were finished.
@@ -202,5 +234,5 @@ async fn sigterm_lets_the_calls_under_way_finish_and_starts_no_new_ones() {
         );
     });
     let rest = setup.run(&["-o", "json"]).await;
-    assert_eq!(rest.names("created").len(), 20 - created);
+    assert_eq!(rest.names("created").len(), 40 - created);
 }

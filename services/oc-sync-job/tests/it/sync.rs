@@ -26,6 +26,10 @@ async fn the_first_run_creates_each_application_with_its_spec_and_labels_and_a_s
             );
             assert!(app.labels[FINGERPRINT].is_string(), "{:?}", app.labels);
             assert_eq!(
+                app.labels["open_connectors_shard"],
+                json!((id % 16).to_string())
+            );
+            assert_eq!(
                 app.description.as_deref(),
                 Some(
                     format!("SAP Cloud Platform Open Connectors Salesforce: instance-{id}")
@@ -68,10 +72,10 @@ async fn the_first_run_creates_each_application_with_its_spec_and_labels_and_a_s
     assert_eq!(second.code, 0, "{}", second.stderr);
     assert_eq!(second.names("unchanged"), ["oc-1", "oc-2", "oc-3"]);
     assert!(setup.mutations().is_empty(), "{:?}", setup.mutations());
-    // Only the listings: no per-application read on either side.
+    // Only the listings (a count and the 16 shards): no per-application read.
     assert_eq!(
         setup.compass.with(|s| s.operations.clone()),
-        ["Applications"]
+        vec!["Applications"; 17]
     );
     let oc_calls = setup.oc.calls();
     assert!(
@@ -172,20 +176,53 @@ async fn one_hundred_fifty_on_both_sides_page_through_every_instance_and_applica
         .collect();
     assert_eq!(listings.len(), 3, "{listings:?}");
     assert!(listings[1].contains("nextPage=page-50"), "{listings:?}");
+    assert!(listings[2].contains("nextPage=page-100"), "{listings:?}");
+    // Applications without the shard label (as the Go job wrote them): the shards do
+    // not add up, so all 150 are listed at the Director's 10 a page, and labelled.
+    setup.compass.with(|s| {
+        for app in s.apps.values_mut() {
+            app.labels.remove("open_connectors_shard");
+        }
+    });
     setup.reset_counts();
     let second = setup.run(&["-o", "json"]).await;
-    assert_eq!(second.names("unchanged").len(), 150);
-    assert!(second.names("deleted").is_empty());
-    // 150 applications at the Director's 10 a page.
-    assert_eq!(setup.compass.with(|s| s.operations.len()), 15);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(second.names("updated").len(), 150);
+    assert!(second.names("deleted").is_empty() && second.names("created").is_empty());
+    let listing_calls = setup
+        .compass
+        .with(|s| s.operations.iter().filter(|o| *o == "Applications").count());
+    assert_eq!(listing_calls, 1 + 16 + 15);
+    setup.reset_counts();
+    let third = setup.run(&["-o", "json"]).await;
+    assert_eq!(third.names("unchanged").len(), 150);
     assert!(setup.mutations().is_empty());
+    assert_eq!(setup.compass.with(|s| s.operations.len()), 17);
     // One instance gone at the end of the last page, one at the start of the first.
     setup
         .oc
         .with(|s| s.instances.retain(|i| i.id != 150 && i.id != 1));
-    let third = setup.run(&["-o", "json"]).await;
-    assert_eq!(third.names("deleted"), ["oc-1", "oc-150"]);
-    assert_eq!(third.names("unchanged").len(), 148);
+    let fourth = setup.run(&["-o", "json"]).await;
+    assert_eq!(fourth.names("deleted"), ["oc-1", "oc-150"]);
+    assert_eq!(fourth.names("unchanged").len(), 148);
+}
+
+#[tokio::test]
+async fn every_shard_pages_through_its_applications() {
+    // 400 applications: 25 in each of the 16 shards, three Director pages each.
+    let setup = Setup::new(instances(400)).await;
+    assert_eq!(setup.run(&[]).await.code, 0);
+    setup.reset_counts();
+    let run = setup.run(&["-o", "json"]).await;
+    assert_eq!(run.names("unchanged").len(), 400, "{}", run.stderr);
+    assert!(setup.mutations().is_empty());
+    assert_eq!(setup.compass.with(|s| s.operations.len()), 1 + 16 * 3);
+    // Shard 5 loses its first 19 instances (ids 5, 21, ..., 293).
+    setup
+        .oc
+        .with(|s| s.instances.retain(|i| i.id % 16 != 5 || i.id > 300));
+    let run = setup.run(&["-o", "json", "--max-deletes", "50"]).await;
+    assert_eq!(run.names("deleted").len(), 19, "{}", run.stdout);
 }
 
 #[tokio::test]
