@@ -56,6 +56,7 @@ demo: tools ## Run each service's main flow locally on embedded defaults
 
 bench: tools ## Benchmarks with ratios against same-run baselines (see docs/benchmarks.md)
 	scripts/with-postgres.sh $(CARGO) bench -p provisioner-job --bench apply
+	$(CARGO) bench -p oc-sync-job --bench sync
 	$(CARGO) bench -p gandalf-aggregator --bench gandalf
 	# The allocator setting generic-consumer's deployment gives it (see its README).
 	MIMALLOC_PURGE_DELAY=-1 $(CARGO) bench -p generic-consumer --bench consume

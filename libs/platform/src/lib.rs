@@ -9,6 +9,8 @@
 //!   `/metrics`), to which a service merges its own routes.
 //! - [`shutdown`]: SIGTERM/SIGINT turned into a cancellation token, and a bounded drain.
 //! - [`job`]: the exit codes and the run summary shared by the CronJob binaries.
+//! - [`retry`]: exponential backoff with jitter, `Retry-After`.
+//! - `otlp_collector` (feature `otlp-collector`): an OTLP trace collector for tests.
 //! - [`cli`]: the one command-line parser (exit codes shared by every binary), the
 //!   `--config` / `--print-config` flags and the start of every `main`.
 //!
@@ -19,6 +21,8 @@ pub mod cli;
 pub mod config;
 pub mod job;
 pub mod ops;
+#[cfg(feature = "otlp-collector")]
+pub mod otlp_collector;
 pub mod retry;
 pub mod secret;
 pub mod shutdown;

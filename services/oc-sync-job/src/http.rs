@@ -153,7 +153,7 @@ impl Caller {
     ) -> Result<Reply, CallError> {
         let span = tracing::info_span!(
             "api.call",
-            otel.name = what,
+            operation = what,
             attempts = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
         );

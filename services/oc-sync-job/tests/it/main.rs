@@ -9,3 +9,4 @@ mod cli;
 mod faults;
 mod safety;
 mod sync;
+mod telemetry;
