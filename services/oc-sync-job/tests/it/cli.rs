@@ -209,3 +209,17 @@ async fn the_fake_director_refuses_what_the_real_one_would() {
     .await;
     assert_eq!(answer["data"]["applications"]["totalCount"], 0, "{answer}");
 }
+
+#[tokio::test]
+async fn log_level_sets_the_filter_and_rust_log_wins() {
+    let mut setup = Setup::new(instances(1)).await;
+    setup.overrides = serde_json::json!({"logLevel": "Error"});
+    let quiet = setup.run(&[]).await;
+    assert_eq!(quiet.code, 0);
+    assert!(!quiet.stderr.contains("run finished"), "{}", quiet.stderr);
+    let loud = setup.run_with_env(&[], &[("RUST_LOG", "info")]).await;
+    assert!(loud.stderr.contains("run finished"), "{}", loud.stderr);
+    setup.overrides = serde_json::json!({"logLevel": "Info"});
+    let info = setup.run(&[]).await;
+    assert!(info.stderr.contains("run finished"), "{}", info.stderr);
+}

@@ -236,3 +236,19 @@ async fn sigterm_lets_the_calls_under_way_finish_and_starts_no_new_ones() {
     let rest = setup.run(&["-o", "json"]).await;
     assert_eq!(rest.names("created").len(), 40 - created);
 }
+
+#[tokio::test]
+async fn a_429_waits_for_its_retry_after() {
+    let setup = Setup::new(instances(1)).await;
+    // Without Retry-After the first retry would come after at most 200 ms.
+    setup.oc.with(|s| s.faults.push_back(Fault::TooMany(2)));
+    let started = Instant::now();
+    let run = setup.run(&["-o", "json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(run.summary()["calls"]["retries"], 1);
+}
