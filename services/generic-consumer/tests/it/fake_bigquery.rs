@@ -72,6 +72,8 @@ struct Inner {
     front_end_rows: Option<usize>,
     insert_requests: Vec<(usize, usize, u16)>,
     problems: Vec<String>,
+    /// Added before every write is answered (insertAll and AppendRows).
+    write_delay: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -252,6 +254,11 @@ impl FakeBigQuery {
                 retry_after,
             });
         }
+    }
+
+    /// Every write (insertAll request, AppendRows request) is answered `delay` late.
+    pub fn slow_writes(&self, delay: std::time::Duration) {
+        self.shared.lock().write_delay = delay;
     }
 
     /// Every insertAll request gets `status` until [`FakeBigQuery::end_outage`].
@@ -532,6 +539,8 @@ async fn insert_all(
     if let Some(refused) = unauthorized(&shared, &headers) {
         return refused;
     }
+    let delay = shared.lock().write_delay;
+    tokio::time::sleep(delay).await;
     if shared.lock().count_only {
         #[derive(serde::Deserialize)]
         struct Rows {
@@ -782,6 +791,8 @@ mod storage {
                     Ok(Some(request)) => request,
                     _ => return,
                 };
+                let delay = shared.lock().write_delay;
+                tokio::time::sleep(delay).await;
                 let answer = append(&shared, &routing, &mut stream_name, &mut row_type, request);
                 let last = answer.is_err();
                 if sender.send(answer).await.is_err() || last {

@@ -498,6 +498,9 @@ fn kill_9_mid_stream_into_bigquery_then_a_restart_loses_nothing_over(api: &str) 
     produce_samples(&cluster.bootstrap, &contract, 0..COUNT, PARTITIONS);
     let rows = || fake.rows("acme-data", "events", "delivery_events");
 
+    // 10 rows a write, one write at a time, 5 ms each: the 6,000 rows take at least 3 s,
+    // so the kill comes mid-stream however slowly the wait below polls.
+    fake.slow_writes(Duration::from_millis(5));
     let mut first = Instance::start(dir.path(), &vars("10"), "first");
     wait_for(
         "rows written and committed",
@@ -527,6 +530,7 @@ fn kill_9_mid_stream_into_bigquery_then_a_restart_loses_nothing_over(api: &str) 
     assert!((written_at_kill as u64) < COUNT, "the kill came mid-stream");
 
     // The restart finds the table it created and goes on from the committed offsets.
+    fake.slow_writes(Duration::ZERO);
     let mut second = Instance::start(dir.path(), &vars("1000"), "second");
     let position = |r: &crate::fake_bigquery::StoredRow| {
         (
