@@ -1,0 +1,1 @@
+//! devops-api end to end.
