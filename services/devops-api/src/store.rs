@@ -168,17 +168,19 @@ impl Store {
         }
     }
 
-    /// Creates the schema `devops_api` and runs the migrations in it.
+    /// Creates the schema `devops_api` and runs the migrations in it (on a connection
+    /// of its own whose search_path is that schema).
     pub async fn migrate(&self) -> Result<(), sqlx::Error> {
-        let mut conn = self.admin.acquire().await?;
         sqlx::query("CREATE SCHEMA IF NOT EXISTS devops_api")
-            .execute(&mut *conn)
+            .execute(&self.admin)
             .await?;
-        sqlx::query("SET search_path TO devops_api")
-            .execute(&mut *conn)
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(self.config.acquire_timeout_secs))
+            .connect_with(self.options.clone().options([("search_path", SCHEMA)]))
             .await?;
-        let migrated = MIGRATIONS.run(&mut *conn).await;
-        sqlx::query("RESET search_path").execute(&mut *conn).await?;
+        let migrated = MIGRATIONS.run(&pool).await;
+        pool.close().await;
         migrated.map_err(|e| sqlx::Error::Migrate(Box::new(e)))
     }
 
