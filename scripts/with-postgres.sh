@@ -6,7 +6,7 @@
 # Installs the Debian `postgresql` package when its server binaries are missing, creates
 # a cluster in a temporary directory (trust auth, fsync off: it is thrown away), starts it
 # on 127.0.0.1:<free port>, exports TEST_DATABASE_URL (a superuser URL; tests create their
-# own databases from it), runs CMD, and stops and deletes the cluster whatever happens.
+# own databases from it) and TEST_DATABASE_SOCKET_DIR / _PORT / _LOG, runs CMD, and stops and deletes the cluster whatever happens.
 set -euo pipefail
 
 pg_bindir() {
@@ -54,6 +54,15 @@ trap cleanup EXIT INT TERM
 
 "${AS_PG[@]}" "$PGBIN/initdb" -D "$WORK/data" -U postgres --auth=trust --encoding=UTF8 --no-sync >"$WORK/initdb.log" 2>&1 \
     || { cat "$WORK/initdb.log" >&2; exit 1; }
+# TCP on loopback trusts every role (the tests' superuser URL); the Unix socket asks
+# every role but postgres for its password (SCRAM), so tests can prove that a login's
+# password works, and that an old one stops working.
+cat > "$WORK/data/pg_hba.conf" <<'HBA'
+local all postgres trust
+local all all scram-sha-256
+host all all 127.0.0.1/32 trust
+host all all ::1/128 trust
+HBA
 "${AS_PG[@]}" "$PGBIN/postgres" -D "$WORK/data" -p "$PORT" -k "$WORK" \
     -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
     -c max_connections=300 -c shared_buffers=128MB >"$WORK/postgres.log" 2>&1 &
@@ -67,6 +76,9 @@ done
 "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" -U postgres || { cat "$WORK/postgres.log" >&2; exit 1; }
 
 export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$PORT/postgres"
+# The Unix socket's directory and port (password logins), and the server's log (tests
+# that turn log_statement on for their database read it).
+export TEST_DATABASE_SOCKET_DIR="$WORK" TEST_DATABASE_PORT="$PORT" TEST_DATABASE_LOG="$WORK/postgres.log"
 echo "with-postgres: PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PORT" >&2
 set +e
 "$@"

@@ -551,13 +551,20 @@ pub fn drop(r: &Resolved, state: &State) -> Vec<Statement> {
         }
         return out;
     }
-    let list: Vec<String> = existing.iter().map(|n| ident(n)).collect();
+    // One role at a time, the logins and the grantees of the owner's default privileges
+    // before the owner (dropping them together trips over the shared default ACL).
     if state.local.is_some() {
-        out.push(statement(
-            "drop owned",
-            format!("roles {}", existing.join(", ")),
-            format!("DROP OWNED BY {}", list.join(", ")),
-        ));
+        // The owner's with CASCADE: what depends on the tenant's objects goes with them
+        // (an extension created in its schema, a view on its tables).
+        let owner = r.group(Group::Owner);
+        for name in existing.iter().rev() {
+            let cascade = if *name == owner { " CASCADE" } else { "" };
+            out.push(statement(
+                "drop owned",
+                format!("role {name}"),
+                format!("DROP OWNED BY {}{cascade}", ident(name)),
+            ));
+        }
     }
     // Logins before the groups they are members of.
     for name in existing.iter().rev() {
@@ -731,10 +738,8 @@ mod tests {
         );
         let dropping = drop(&r, &state);
         let dropped = sql(&dropping);
-        assert_eq!(
-            dropped[0],
-            "DROP OWNED BY \"acme_owner\", \"acme_writer\", \"acme_reader\", \"acme_app\", \"acme_ro\""
-        );
+        assert_eq!(dropped[0], "DROP OWNED BY \"acme_ro\"");
+        assert_eq!(dropped[4], "DROP OWNED BY \"acme_owner\" CASCADE");
         assert_eq!(dropped.last().copied(), Some("DROP ROLE \"acme_owner\""));
     }
 

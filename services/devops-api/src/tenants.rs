@@ -162,13 +162,18 @@ impl Tenants {
         let config = self.store.config();
         let mut tx = conn.begin().await.map_err(Failure::database)?;
         // SET LOCAL takes no parameters: the values are numbers the config holds.
-        sqlx::query(&format!(
-            "SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}",
-            config.lock_timeout_ms, config.statement_timeout_ms
-        ))
-        .execute(&mut *tx)
-        .await
-        .map_err(Failure::database)?;
+        for setting in [
+            format!("SET LOCAL lock_timeout = {}", config.lock_timeout_ms),
+            format!(
+                "SET LOCAL statement_timeout = {}",
+                config.statement_timeout_ms
+            ),
+        ] {
+            sqlx::query(&setting)
+                .execute(&mut *tx)
+                .await
+                .map_err(Failure::database)?;
+        }
         let waited = Instant::now();
         sqlx::query(
             "SELECT pg_advisory_xact_lock(hashtextextended('devops-api/tenant/' || $1, 0))",

@@ -1,1 +1,7 @@
-//! devops-api end to end.
+//! devops-api end to end: the real server on port 0 against the throwaway PostgreSQL of
+//! `make test` (`TEST_DATABASE_URL`), each test on a database of its own.
+
+mod helpers;
+
+mod lifecycle;
+mod safety;
