@@ -40,7 +40,7 @@ pub struct Api {
     pub admin_http: String,
     pub database: String,
     /// Holds the tokens file.
-    _dir: TempDir,
+    dir: TempDir,
     pub client: reqwest::Client,
     stop: CancellationToken,
 }
@@ -123,7 +123,7 @@ impl Api {
             base,
             admin_http,
             database,
-            _dir: dir,
+            dir,
             client: reqwest::Client::new(),
             stop,
         }
@@ -155,6 +155,11 @@ impl Api {
             request = request.json(&body);
         }
         answer(request.send().await.expect("sent")).await
+    }
+
+    /// The tokens file the API reads.
+    pub fn tokens_file(&self) -> PathBuf {
+        self.dir.path().join("tokens")
     }
 
     pub async fn put(&self, tenant: &str, body: Value) -> Answer {

@@ -357,3 +357,64 @@ async fn the_openapi_document_describes_every_endpoint() {
         assert!(spec.get(field).is_some(), "{field}: {spec}");
     }
 }
+
+#[tokio::test]
+async fn a_rotated_tokens_file_takes_effect_without_a_restart() {
+    let api = Api::start().await.ready().await;
+    let tokens = api.tokens_file();
+    std::fs::write(&tokens, "ops:the-new-token-0123456789ab\n").expect("rotate");
+    let tenant = unique("t");
+    let url = format!("{}/v1/tenants", api.base);
+    let mut old = 0;
+    for _ in 0..40 {
+        old = api
+            .client
+            .get(&url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("sent")
+            .status()
+            .as_u16();
+        if old == 403 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(old, 403, "the old token stops working");
+    let new = api
+        .client
+        .put(format!("{url}/{tenant}"))
+        .bearer_auth("the-new-token-0123456789ab")
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(new.status(), 201);
+}
+
+#[tokio::test]
+async fn requests_plans_statements_and_lock_waits_are_measured() {
+    let api = Api::start().await.ready().await;
+    let tenant = unique("t");
+    assert_eq!(api.put(&tenant, json!({})).await.status, 201);
+    assert_eq!(api.get("/v1/tenants/nobody_here").await.status, 404);
+    let metrics = api
+        .client
+        .get(format!("{}/metrics", api.admin_http))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    for expected in [
+        "devops_api_requests_total{route=\"/v1/tenants/{name}\",status=\"201\"}",
+        "devops_api_requests_total{route=\"/v1/tenants/{name}\",status=\"404\"}",
+        "devops_api_plan_statements",
+        "devops_api_statement_seconds",
+        "devops_api_lock_wait_seconds",
+    ] {
+        assert!(metrics.contains(expected), "{expected}:\n{metrics}");
+    }
+}
