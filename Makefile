@@ -19,6 +19,7 @@ help: ## List the targets
 tools: ## Install what the build and tests need and is missing (nextest, tansu, C toolchain, OpenSSL headers)
 	@command -v cc >/dev/null || { apt-get update -qq && apt-get install -y -qq build-essential; }
 	@command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3; }
+	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
 	@# rdkafka builds librdkafka from source against the system OpenSSL and zlib headers.
 	@dpkg -s libssl-dev zlib1g-dev >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libssl-dev zlib1g-dev; }
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
@@ -57,6 +58,7 @@ demo: tools ## Run each service's main flow locally on embedded defaults
 bench: tools ## Benchmarks with ratios against same-run baselines (see docs/benchmarks.md)
 	scripts/with-postgres.sh $(CARGO) bench -p provisioner-job --bench apply
 	$(CARGO) bench -p oc-sync-job --bench sync
+	scripts/with-postgres.sh $(CARGO) bench -p devops-api --bench api
 	$(CARGO) bench -p gandalf-aggregator --bench gandalf
 	# The allocator setting generic-consumer's deployment gives it (see its README).
 	MIMALLOC_PURGE_DELAY=-1 $(CARGO) bench -p generic-consumer --bench consume

@@ -107,6 +107,12 @@ step "oc-sync-job: Open Connectors instances kept in step with Compass applicati
 "$BIN/examples/oc_sync_demo" --job "$BIN/oc-sync-job" --dir "$WORK/oc-sync"
 
 # ---------------------------------------------------------------------------------------
+# devops-api: a throwaway PostgreSQL, the API, a tenant by curl, its login through psql.
+# ---------------------------------------------------------------------------------------
+step "devops-api: tenant databases on PostgreSQL, declared over HTTP"
+scripts/with-postgres.sh scripts/demo-devops-api.sh "$BIN" "$WORK/devops-api"
+
+# ---------------------------------------------------------------------------------------
 # Gandalf: a cluster, an aggregator, two connectors.
 # ---------------------------------------------------------------------------------------
 step "gandalf: a cluster, an aggregator for tenant acme, two connectors"
