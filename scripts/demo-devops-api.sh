@@ -7,7 +7,7 @@ set -euo pipefail
 BIN="$1"; WORK="$2"
 mkdir -p "$WORK"
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
-show() { printf '$ %s\n' "$*"; "$@"; }
+show() { printf '$ %s\n' "$*" >&2; "$@"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
 pretty() { python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin), indent=2))'; }
 
@@ -72,7 +72,10 @@ step "a hostile name: 422, no SQL"
 curl -sS -X PUT "$API/v1/tenants/acme%22%3B%20DROP%20ROLE%20postgres" -H "$AUTH" -H 'Content-Type: application/json' -d '{}' | pretty
 
 step "the audit log"
-curl -sS "$API/v1/audit?tenant=acme" -H "$AUTH" | python3 -c '
+curl -sS "$API/v1/audit?tenant=acme" -H "$AUTH" > "$WORK/audit.json"
+python3 - "$WORK/audit.json" <<'PY'
 import json, sys
-for e in json.load(sys.stdin):
-    print(f"  {e[\"at\"][:19]}  {e[\"actor\"]:<4} {e[\"action\"]:<6} dryRun={str(e[\"dryRun\"]).lower():<5} {e[\"outcome\"]:<9} {len(e[\"plan\"])} statements")'
+for e in json.load(open(sys.argv[1])):
+    dry = "dry run" if e["dryRun"] else "applied" if e["outcome"] == "applied" else e["outcome"]
+    print(f"  {e['at'][:19]}  {e['actor']:<4} {e['action']:<6} {dry:<9} {len(e['plan'])} statements  request {e['requestId'][:8]}")
+PY
