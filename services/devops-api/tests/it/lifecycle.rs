@@ -396,3 +396,54 @@ async fn concurrent_puts_of_one_tenant_serialise_without_an_error() {
     assert_eq!(applied, 1, "one PUT did the work, the others found it done");
     assert!(api.put(&tenant, spec(&tenant)).await.sql().is_empty());
 }
+
+#[tokio::test]
+async fn a_given_verifier_and_an_expiry_are_applied_once_and_compared_after() {
+    let api = Api::start().await.ready().await;
+    let tenant = unique("t");
+    let login = format!("{tenant}_svc");
+    // The client computes the verifier; the clear password never reaches the API.
+    let verifier = devops_api::scram::verifier("correct horse battery").expect("random");
+    let body = |verifier: &str| {
+        json!({"logins": [{"name": login, "memberOf": "writer", "validUntil": "2999-01-31T12:30:00Z",
+                            "password": {"scramVerifier": verifier}}]})
+    };
+    let created = api.put(&tenant, body(&verifier)).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    assert!(
+        created.body.get("credentials").is_none(),
+        "nothing generated, nothing returned"
+    );
+    api.login(&login, "correct horse battery", None)
+        .await
+        .expect("the client's password works");
+    let mut admin = api.admin().await;
+    let until: String = sqlx::query_scalar("SELECT to_char(rolvaliduntil AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') FROM pg_roles WHERE rolname = $1")
+        .bind(&login)
+        .fetch_one(&mut admin)
+        .await
+        .expect("query");
+    assert_eq!(until, "2999-01-31 12:30:00");
+    assert!(
+        api.put(&tenant, body(&verifier)).await.sql().is_empty(),
+        "same verifier, same expiry: nothing"
+    );
+    let next = devops_api::scram::verifier("another one").expect("random");
+    let changed = api.put(&tenant, body(&next)).await;
+    assert_eq!(
+        changed.sql(),
+        [format!("ALTER ROLE \"{login}\" PASSWORD '<redacted>'")]
+    );
+    api.login(&login, "another one", None)
+        .await
+        .expect("the new password works");
+    // A login whose password the client manages is not rotated by the API.
+    let rotate = api
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/{tenant}/logins/{login}/rotate"),
+            None,
+        )
+        .await;
+    assert_eq!(rotate.status, 409, "{rotate:?}");
+}
