@@ -233,6 +233,10 @@ pub struct Tuning {
     /// pod) before its partitions go to the others.
     #[serde(rename = "session_timeout_ms", with = "platform::config::duration_ms")]
     pub session_timeout: Duration,
+    /// `RETRY_MAX_MS`: the longest wait between two tries of a failed write (the wait
+    /// starts at 200 ms and doubles up to this).
+    #[serde(rename = "retry_max_ms", with = "platform::config::duration_ms")]
+    pub retry_max: Duration,
 }
 
 impl Default for Tuning {
@@ -246,6 +250,7 @@ impl Default for Tuning {
             max_in_flight_bytes: 64 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(25),
             session_timeout: Duration::from_secs(45),
+            retry_max: Duration::from_secs(30),
         }
     }
 }
@@ -521,6 +526,9 @@ pub fn resolve(domain: &str, vars: &Vars) -> Result<Context, Problems> {
     }
     if let Some(n) = number("KAFKA_SESSION_TIMEOUT_MS", 1000, 3_600_000) {
         tuning.session_timeout = Duration::from_millis(n);
+    }
+    if let Some(n) = number("RETRY_MAX_MS", 200, 3_600_000) {
+        tuning.retry_max = Duration::from_millis(n);
     }
 
     let bigquery = (sink == SinkKind::Bigquery && !write_env.is_empty()).then(|| {

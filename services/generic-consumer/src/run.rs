@@ -139,6 +139,7 @@ impl Instance {
                 batch_bytes: tuning.batch_bytes,
                 linger: tuning.linger,
                 batches_in_flight: tuning.batches_in_flight,
+                retry_max: tuning.retry_max,
                 ..PipelineOptions::default()
             },
             counts: Arc::clone(&self.counts),

@@ -306,7 +306,9 @@ async fn storage_write_an_outage_is_retried_with_nothing_committed_past_unwritte
 }
 
 async fn an_outage_is_retried_with_nothing_committed_past_unwritten_rows_over(api: &str) {
-    let setup = setup_api(api, 2, &[]).await;
+    // Waits between tries capped at a second: the service back, rows flow within seconds
+    // however long the outage made the backoff.
+    let setup = setup_api(api, 2, &[("RETRY_MAX_MS", "1000")]).await;
     add_table(&setup);
     setup.fake.outage(503, "backendError");
     produce_samples(&setup.cluster.bootstrap, &setup.contract, 0..200, 2);

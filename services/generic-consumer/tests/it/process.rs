@@ -243,6 +243,39 @@ fn wait_for(what: &str, limit: Duration, instance: &Instance, mut done: impl FnM
     }
 }
 
+/// Waits until `written` holds, then freezes the process (SIGSTOP) and asks `committed`;
+/// when that does not hold yet, lets it go on (SIGCONT) and tries again. It returns with
+/// the process stopped: however slowly `committed` answers (it asks the brokers), the
+/// process cannot finish the stream meanwhile, so a kill that follows comes mid-stream.
+fn freeze_when(
+    what: &str,
+    limit: Duration,
+    instance: &Instance,
+    mut written: impl FnMut() -> bool,
+    mut committed: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        wait_for(
+            what,
+            deadline.saturating_duration_since(Instant::now()),
+            instance,
+            &mut written,
+        );
+        instance.signal("-STOP");
+        if committed() {
+            return;
+        }
+        instance.signal("-CONT");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{}",
+            instance.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -277,20 +310,20 @@ fn kill_9_mid_stream_then_a_restart_loses_nothing() {
 
     // Small batches, each synced to disk: the first run is far from done when it dies.
     let mut first = Instance::start(dir.path(), &vars("10"), "first");
-    wait_for(
+    freeze_when(
         "rows written and committed",
         Duration::from_secs(60),
         &first,
+        || line_count(&file) >= 1000,
         || {
-            line_count(&file) >= 1000
-                && committed(
-                    &cluster.bootstrap,
-                    &context.group_id,
-                    DELIVERY_TOPIC,
-                    PARTITIONS,
-                )
-                .iter()
-                .any(|c| *c > 0)
+            committed(
+                &cluster.bootstrap,
+                &context.group_id,
+                DELIVERY_TOPIC,
+                PARTITIONS,
+            )
+            .iter()
+            .any(|c| *c > 0)
         },
     );
     first.signal("-KILL");
@@ -502,20 +535,20 @@ fn kill_9_mid_stream_into_bigquery_then_a_restart_loses_nothing_over(api: &str) 
     // so the kill comes mid-stream however slowly the wait below polls.
     fake.slow_writes(Duration::from_millis(5));
     let mut first = Instance::start(dir.path(), &vars("10"), "first");
-    wait_for(
+    freeze_when(
         "rows written and committed",
         Duration::from_secs(60),
         &first,
+        || rows().len() >= 500,
         || {
-            rows().len() >= 500
-                && committed(
-                    &cluster.bootstrap,
-                    &context.group_id,
-                    DELIVERY_TOPIC,
-                    PARTITIONS,
-                )
-                .iter()
-                .any(|c| *c > 0)
+            committed(
+                &cluster.bootstrap,
+                &context.group_id,
+                DELIVERY_TOPIC,
+                PARTITIONS,
+            )
+            .iter()
+            .any(|c| *c > 0)
         },
     );
     first.signal("-KILL");
