@@ -4,8 +4,11 @@
 //!   error events), envelope builders and the checks every receiver applies.
 //! - [`connector`]: the client library for connector authors: connect and validate a
 //!   secret, send a command and await its acknowledgement, receive commands and events.
+//! - [`outbox`]: a connection's outgoing queue, bounded in messages and bytes, filled
+//!   without waiting; a peer that stops reading is detected and closed.
 
 pub mod connector;
+pub mod outbox;
 pub mod protocol;
 
 pub use contracts::gandalf::v1 as wire;

@@ -37,6 +37,24 @@ pub struct Config {
     pub reconnect_backoff_max_ms: u64,
     /// How long in-flight commands get to finish on SIGTERM, in seconds.
     pub shutdown_grace_secs: u64,
+    /// Messages queued for one connection at most; beyond, messages for it are dropped
+    /// (counted) and routing goes on for everyone else.
+    pub queue_messages: usize,
+    /// The same bound in encoded bytes.
+    pub queue_bytes: usize,
+    /// A connection whose queue stays full this long stopped reading: it is closed.
+    pub stall_timeout_ms: u64,
+}
+
+impl Config {
+    /// The bounds of each connection's outgoing queue.
+    pub fn queue_limits(&self) -> gandalf::outbox::Limits {
+        gandalf::outbox::Limits {
+            messages: self.queue_messages,
+            bytes: self.queue_bytes,
+            stall: std::time::Duration::from_millis(self.stall_timeout_ms),
+        }
+    }
 }
 
 impl Default for Config {
@@ -52,6 +70,9 @@ impl Default for Config {
             startup_timeout_secs: 60,
             reconnect_backoff_max_ms: 5000,
             shutdown_grace_secs: 10,
+            queue_messages: 1024,
+            queue_bytes: 16 * 1024 * 1024,
+            stall_timeout_ms: 2000,
         }
     }
 }
@@ -85,6 +106,18 @@ impl Validate for Config {
         }
         if self.max_timeout_ms == 0 {
             problems.push("max_timeout_ms: must be at least 1".into());
+        }
+        if self.queue_messages == 0 {
+            problems.push("queue_messages: must be at least 1".into());
+        }
+        if self.queue_bytes < 64 * 1024 {
+            problems.push(format!(
+                "queue_bytes: {} is below the least useful queue of 65536 bytes",
+                self.queue_bytes
+            ));
+        }
+        if self.stall_timeout_ms == 0 {
+            problems.push("stall_timeout_ms: must be at least 1".into());
         }
         problems
     }

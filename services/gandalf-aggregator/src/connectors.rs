@@ -5,16 +5,15 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use gandalf::{
+    outbox::{self, Outbox, ResponseStream},
     protocol::{self, ComponentType},
     wire::{Envelope, Secret, aggregator_server, envelope::Body},
 };
 use platform::shutdown::Drain;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::router::{Outbound, Peer, Router};
+use crate::router::{Peer, Router};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -38,7 +37,7 @@ impl AggregatorService {
 
 #[tonic::async_trait]
 impl aggregator_server::Aggregator for AggregatorService {
-    type ConnectStream = ReceiverStream<Result<Envelope, Status>>;
+    type ConnectStream = ResponseStream;
 
     async fn connect(
         &self,
@@ -50,7 +49,7 @@ impl aggregator_server::Aggregator for AggregatorService {
             .unwrap_or_default();
         let peer = protocol::Peer::require(request.metadata(), ComponentType::Connector)
             .map_err(Status::invalid_argument)?;
-        let (outbound, rx) = mpsc::channel(1024);
+        let (outbound, stream) = outbox::outbox(self.router.limits());
         self.drain.spawn(serve_connector(
             self.router.clone(),
             peer,
@@ -59,17 +58,13 @@ impl aggregator_server::Aggregator for AggregatorService {
             outbound,
             self.shutdown.clone(),
         ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(stream.responses()))
     }
 }
 
-type Outgoing = mpsc::Sender<Result<Envelope, Status>>;
-
-async fn refuse(outbound: &Outgoing, tenant: &str, name: &str, status: Status) {
-    let _ = outbound
-        .send(Ok(protocol::validation_reply(tenant, false, name)))
-        .await;
-    let _ = outbound.send(Err(status)).await;
+fn refuse(outbound: &Outbox, tenant: &str, name: &str, status: Status) {
+    let _ = outbound.push(protocol::validation_reply(tenant, false, name));
+    outbound.close_with(status);
 }
 
 /// The connector's validation, relayed to the cluster: the relayed envelope when accepted;
@@ -79,7 +74,7 @@ async fn handshake(
     peer: &protocol::Peer,
     address: &str,
     inbound: &mut Streaming<Envelope>,
-    outbound: &Outgoing,
+    outbound: &Outbox,
 ) -> Option<Envelope> {
     let tenant = router.tenant().to_owned();
     let name = peer.logical_name.clone();
@@ -87,11 +82,9 @@ async fn handshake(
         Ok(Ok(Some(envelope))) => envelope,
         Ok(_) => return None,
         Err(_) => {
-            let _ = outbound
-                .send(Err(Status::deadline_exceeded(
-                    "no VALIDATION within 5 s of opening the stream",
-                )))
-                .await;
+            outbound.close_with(Status::deadline_exceeded(
+                "no VALIDATION within 5 s of opening the stream",
+            ));
             return None;
         }
     };
@@ -106,8 +99,7 @@ async fn handshake(
                         "tenant {:?} is not served by this aggregator",
                         header.tenant
                     )),
-                )
-                .await;
+                );
                 return None;
             }
             secret
@@ -117,11 +109,9 @@ async fn handshake(
                 .unwrap_or_default()
         }
         _ => {
-            let _ = outbound
-                .send(Err(Status::invalid_argument(
-                    "the first envelope must be Secret{command: VALIDATION}",
-                )))
-                .await;
+            outbound.close_with(Status::invalid_argument(
+                "the first envelope must be Secret{command: VALIDATION}",
+            ));
             return None;
         }
     };
@@ -151,11 +141,9 @@ async fn handshake(
             false
         }
         Err(reason) => {
-            let _ = outbound
-                .send(Err(Status::unavailable(format!(
-                    "cannot validate the secret now: {reason}"
-                ))))
-                .await;
+            outbound.close_with(Status::unavailable(format!(
+                "cannot validate the secret now: {reason}"
+            )));
             return None;
         }
     };
@@ -166,13 +154,10 @@ async fn handshake(
             &tenant,
             &name,
             Status::permission_denied("secret rejected by the cluster"),
-        )
-        .await;
+        );
         return None;
     }
-    let _ = outbound
-        .send(Ok(protocol::validation_reply(&tenant, true, &name)))
-        .await;
+    let _ = outbound.push(protocol::validation_reply(&tenant, true, &name));
     Some(request)
 }
 
@@ -181,7 +166,7 @@ async fn serve_connector(
     peer: protocol::Peer,
     address: String,
     mut inbound: Streaming<Envelope>,
-    outbound: Outgoing,
+    outbound: Outbox,
     shutdown: CancellationToken,
 ) {
     let Some(validation) = handshake(&router, &peer, &address, &mut inbound, &outbound).await
@@ -194,16 +179,18 @@ async fn serve_connector(
             connector_type: peer.connector_type.clone().unwrap_or_default(),
             address,
         },
-        Outbound::Connector(outbound),
+        outbound.clone(),
     );
     router.remember_validation(id, validation);
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
+            // Routing took it out for not reading; the stream ends with the reason.
+            () = outbound.stalled() => break,
             message = inbound.message() => message,
         };
         match message {
-            Ok(Some(envelope)) => router.handle(id, envelope).await,
+            Ok(Some(envelope)) => router.handle(id, envelope),
             Ok(None) => break,
             Err(status) => {
                 // An undecodable message ends the stream (tonic's choice); say so.

@@ -70,7 +70,12 @@ impl App {
         let grpc = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Bind(config.listen, e))?;
-        let router = Router::new(&config.logical_name, &config.tenant, config.max_timeout_ms);
+        let router = Router::new(
+            &config.logical_name,
+            &config.tenant,
+            config.max_timeout_ms,
+            config.queue_limits(),
+        );
         let readiness = Readiness::with_components(["initialised", "cluster"]);
         let ops = OpsServer::bind(config.admin_listen, readiness.clone())
             .await

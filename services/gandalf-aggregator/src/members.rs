@@ -5,16 +5,16 @@
 use std::{sync::Arc, time::Duration};
 
 use gandalf::{
+    outbox::{self, Outbox},
     protocol::{self, ComponentType},
     wire::{Envelope, cluster_client::ClusterClient},
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Streaming, transport::Endpoint};
 
-use crate::router::{Outbound, Peer, Router};
+use crate::router::{Peer, Router};
 
 /// What a member supervisor reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub async fn supervise(
                     Peer::Cluster {
                         member: member.clone(),
                     },
-                    Outbound::Cluster(outbound),
+                    outbound.clone(),
                 );
                 // A restarted member knows none of the connectors here: tell it again
                 // (the answers come back through the read loop below).
@@ -62,7 +62,7 @@ pub async fn supervise(
                     })
                 };
                 let _ = events.send(MemberEvent::Connected(member.clone())).await;
-                read(&router, id, inbound, &shutdown).await;
+                read(&router, id, inbound, &outbound, &shutdown).await;
                 replay.abort();
                 router.remove(id);
                 let _ = events.send(MemberEvent::Disconnected(member.clone())).await;
@@ -91,7 +91,7 @@ async fn open(
     router: &Router,
     member: &str,
     secret: &SecretString,
-) -> Result<(mpsc::Sender<Envelope>, Streaming<Envelope>), Failure> {
+) -> Result<(Outbox, Streaming<Envelope>), Failure> {
     let unreachable = |e: String| Failure::Unreachable(e);
     let channel = Endpoint::from_shared(member.to_owned())
         .map_err(|e| unreachable(e.to_string()))?
@@ -100,14 +100,12 @@ async fn open(
         .connect()
         .await
         .map_err(|e| unreachable(e.to_string()))?;
-    let (tx, rx) = mpsc::channel(1024);
-    let _ = tx
-        .send(protocol::validation(
-            router.tenant(),
-            secret.expose_secret(),
-        ))
-        .await;
-    let mut request = Request::new(ReceiverStream::new(rx));
+    let (tx, rx) = outbox::outbox(router.limits());
+    let _ = tx.push(protocol::validation(
+        router.tenant(),
+        secret.expose_secret(),
+    ));
+    let mut request = Request::new(rx);
     protocol::Peer {
         logical_name: router.logical_name().to_owned(),
         component_type: ComponentType::Aggregator,
@@ -133,15 +131,18 @@ async fn read(
     router: &Arc<Router>,
     id: u64,
     mut inbound: Streaming<Envelope>,
+    outbound: &Outbox,
     shutdown: &CancellationToken,
 ) {
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => return,
+            // The member stopped reading: routing took it out; reconnect.
+            () = outbound.stalled() => return,
             message = inbound.message() => message,
         };
         match message {
-            Ok(Some(envelope)) => router.handle(id, envelope).await,
+            Ok(Some(envelope)) => router.handle(id, envelope),
             Ok(None) => return,
             Err(status) => {
                 tracing::debug!(%status, "cluster stream error");

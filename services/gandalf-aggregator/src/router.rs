@@ -13,12 +13,12 @@ use std::{
 };
 
 use gandalf::{
+    outbox::{Limits, Outbox, Refused},
     protocol,
     wire::{Command, Envelope, Event, Header, envelope::Body},
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
-use tonic::Status;
 
 use crate::{
     commandlog::{CommandLog, CommandRecord},
@@ -42,65 +42,9 @@ pub enum Peer {
     },
 }
 
-/// The sending half of a connection.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// A connector's response stream.
-    Connector(mpsc::Sender<Result<Envelope, Status>>),
-    /// A cluster member's request stream.
-    Cluster(mpsc::Sender<Envelope>),
-}
-
-/// What an attempt to queue without waiting did.
-enum Queued {
-    Done,
-    /// The queue is full: the envelope comes back (boxed: this is the rare path).
-    Full(Box<Envelope>),
-    /// The connection is gone.
-    Closed,
-}
-
-impl Outbound {
-    /// Queues without waiting.
-    fn try_queue(&self, envelope: Envelope) -> Queued {
-        use mpsc::error::TrySendError;
-        match self {
-            Self::Connector(tx) => match tx.try_send(Ok(envelope)) {
-                Ok(()) => Queued::Done,
-                Err(TrySendError::Full(Ok(envelope))) => Queued::Full(Box::new(envelope)),
-                Err(_) => Queued::Closed,
-            },
-            Self::Cluster(tx) => match tx.try_send(envelope) {
-                Ok(()) => Queued::Done,
-                Err(TrySendError::Full(envelope)) => Queued::Full(Box::new(envelope)),
-                Err(TrySendError::Closed(_)) => Queued::Closed,
-            },
-        }
-    }
-
-    /// Queues without waiting when there is room (the common case: no timer armed);
-    /// otherwise waits up to `wait` for the connection to catch up.
-    async fn send(&self, envelope: Envelope, wait: Duration) -> bool {
-        let envelope = match self.try_queue(envelope) {
-            Queued::Done => return true,
-            Queued::Closed => return false,
-            Queued::Full(envelope) => *envelope,
-        };
-        let sent = match self {
-            Self::Connector(tx) => tokio::time::timeout(wait, tx.send(Ok(envelope)))
-                .await
-                .map(|r| r.is_ok()),
-            Self::Cluster(tx) => tokio::time::timeout(wait, tx.send(envelope))
-                .await
-                .map(|r| r.is_ok()),
-        };
-        sent.unwrap_or(false)
-    }
-}
-
 struct Connection {
     peer: Peer,
-    outbound: Outbound,
+    outbox: Outbox,
     connected_at_ms: i64,
 }
 
@@ -138,6 +82,7 @@ pub struct Router {
     logical_name: String,
     tenant: String,
     max_timeout_ms: u32,
+    limits: Limits,
     next_id: AtomicU64,
     connections: RwLock<BTreeMap<ConnId, Connection>>,
     /// (uuid, came from the cluster) -> until when it counts as seen.
@@ -156,11 +101,12 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(logical_name: &str, tenant: &str, max_timeout_ms: u32) -> Arc<Self> {
+    pub fn new(logical_name: &str, tenant: &str, max_timeout_ms: u32, limits: Limits) -> Arc<Self> {
         Arc::new(Self {
             logical_name: logical_name.into(),
             tenant: tenant.into(),
             max_timeout_ms,
+            limits,
             next_id: AtomicU64::new(1),
             connections: RwLock::default(),
             seen: Mutex::default(),
@@ -180,6 +126,11 @@ impl Router {
         &self.logical_name
     }
 
+    /// The bounds of every connection's outgoing queue.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Turns the command log on (init step 4).
     pub fn set_command_log(&self, log: CommandLog) {
         *write(&self.command_log) = Some(log);
@@ -190,14 +141,14 @@ impl Router {
         read(&self.command_log).clone()
     }
 
-    pub fn add(&self, peer: Peer, outbound: Outbound) -> ConnId {
+    pub fn add(&self, peer: Peer, outbox: Outbox) -> ConnId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         tracing::info!(id, peer = ?peer, "connection added");
         write(&self.connections).insert(
             id,
             Connection {
                 peer,
-                outbound,
+                outbox,
                 connected_at_ms: protocol::now_ms(),
             },
         );
@@ -286,15 +237,38 @@ impl Router {
             .is_some_and(|c| matches!(c.peer, Peer::Cluster { .. }))
     }
 
-    /// Sends to one connection; false when it is gone, closed or stuck.
-    pub async fn send_to(&self, id: ConnId, envelope: Envelope) -> bool {
-        let outbound = read(&self.connections).get(&id).map(|c| c.outbound.clone());
-        let wait = Duration::from_millis(u64::from(self.max_timeout_ms));
-        match outbound {
-            Some(outbound) if outbound.send(envelope, wait).await => true,
-            _ => {
-                dropped("unreachable");
-                false
+    /// Queues for one connection without waiting; false when it is gone, closed or its
+    /// queue is full.
+    pub fn send_to(&self, id: ConnId, envelope: Envelope) -> bool {
+        let refused = match read(&self.connections).get(&id) {
+            Some(connection) => match connection.outbox.push(envelope) {
+                Ok(()) => return true,
+                Err(refused) => refused,
+            },
+            None => Refused::Closed,
+        };
+        self.refused(id, refused);
+        false
+    }
+
+    /// Counts a refused push; a stalled connection leaves routing (its owner closes it).
+    fn refused(&self, id: ConnId, refused: Refused) {
+        match refused {
+            Refused::Full => dropped("queue_full"),
+            Refused::Closed => dropped("unreachable"),
+            Refused::Stalled => {
+                dropped("queue_full");
+                let (messages, bytes) = (self.limits.messages, self.limits.bytes);
+                tracing::warn!(
+                    connection = %self.name_of(id),
+                    stall_ms = self.limits.stall.as_millis() as u64,
+                    messages,
+                    bytes,
+                    "closing a connection that stopped reading: its queue stayed full"
+                );
+                metrics::counter!("gandalf_aggregator_connections_closed_total", "reason" => "stalled")
+                    .increment(1);
+                self.remove(id);
             }
         }
     }
@@ -322,7 +296,7 @@ impl Router {
         lock(&self.replies).insert(uuid.clone(), tx);
         let mut sent = false;
         for id in members {
-            if self.send_to(*id, request.clone()).await {
+            if self.send_to(*id, request.clone()) {
                 sent = true;
                 break;
             }
@@ -344,7 +318,7 @@ impl Router {
     }
 
     /// Applies the routing rules to one envelope from connection `from`.
-    pub async fn handle(self: &Arc<Self>, from: ConnId, envelope: Envelope) {
+    pub fn handle(self: &Arc<Self>, from: ConnId, envelope: Envelope) {
         let from_cluster = self.is_cluster(from);
         let (header, body) = match protocol::check(&envelope) {
             Ok(parts) => parts,
@@ -364,8 +338,7 @@ impl Router {
                         reference,
                         &problem.to_string(),
                     ),
-                )
-                .await;
+                );
                 return;
             }
         };
@@ -384,9 +357,9 @@ impl Router {
                 ),
             );
             if !from_cluster && let Some(cluster) = self.cluster_ids().first() {
-                self.send_to(*cluster, error.clone()).await;
+                self.send_to(*cluster, error.clone());
             }
-            self.send_to(from, error).await;
+            self.send_to(from, error);
             return;
         }
         if !self.first_sighting(header, from_cluster) {
@@ -395,7 +368,7 @@ impl Router {
         }
         routed(body).increment(1);
         match body {
-            Body::Event(_) => self.route_event(from, envelope).await,
+            Body::Event(_) => self.route_event(from, envelope),
             Body::Command(command) => {
                 let router = self.clone();
                 let (header, command) = (header.clone(), command.clone());
@@ -405,11 +378,8 @@ impl Router {
                         .await
                 });
             }
-            _ if from_cluster => {
-                self.route_from_cluster(header, body, envelope.clone())
-                    .await
-            }
-            _ => self.relay_to_cluster(from, header, body).await,
+            _ if from_cluster => self.route_from_cluster(header, body, envelope.clone()),
+            _ => self.relay_to_cluster(from, header, body),
         }
     }
 
@@ -421,7 +391,7 @@ impl Router {
         lock(&self.seen).first((DedupKey::of(&header.uuid), from_cluster), now, now + ttl)
     }
 
-    async fn route_event(&self, from: ConnId, envelope: Envelope) {
+    fn route_event(&self, from: ConnId, envelope: Envelope) {
         if let Some(Body::Event(event)) = &envelope.body
             && !event.reference_uuid.is_empty()
         {
@@ -441,7 +411,7 @@ impl Router {
                         .copied();
                     match origin {
                         Some(origin) => {
-                            self.send_to(origin, envelope).await;
+                            self.send_to(origin, envelope);
                         }
                         None => {
                             tracing::info!(event = %event.event, reference = %event.reference_uuid, detail = %event.payload, "error reported by the cluster")
@@ -451,9 +421,10 @@ impl Router {
                 return;
             }
         }
-        // Queue to every other connection without waiting, under one read lock; only
-        // connections whose queue is full are waited for, outside it.
-        let mut waiting = Vec::new();
+        // Queue to every other connection without waiting, under one read lock; a full
+        // queue drops the event for that connection only.
+        let size = gandalf::outbox::encoded_size(&envelope);
+        let mut refusals = Vec::new();
         {
             let connections = read(&self.connections);
             let mut targets = connections.iter().filter(|(id, _)| **id != from).peekable();
@@ -466,15 +437,13 @@ impl Router {
                     envelope.take()
                 };
                 let Some(item) = item else { break };
-                match connection.outbound.try_queue(item) {
-                    Queued::Done => {}
-                    Queued::Full(item) => waiting.push((*id, *item)),
-                    Queued::Closed => dropped("unreachable"),
+                if let Err(refused) = connection.outbox.push_sized(item, size) {
+                    refusals.push((*id, refused));
                 }
             }
         }
-        for (id, item) in waiting {
-            self.send_to(id, item).await;
+        for (id, refused) in refusals {
+            self.refused(id, refused);
         }
     }
 
@@ -519,7 +488,7 @@ impl Router {
         let mut acknowledged_by = None;
         let mut refusal = None;
         for target in &targets {
-            if !self.send_to(*target, envelope.clone()).await {
+            if !self.send_to(*target, envelope.clone()) {
                 continue;
             }
             let answer = tokio::time::timeout(timeout, answers.recv()).await;
@@ -599,8 +568,7 @@ impl Router {
                         &header.uuid,
                         &detail,
                     ),
-                )
-                .await;
+                );
                 ("undeliverable", None)
             }
         };
@@ -618,7 +586,7 @@ impl Router {
 
     /// Config, Configuration, Secret, ConfigurationDatabase from a connector: to one
     /// cluster member, stamped with the connector as the reply target.
-    async fn relay_to_cluster(&self, from: ConnId, header: &Header, body: &Body) {
+    fn relay_to_cluster(&self, from: ConnId, header: &Header, body: &Body) {
         let (name, address) = match read(&self.connections).get(&from).map(|c| c.peer.clone()) {
             Some(Peer::Connector {
                 logical_name,
@@ -630,18 +598,18 @@ impl Router {
         let mut body = body.clone();
         match &mut body {
             Body::Configuration(c) => {
-                c.target_logical_name = name.clone();
+                c.target_logical_name = name;
                 c.target_address = address;
             }
             Body::Secret(s) => {
-                s.target_logical_name = name.clone();
+                s.target_logical_name = name;
                 s.target_address = address;
             }
             Body::Config(c) => {
-                c.context.insert("reply_to".into(), name.clone());
+                c.context.insert("reply_to".into(), name);
             }
             Body::ConfigurationDatabase(c) => {
-                c.context.insert("reply_to".into(), name.clone());
+                c.context.insert("reply_to".into(), name);
             }
             _ => {}
         }
@@ -654,7 +622,7 @@ impl Router {
             body: Some(body),
         };
         for id in self.cluster_ids() {
-            if self.send_to(id, envelope.clone()).await {
+            if self.send_to(id, envelope.clone()) {
                 return;
             }
         }
@@ -666,13 +634,12 @@ impl Router {
                 &header.uuid,
                 "no cluster member is connected",
             ),
-        )
-        .await;
+        );
     }
 
     /// Replies and configuration from the cluster: to the waiting request, else to the
     /// connector they target; a reply with no target is for the aggregator itself.
-    async fn route_from_cluster(&self, header: &Header, body: &Body, envelope: Envelope) {
+    fn route_from_cluster(&self, header: &Header, body: &Body, envelope: Envelope) {
         let (context, target) = match body {
             Body::Configuration(c) => (&c.context, c.target_logical_name.clone()),
             Body::Secret(s) => (&s.context, s.target_logical_name.clone()),
@@ -699,7 +666,7 @@ impl Router {
             tracing::info!(target = %target, kind = protocol::kind(body), "no connector of that name here");
         }
         for id in ids {
-            self.send_to(id, envelope.clone()).await;
+            self.send_to(id, envelope.clone());
         }
     }
 }

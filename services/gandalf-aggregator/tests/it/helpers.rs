@@ -106,6 +106,7 @@ pub fn aggregator_config(
         startup_timeout_secs: 15,
         reconnect_backoff_max_ms: 200,
         shutdown_grace_secs: 1,
+        ..gandalf_aggregator::config::Config::default()
     }
 }
 

@@ -6,3 +6,4 @@ mod helpers;
 mod commands;
 mod events;
 mod lifecycle;
+mod topology;

@@ -1,0 +1,178 @@
+//! The topology rules: slow and stalled peers, several members and aggregators.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use gandalf::{
+    protocol::{self, ComponentType},
+    wire::{Envelope, aggregator_client::AggregatorClient, envelope::Body},
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Streaming};
+
+use crate::helpers::{Aggregator, CONNECTOR_SECRET, Cluster, TENANT};
+
+/// A connector that validates and then never reads again: its stream and the channel
+/// behind it are held open.
+pub struct SilentConnector {
+    pub inbound: Streaming<Envelope>,
+    _outbound: tokio::sync::mpsc::Sender<Envelope>,
+}
+
+impl SilentConnector {
+    pub async fn connect(aggregator: &Aggregator, name: &str, connector_type: &str) -> Self {
+        let channel = tonic::transport::Endpoint::from_shared(aggregator.grpc.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connects");
+        let mut client = AggregatorClient::new(channel);
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.send(protocol::validation(TENANT, CONNECTOR_SECRET))
+            .await
+            .expect("queued");
+        let mut request = Request::new(ReceiverStream::new(rx));
+        protocol::Peer {
+            logical_name: name.into(),
+            component_type: ComponentType::Connector,
+            connector_type: Some(connector_type.into()),
+        }
+        .write_metadata(request.metadata_mut())
+        .expect("metadata");
+        let mut inbound = client.connect(request).await.expect("stream").into_inner();
+        match protocol::await_validation(&mut inbound, Duration::from_secs(5)).await {
+            protocol::Validation::Accepted => {}
+            other => panic!("validation: {other:?}"),
+        }
+        Self {
+            inbound,
+            _outbound: tx,
+        }
+    }
+}
+
+fn is_event(envelope: &Envelope, name: &str) -> bool {
+    matches!(&envelope.body, Some(Body::Event(e)) if e.event == name)
+}
+
+/// Counts the events named `name` a connector receives, in the background.
+fn count_events(connector: &gandalf::connector::Connector, name: &'static str) -> Arc<AtomicUsize> {
+    let count = Arc::new(AtomicUsize::new(0));
+    let mut rx = connector.subscribe();
+    let counter = count.clone();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(envelope) if is_event(&envelope, name) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                // They reached the connector; only this subscription fell behind.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    counter.fetch_add(usize::try_from(n).unwrap_or(usize::MAX), Ordering::Relaxed);
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    count
+}
+
+async fn wait_count(count: &AtomicUsize, want: usize, limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    while count.load(Ordering::Relaxed) < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    count.load(Ordering::Relaxed)
+}
+
+/// A connector that stops reading fills its queue; routing never waits for it: the
+/// others get every event at full speed, and once its queue has stayed full for the
+/// stall limit the connection is closed (it reads RESOURCE_EXHAUSTED when it reads again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_that_stops_reading_is_closed_and_slows_no_one() {
+    const EVENTS: usize = 6000;
+    let cluster = Cluster::start(None).await;
+    let aggregator = Aggregator::start("agg-1", &cluster).await;
+    let sender = aggregator.connector("sender", "erp").await;
+    let healthy = aggregator.connector("healthy", "erp").await;
+    let mut silent = SilentConnector::connect(&aggregator, "silent", "erp").await;
+    let received = count_events(&healthy, "FLOOD");
+
+    let payload = "p".repeat(1024);
+    let started = Instant::now();
+    // Bounded: when routing waits for the silent connector, the sender is held back too.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        for _ in 0..EVENTS {
+            sender
+                .send_event("orders", "FLOOD", &payload)
+                .await
+                .expect("send");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "sending held back: {} of {EVENTS} delivered in 30 s",
+            received.load(Ordering::Relaxed)
+        )
+    });
+    let got = wait_count(&received, EVENTS, Duration::from_secs(20)).await;
+    assert_eq!(
+        got,
+        EVENTS,
+        "the healthy connector got {got} of {EVENTS} in {:?}",
+        started.elapsed()
+    );
+
+    // The stalled connection is gone from routing, and its stream says why.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let connections = aggregator.connections().await;
+        let names: Vec<&str> = connections["connections"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|c| c["logical_name"].as_str())
+            .collect();
+        if !names.contains(&"silent") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still routed to: {names:?}");
+        // A push is what notices the stall: keep a trickle going.
+        sender
+            .send_event("orders", "TRICKLE", "")
+            .await
+            .expect("send");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match silent.inbound.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("the silent stream ends once read");
+    assert_eq!(ended, Some(tonic::Code::ResourceExhausted));
+    let metrics = reqwest::get(format!("{}/metrics", aggregator.admin))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"gandalf_aggregator_connections_closed_total{reason="stalled"} 1"#),
+        "{metrics}"
+    );
+    aggregator.stop().await;
+    cluster.stop().await;
+}
