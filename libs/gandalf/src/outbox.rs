@@ -46,6 +46,35 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// From the services' config keys `queue_messages`, `queue_bytes`, `stall_timeout_ms`.
+    pub fn from_keys(messages: usize, bytes: usize, stall_timeout_ms: u64) -> Self {
+        Self {
+            messages,
+            bytes,
+            stall: Duration::from_millis(stall_timeout_ms),
+        }
+    }
+
+    /// What is wrong with them, one line per key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.messages == 0 {
+            problems.push("queue_messages: must be at least 1".into());
+        }
+        if self.bytes < 64 * 1024 {
+            problems.push(format!(
+                "queue_bytes: {} is below the smallest useful queue of 65536 bytes",
+                self.bytes
+            ));
+        }
+        if self.stall.is_zero() {
+            problems.push("stall_timeout_ms: must be at least 1".into());
+        }
+        problems
+    }
+}
+
 /// Why a push did not queue the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {

@@ -49,11 +49,11 @@ pub struct Config {
 impl Config {
     /// The bounds of each connection's outgoing queue.
     pub fn queue_limits(&self) -> gandalf::outbox::Limits {
-        gandalf::outbox::Limits {
-            messages: self.queue_messages,
-            bytes: self.queue_bytes,
-            stall: std::time::Duration::from_millis(self.stall_timeout_ms),
-        }
+        gandalf::outbox::Limits::from_keys(
+            self.queue_messages,
+            self.queue_bytes,
+            self.stall_timeout_ms,
+        )
     }
 }
 
@@ -107,18 +107,7 @@ impl Validate for Config {
         if self.max_timeout_ms == 0 {
             problems.push("max_timeout_ms: must be at least 1".into());
         }
-        if self.queue_messages == 0 {
-            problems.push("queue_messages: must be at least 1".into());
-        }
-        if self.queue_bytes < 64 * 1024 {
-            problems.push(format!(
-                "queue_bytes: {} is below the least useful queue of 65536 bytes",
-                self.queue_bytes
-            ));
-        }
-        if self.stall_timeout_ms == 0 {
-            problems.push("stall_timeout_ms: must be at least 1".into());
-        }
+        problems.extend(self.queue_limits().problems());
         problems
     }
 }

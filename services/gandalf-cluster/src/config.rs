@@ -24,6 +24,24 @@ pub struct Config {
     pub event_log_capacity: usize,
     /// How long in-flight streams get to finish on SIGTERM, in seconds.
     pub shutdown_grace_secs: u64,
+    /// Messages queued for one aggregator stream at most; beyond, messages for it are
+    /// dropped (counted) and routing goes on for the others.
+    pub queue_messages: usize,
+    /// The same bound in encoded bytes.
+    pub queue_bytes: usize,
+    /// A stream whose queue stays full this long stopped reading: it is closed.
+    pub stall_timeout_ms: u64,
+}
+
+impl Config {
+    /// The bounds of each aggregator stream's outgoing queue.
+    pub fn queue_limits(&self) -> gandalf::outbox::Limits {
+        gandalf::outbox::Limits::from_keys(
+            self.queue_messages,
+            self.queue_bytes,
+            self.stall_timeout_ms,
+        )
+    }
 }
 
 impl Default for Config {
@@ -34,6 +52,9 @@ impl Default for Config {
             tenants: BTreeMap::new(),
             event_log_capacity: 1000,
             shutdown_grace_secs: 10,
+            queue_messages: 1024,
+            queue_bytes: 16 * 1024 * 1024,
+            stall_timeout_ms: 2000,
         }
     }
 }
@@ -69,6 +90,7 @@ impl Validate for Config {
         if self.event_log_capacity == 0 {
             problems.push("event_log_capacity: must be at least 1".into());
         }
+        problems.extend(self.queue_limits().problems());
         for (name, tenant) in &self.tenants {
             if name.trim().is_empty() {
                 problems.push("tenants: a tenant name is empty".into());

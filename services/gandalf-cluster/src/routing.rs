@@ -10,24 +10,20 @@ use std::{
 };
 
 use gandalf::{
+    outbox::{Outbox, Refused},
     protocol::{self, REPLY, REQUEST, SAVE},
     wire::{Envelope, envelope::Body},
 };
 use serde::Serialize;
-use tokio::sync::mpsc;
-use tonic::Status;
 
 use crate::config::Config;
-
-/// The sending half of an aggregator's stream.
-pub type Outbound = mpsc::Sender<Result<Envelope, Status>>;
 
 /// One connected aggregator.
 #[derive(Debug, Clone)]
 struct AggregatorConn {
     tenant: String,
     logical_name: String,
-    outbound: Outbound,
+    outbox: Outbox,
 }
 
 /// A connector, as learned from a relayed validation.
@@ -89,6 +85,11 @@ impl Cluster {
         })
     }
 
+    /// The bounds of each aggregator stream's outgoing queue.
+    pub fn queue_limits(&self) -> gandalf::outbox::Limits {
+        self.config.queue_limits()
+    }
+
     /// Whether `secret` is one of `tenant`'s.
     pub fn accepts(&self, tenant: &str, secret: &str) -> bool {
         self.config.tenants.get(tenant).is_some_and(|t| {
@@ -102,7 +103,7 @@ impl Cluster {
         self: &Arc<Self>,
         tenant: &str,
         logical_name: &str,
-        outbound: Outbound,
+        outbox: Outbox,
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         write(&self.aggregators).insert(
@@ -110,7 +111,7 @@ impl Cluster {
             AggregatorConn {
                 tenant: tenant.into(),
                 logical_name: logical_name.into(),
-                outbound,
+                outbox,
             },
         );
         metrics::gauge!("gandalf_cluster_aggregators").increment(1.0);
@@ -146,10 +147,10 @@ impl Cluster {
     }
 
     /// Handles one well-formed envelope (checked by the caller) from aggregator `from`.
-    pub async fn route(&self, from: u64, tenant: &str, envelope: Envelope) {
+    pub fn route(&self, from: u64, tenant: &str, envelope: Envelope) {
         // Events move on (and into the log) by value; the rest is answered from references.
         if matches!(envelope.body, Some(Body::Event(_))) {
-            return self.route_event(from, tenant, envelope).await;
+            return self.route_event(from, tenant, envelope);
         }
         let (Some(header), Some(body)) = (&envelope.header, &envelope.body) else {
             return;
@@ -186,7 +187,7 @@ impl Cluster {
                     s.target_address = secret.target_address.clone();
                     s.context.insert("request_uuid".into(), header.uuid.clone());
                 }
-                reply_to_origin(reply).await;
+                reply_to_origin(reply);
             }
             Body::Secret(_) | Body::Heartbeat(_) => {}
             Body::Configuration(configuration) => {
@@ -211,7 +212,7 @@ impl Cluster {
                     c.context
                         .insert("found".into(), stored.is_some().to_string());
                 }
-                reply_to_origin(reply).await;
+                reply_to_origin(reply);
             }
             Body::ConfigurationDatabase(request) if request.command == REQUEST => {
                 let database = self
@@ -228,7 +229,7 @@ impl Cluster {
                         .insert("configured".into(), database.is_some().to_string());
                     c.context.insert("request_uuid".into(), header.uuid.clone());
                 }
-                reply_to_origin(reply).await;
+                reply_to_origin(reply);
             }
             Body::ConfigurationDatabase(_) => {}
             Body::Command(command) => {
@@ -246,7 +247,7 @@ impl Cluster {
                         if let Some(Body::Command(c)) = forwarded.body.as_mut() {
                             c.target = name;
                         }
-                        self.send_to(via, forwarded).await;
+                        self.send_to(via, forwarded);
                     }
                     None => {
                         tracing::info!(tenant, connector_type = %wanted, "no connector for the command");
@@ -256,8 +257,7 @@ impl Cluster {
                             protocol::UNDELIVERABLE,
                             &header.uuid,
                             &format!("no connector of type {wanted:?} is connected"),
-                        ))
-                        .await;
+                        ));
                     }
                 }
             }
@@ -273,18 +273,14 @@ impl Cluster {
                                 header: Some(header.clone()),
                                 body: Some(body.clone()),
                             },
-                        )
-                        .await
+                        );
                     }
-                    None => {
-                        reply_to_origin(protocol::error_event(
-                            tenant,
-                            protocol::UNDELIVERABLE,
-                            &header.uuid,
-                            &format!("no connector named {:?}", config.target),
-                        ))
-                        .await
-                    }
+                    None => reply_to_origin(protocol::error_event(
+                        tenant,
+                        protocol::UNDELIVERABLE,
+                        &header.uuid,
+                        &format!("no connector named {:?}", config.target),
+                    )),
                 }
             }
             Body::Event(_) => {}
@@ -325,7 +321,7 @@ impl Cluster {
 
     /// An event: to every other aggregator of the tenant, then into the log (moved
     /// there, not copied).
-    async fn route_event(&self, from: u64, tenant: &str, envelope: Envelope) {
+    fn route_event(&self, from: u64, tenant: &str, envelope: Envelope) {
         let (origin, others): (String, Vec<u64>) = {
             let aggregators = read(&self.aggregators);
             let origin = aggregators
@@ -339,8 +335,20 @@ impl Cluster {
                 .collect();
             (origin, others)
         };
-        for id in others {
-            self.send_to(id, envelope.clone()).await;
+        let size = gandalf::outbox::encoded_size(&envelope);
+        let mut refusals = Vec::new();
+        {
+            let aggregators = read(&self.aggregators);
+            for id in others {
+                if let Some(aggregator) = aggregators.get(&id)
+                    && let Err(refused) = aggregator.outbox.push_sized(envelope.clone(), size)
+                {
+                    refusals.push((id, refused));
+                }
+            }
+        }
+        for (id, refused) in refusals {
+            self.refused(id, refused);
         }
         let Envelope {
             header: Some(header),
@@ -369,20 +377,40 @@ impl Cluster {
         log.push_back(entry);
     }
 
-    /// Sends to one aggregator; a full or closed stream drops the message (logged).
-    pub async fn send_to(&self, id: u64, envelope: Envelope) {
-        let outbound = read(&self.aggregators).get(&id).map(|a| a.outbound.clone());
-        match outbound {
-            Some(outbound) => {
-                if outbound.send(Ok(envelope)).await.is_err() {
-                    metrics::counter!("gandalf_cluster_dropped_total", "reason" => "closed")
-                        .increment(1);
-                }
+    /// Queues for one aggregator without waiting; a full queue drops the message for it
+    /// (counted), a stalled one is closed.
+    pub fn send_to(&self, id: u64, envelope: Envelope) {
+        let refused = match read(&self.aggregators).get(&id) {
+            Some(aggregator) => match aggregator.outbox.push(envelope) {
+                Ok(()) => return,
+                Err(refused) => refused,
+            },
+            None => Refused::Closed,
+        };
+        self.refused(id, refused);
+    }
+
+    fn refused(&self, id: u64, refused: Refused) {
+        let reason = match refused {
+            Refused::Full => "queue_full",
+            Refused::Closed => "gone",
+            Refused::Stalled => {
+                let name = read(&self.aggregators)
+                    .get(&id)
+                    .map(|a| a.logical_name.clone())
+                    .unwrap_or_default();
+                tracing::warn!(
+                    aggregator = %name,
+                    stall_ms = self.config.stall_timeout_ms,
+                    "closing an aggregator stream that stopped reading: its queue stayed full"
+                );
+                metrics::counter!("gandalf_cluster_connections_closed_total", "reason" => "stalled")
+                    .increment(1);
+                self.unregister(id);
+                "queue_full"
             }
-            None => {
-                metrics::counter!("gandalf_cluster_dropped_total", "reason" => "gone").increment(1);
-            }
-        }
+        };
+        metrics::counter!("gandalf_cluster_dropped_total", "reason" => reason).increment(1);
     }
 }
 

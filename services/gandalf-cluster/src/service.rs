@@ -6,16 +6,15 @@
 use std::{sync::Arc, time::Duration};
 
 use gandalf::{
+    outbox::{self, Outbox, ResponseStream},
     protocol::{self, ComponentType, Peer},
     wire::{Envelope, cluster_server, envelope::Body},
 };
 use platform::shutdown::Drain;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::routing::{Cluster, Outbound};
+use crate::routing::Cluster;
 
 /// How long a new stream may take to send its VALIDATION.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,7 +39,7 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl cluster_server::Cluster for ClusterService {
-    type ConnectStream = ReceiverStream<Result<Envelope, Status>>;
+    type ConnectStream = ResponseStream;
 
     async fn connect(
         &self,
@@ -48,7 +47,7 @@ impl cluster_server::Cluster for ClusterService {
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let peer = Peer::require(request.metadata(), ComponentType::Aggregator)
             .map_err(Status::invalid_argument)?;
-        let (outbound, rx) = mpsc::channel(1024);
+        let (outbound, stream) = outbox::outbox(self.cluster.queue_limits());
         self.drain.spawn(serve_stream(
             self.cluster.clone(),
             peer,
@@ -56,7 +55,7 @@ impl cluster_server::Cluster for ClusterService {
             outbound,
             self.shutdown.clone(),
         ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(stream.responses()))
     }
 }
 
@@ -66,18 +65,16 @@ async fn handshake(
     cluster: &Cluster,
     peer: &Peer,
     inbound: &mut Streaming<Envelope>,
-    outbound: &Outbound,
+    outbound: &Outbox,
 ) -> Option<String> {
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.message()).await;
     let envelope = match first {
         Ok(Ok(Some(envelope))) => envelope,
         Ok(Ok(None)) | Ok(Err(_)) => return None,
         Err(_) => {
-            let _ = outbound
-                .send(Err(Status::deadline_exceeded(
-                    "no VALIDATION within 5 s of opening the stream",
-                )))
-                .await;
+            outbound.close_with(Status::deadline_exceeded(
+                "no VALIDATION within 5 s of opening the stream",
+            ));
             return None;
         }
     };
@@ -91,29 +88,23 @@ async fn handshake(
                 .unwrap_or_default(),
         ),
         _ => {
-            let _ = outbound
-                .send(Err(Status::invalid_argument(
-                    "the first envelope must be Secret{command: VALIDATION}",
-                )))
-                .await;
+            outbound.close_with(Status::invalid_argument(
+                "the first envelope must be Secret{command: VALIDATION}",
+            ));
             return None;
         }
     };
     let accepted = cluster.accepts(&tenant, &presented);
-    let _ = outbound
-        .send(Ok(protocol::validation_reply(&tenant, accepted, "")))
-        .await;
+    let _ = outbound.push(protocol::validation_reply(&tenant, accepted, ""));
     if accepted {
         tracing::info!(aggregator = %peer.logical_name, tenant = %tenant, "aggregator validated");
         Some(tenant)
     } else {
         tracing::warn!(aggregator = %peer.logical_name, tenant = %tenant, "aggregator secret rejected");
         metrics::counter!("gandalf_cluster_rejected_total").increment(1);
-        let _ = outbound
-            .send(Err(Status::permission_denied(format!(
-                "secret rejected for tenant {tenant:?}"
-            ))))
-            .await;
+        outbound.close_with(Status::permission_denied(format!(
+            "secret rejected for tenant {tenant:?}"
+        )));
         None
     }
 }
@@ -122,18 +113,18 @@ async fn serve_stream(
     cluster: Arc<Cluster>,
     peer: Peer,
     mut inbound: Streaming<Envelope>,
-    outbound: Outbound,
+    outbound: Outbox,
     shutdown: CancellationToken,
 ) {
     let Some(tenant) = handshake(&cluster, &peer, &mut inbound, &outbound).await else {
         return;
     };
     let registration = cluster.register(&tenant, &peer.logical_name, outbound.clone());
-    // The registry holds the only sender from now on: unregistering ends the stream.
-    drop(outbound);
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
+            // Routing closed it for not reading; its stream ends with the reason.
+            () = outbound.stalled() => break,
             message = inbound.message() => message,
         };
         let envelope = match message {
@@ -154,39 +145,35 @@ async fn serve_stream(
                     .as_ref()
                     .map(|h| h.uuid.as_str())
                     .unwrap_or("");
-                cluster
-                    .send_to(
-                        registration.id,
-                        protocol::error_event(
-                            &tenant,
-                            protocol::MALFORMED,
-                            reference,
-                            &problem.to_string(),
-                        ),
-                    )
-                    .await;
+                cluster.send_to(
+                    registration.id,
+                    protocol::error_event(
+                        &tenant,
+                        protocol::MALFORMED,
+                        reference,
+                        &problem.to_string(),
+                    ),
+                );
             }
             Ok((header, _)) if header.tenant != tenant => {
                 metrics::counter!("gandalf_cluster_dropped_total", "reason" => "wrong_tenant")
                     .increment(1);
-                cluster
-                    .send_to(
-                        registration.id,
-                        protocol::error_event(
-                            &tenant,
-                            protocol::WRONG_TENANT,
-                            &header.uuid,
-                            &format!(
-                                "tenant {:?} is not this stream's tenant {tenant:?}",
-                                header.tenant
-                            ),
+                cluster.send_to(
+                    registration.id,
+                    protocol::error_event(
+                        &tenant,
+                        protocol::WRONG_TENANT,
+                        &header.uuid,
+                        &format!(
+                            "tenant {:?} is not this stream's tenant {tenant:?}",
+                            header.tenant
                         ),
-                    )
-                    .await;
+                    ),
+                );
             }
             Ok((_, body)) => {
                 routed(body).increment(1);
-                cluster.route(registration.id, &tenant, envelope).await;
+                cluster.route(registration.id, &tenant, envelope);
             }
         }
     }

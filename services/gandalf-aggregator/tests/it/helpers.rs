@@ -55,6 +55,7 @@ impl Cluster {
             tenants,
             event_log_capacity: 100,
             shutdown_grace_secs: 1,
+            ..gandalf_cluster::config::Config::default()
         };
         let app = gandalf_cluster::App::build(config)
             .await

@@ -10,12 +10,15 @@ use std::{
 
 use gandalf::{
     protocol::{self, ComponentType},
-    wire::{Envelope, aggregator_client::AggregatorClient, envelope::Body},
+    wire::{
+        Envelope, aggregator_client::AggregatorClient, cluster_client::ClusterClient,
+        envelope::Body,
+    },
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Streaming};
 
-use crate::helpers::{Aggregator, CONNECTOR_SECRET, Cluster, TENANT};
+use crate::helpers::{AGG_SECRET, Aggregator, CONNECTOR_SECRET, Cluster, TENANT};
 
 /// A connector that validates and then never reads again: its stream and the channel
 /// behind it are held open.
@@ -54,6 +57,69 @@ impl SilentConnector {
             _outbound: tx,
         }
     }
+}
+
+/// An aggregator's stream to the cluster that validates and then never reads again.
+pub struct SilentAggregator {
+    pub inbound: Streaming<Envelope>,
+    _outbound: tokio::sync::mpsc::Sender<Envelope>,
+}
+
+impl SilentAggregator {
+    pub async fn connect(cluster: &Cluster, name: &str) -> Self {
+        let channel = tonic::transport::Endpoint::from_shared(cluster.grpc.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connects");
+        let mut client = ClusterClient::new(channel);
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.send(protocol::validation(TENANT, AGG_SECRET))
+            .await
+            .expect("queued");
+        let mut request = Request::new(ReceiverStream::new(rx));
+        protocol::Peer {
+            logical_name: name.into(),
+            component_type: ComponentType::Aggregator,
+            connector_type: None,
+        }
+        .write_metadata(request.metadata_mut())
+        .expect("metadata");
+        let mut inbound = client.connect(request).await.expect("stream").into_inner();
+        match protocol::await_validation(&mut inbound, Duration::from_secs(5)).await {
+            protocol::Validation::Accepted => {}
+            other => panic!("validation: {other:?}"),
+        }
+        Self {
+            inbound,
+            _outbound: tx,
+        }
+    }
+}
+
+async fn metrics(admin: &str) -> String {
+    reqwest::get(format!("{admin}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// Sends `count` events named `name` of about a KiB each; fails when routing holds the
+/// sender back for 30 s.
+async fn flood(sender: &gandalf::connector::Connector, name: &str, count: usize) {
+    let payload = "p".repeat(1024);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        for _ in 0..count {
+            sender
+                .send_event("orders", name, &payload)
+                .await
+                .expect("send");
+        }
+    })
+    .await
+    .expect("routing held the sender back for 30 s");
 }
 
 fn is_event(envelope: &Envelope, name: &str) -> bool {
@@ -104,24 +170,8 @@ async fn a_connector_that_stops_reading_is_closed_and_slows_no_one() {
     let mut silent = SilentConnector::connect(&aggregator, "silent", "erp").await;
     let received = count_events(&healthy, "FLOOD");
 
-    let payload = "p".repeat(1024);
     let started = Instant::now();
-    // Bounded: when routing waits for the silent connector, the sender is held back too.
-    tokio::time::timeout(Duration::from_secs(30), async {
-        for _ in 0..EVENTS {
-            sender
-                .send_event("orders", "FLOOD", &payload)
-                .await
-                .expect("send");
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "sending held back: {} of {EVENTS} delivered in 30 s",
-            received.load(Ordering::Relaxed)
-        )
-    });
+    flood(&sender, "FLOOD", EVENTS).await;
     let got = wait_count(&received, EVENTS, Duration::from_secs(20)).await;
     assert_eq!(
         got,
@@ -163,16 +213,69 @@ async fn a_connector_that_stops_reading_is_closed_and_slows_no_one() {
     .await
     .expect("the silent stream ends once read");
     assert_eq!(ended, Some(tonic::Code::ResourceExhausted));
-    let metrics = reqwest::get(format!("{}/metrics", aggregator.admin))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics(&aggregator.admin).await;
     assert!(
         metrics.contains(r#"gandalf_aggregator_connections_closed_total{reason="stalled"} 1"#),
         "{metrics}"
     );
     aggregator.stop().await;
+    cluster.stop().await;
+}
+
+/// The same on the cluster: an aggregator stream that stops reading does not hold back
+/// the events the member forwards to the other aggregators, and is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregator_stream_that_stops_reading_is_closed_by_the_member_and_slows_no_one() {
+    const EVENTS: usize = 6000;
+    let cluster = Cluster::start(None).await;
+    let left = Aggregator::start("agg-left", &cluster).await;
+    let right = Aggregator::start("agg-right", &cluster).await;
+    let mut silent = SilentAggregator::connect(&cluster, "agg-silent").await;
+    let sender = left.connector("sender", "erp").await;
+    let remote = right.connector("remote", "erp").await;
+    let received = count_events(&remote, "FLOOD");
+
+    let started = Instant::now();
+    flood(&sender, "FLOOD", EVENTS).await;
+    let got = wait_count(&received, EVENTS, Duration::from_secs(20)).await;
+    assert_eq!(
+        got,
+        EVENTS,
+        "the remote connector got {got} of {EVENTS} in {:?}",
+        started.elapsed()
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = crate::helpers::get_json(&format!("{}/v1/aggregators", cluster.admin)).await;
+        if !list.to_string().contains("agg-silent") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still routed to: {list}");
+        sender
+            .send_event("orders", "TRICKLE", "")
+            .await
+            .expect("send");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match silent.inbound.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("the silent stream ends once read");
+    assert_eq!(ended, Some(tonic::Code::ResourceExhausted));
+    let metrics = metrics(&cluster.admin).await;
+    assert!(
+        metrics.contains(r#"gandalf_cluster_connections_closed_total{reason="stalled"} 1"#),
+        "{metrics}"
+    );
+    left.stop().await;
+    right.stop().await;
     cluster.stop().await;
 }

@@ -49,6 +49,7 @@ impl TestCluster {
             tenants,
             event_log_capacity: 3,
             shutdown_grace_secs: 2,
+            ..Config::default()
         };
         let app = App::build(config).await.expect("bind");
         let grpc = format!("http://{}", app.grpc_addr().expect("addr"));
