@@ -33,6 +33,8 @@ pub const ERROR_TOPIC: &str = "error";
 pub const WRONG_TENANT: &str = "WRONG_TENANT";
 /// A command no connection acknowledged, or with no connection to try.
 pub const UNDELIVERABLE: &str = "UNDELIVERABLE";
+/// A request the sender may not make (e.g. a connector asking for the tenant's database).
+pub const FORBIDDEN: &str = "FORBIDDEN";
 /// A message the receiver could not read (no header, empty uuid, no known body).
 pub const MALFORMED: &str = "MALFORMED";
 /// `context` key naming the connector type a command is for.

@@ -183,22 +183,7 @@ impl App {
             )
             .await
             .map_err(StartError::Database)?;
-        let database_url = match reply.body {
-            Some(Body::ConfigurationDatabase(c)) if !c.payload.is_empty() => {
-                serde_json::from_str::<serde_json::Value>(&c.payload)
-                    .ok()
-                    .and_then(|v| v["url"].as_str().map(str::to_owned))
-                    .ok_or_else(|| {
-                        StartError::Database(format!(
-                            "unreadable database configuration {:?}",
-                            c.payload
-                        ))
-                    })
-                    .map(Some)?
-            }
-            Some(Body::ConfigurationDatabase(_)) => None,
-            other => return Err(StartError::Database(format!("unexpected reply {other:?}"))),
-        };
+        let database_url = database_url(reply)?;
         match database_url {
             Some(url) => {
                 let log = CommandLog::start(&url, &config.logical_name, &config.tenant)
@@ -268,4 +253,64 @@ impl App {
 /// algorithm (with delayed ACKs that costs tens of milliseconds per exchange).
 fn nodelay(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// The command log's URL from the cluster's ConfigurationDatabase reply (none: the tenant
+/// has no database). Errors never show the payload: it holds the URL and its password.
+fn database_url(reply: gandalf::wire::Envelope) -> Result<Option<String>, StartError> {
+    match reply.body {
+        Some(Body::ConfigurationDatabase(c)) if !c.payload.is_empty() => {
+            serde_json::from_str::<serde_json::Value>(&c.payload)
+                .ok()
+                .and_then(|v| v["url"].as_str().map(str::to_owned))
+                .map(Some)
+                .ok_or_else(|| {
+                    StartError::Database(format!(
+                        "the cluster's database reply is not JSON with a string \"url\" \
+                         ({} bytes, not shown: it may hold credentials)",
+                        c.payload.len()
+                    ))
+                })
+        }
+        Some(Body::ConfigurationDatabase(_)) => Ok(None),
+        Some(other) => Err(StartError::Database(format!(
+            "the cluster answered the database request with {}",
+            protocol::kind(&other)
+        ))),
+        None => Err(StartError::Database(
+            "the cluster answered the database request with an empty envelope".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gandalf::protocol;
+
+    use super::database_url;
+
+    #[test]
+    fn an_unreadable_database_reply_is_reported_without_its_payload() {
+        for payload in [
+            r#"{"url": 5, "dsn": "postgres://log:s3cret@db/x"}"#,
+            "postgres://log:s3cret@db/x",
+        ] {
+            let reply = protocol::configuration_database("acme", protocol::REPLY, payload);
+            let error = database_url(reply).expect_err("unreadable").to_string();
+            assert!(!error.contains("s3cret"), "{error}");
+            assert!(error.contains("step 4/5"), "{error}");
+        }
+        let other = protocol::event("acme", "t", "E", "", "postgres://log:s3cret@db/x");
+        let error = database_url(other).expect_err("not a reply").to_string();
+        assert!(!error.contains("s3cret"), "{error}");
+        let good = protocol::configuration_database(
+            "acme",
+            protocol::REPLY,
+            r#"{"url":"postgres://h/db"}"#,
+        );
+        assert_eq!(
+            database_url(good).expect("readable").as_deref(),
+            Some("postgres://h/db")
+        );
+    }
 }

@@ -378,6 +378,20 @@ impl Router {
                         .await
                 });
             }
+            // The tenant's database credentials are for aggregators (the command log).
+            Body::ConfigurationDatabase(_) if !from_cluster => {
+                dropped("forbidden");
+                tracing::warn!(connector = %self.name_of(from), "a connector asked for the tenant's database; refused");
+                self.send_to(
+                    from,
+                    protocol::error_event(
+                        &self.tenant,
+                        protocol::FORBIDDEN,
+                        &header.uuid,
+                        "ConfigurationDatabase is for aggregators; a connector may not ask for it",
+                    ),
+                );
+            }
             _ if from_cluster => self.route_from_cluster(header, body, envelope.clone()),
             _ => self.relay_to_cluster(from, header, body),
         }
@@ -584,7 +598,7 @@ impl Router {
         }
     }
 
-    /// Config, Configuration, Secret, ConfigurationDatabase from a connector: to one
+    /// Config, Configuration, Secret from a connector: to one
     /// cluster member, stamped with the connector as the reply target.
     fn relay_to_cluster(&self, from: ConnId, header: &Header, body: &Body) {
         let (name, address) = match read(&self.connections).get(&from).map(|c| c.peer.clone()) {
@@ -606,9 +620,6 @@ impl Router {
                 s.target_address = address;
             }
             Body::Config(c) => {
-                c.context.insert("reply_to".into(), name);
-            }
-            Body::ConfigurationDatabase(c) => {
                 c.context.insert("reply_to".into(), name);
             }
             _ => {}
@@ -644,10 +655,8 @@ impl Router {
             Body::Configuration(c) => (&c.context, c.target_logical_name.clone()),
             Body::Secret(s) => (&s.context, s.target_logical_name.clone()),
             Body::Config(c) => (&c.context, c.target.clone()),
-            Body::ConfigurationDatabase(c) => (
-                &c.context,
-                c.context.get("reply_to").cloned().unwrap_or_default(),
-            ),
+            // For the aggregator's own request only: never on to a connector.
+            Body::ConfigurationDatabase(c) => (&c.context, String::new()),
             _ => return,
         };
         if let Some(request) = context.get("request_uuid")

@@ -190,7 +190,7 @@ async fn routed_commands_are_logged_in_the_tenant_database() {
     cluster.stop().await;
 }
 
-async fn fresh_database(admin: &str) -> String {
+pub async fn fresh_database(admin: &str) -> String {
     use sqlx::Connection;
     let name = format!("gandalf_{}", uuid::Uuid::new_v4().simple());
     let mut conn = sqlx::PgConnection::connect(admin)

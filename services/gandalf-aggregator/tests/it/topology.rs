@@ -279,3 +279,49 @@ async fn an_aggregator_stream_that_stops_reading_is_closed_by_the_member_and_slo
     right.stop().await;
     cluster.stop().await;
 }
+
+/// A connector asking for the tenant's database gets an error event, never the
+/// credentials (they are for aggregators, for the command log).
+#[tokio::test]
+async fn a_connector_cannot_ask_for_the_tenant_database() {
+    let Ok(admin) = std::env::var("TEST_DATABASE_URL") else {
+        panic!("TEST_DATABASE_URL is not set: run the tests with `make test`");
+    };
+    let url = crate::commands::fresh_database(&admin).await;
+    let cluster = Cluster::start(Some(url.clone())).await;
+    let aggregator = Aggregator::start("agg-1", &cluster).await;
+    let connector = aggregator.connector("curious", "erp").await;
+    let mut rx = connector.subscribe();
+    let request = protocol::configuration_database(TENANT, protocol::REQUEST, "");
+    let uuid = request
+        .header
+        .as_ref()
+        .map(|h| h.uuid.clone())
+        .expect("uuid");
+    connector.send(request).await.expect("send");
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let envelope = rx.recv().await.expect("open");
+            match &envelope.body {
+                Some(Body::ConfigurationDatabase(_)) => return envelope,
+                Some(Body::Event(e)) if e.reference_uuid == uuid => return envelope,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("an answer");
+    match answer.body {
+        Some(Body::Event(e)) => {
+            assert_eq!(
+                (e.topic.as_str(), e.event.as_str()),
+                ("error", protocol::FORBIDDEN)
+            );
+            assert!(!e.payload.contains("postgres"), "{}", e.payload);
+            assert!(!e.payload.contains(&url), "{}", e.payload);
+        }
+        other => panic!("the database reached a connector: {other:?}"),
+    }
+    aggregator.stop().await;
+    cluster.stop().await;
+}
