@@ -122,7 +122,8 @@ listen: 127.0.0.1:$C_GRPC
 admin_listen: 127.0.0.1:$C_ADMIN
 tenants:
   acme:
-    secrets: ["acme-aggregator-secret", "acme-connector-secret"]
+    secrets: ["acme-connector-secret"]
+    aggregator_secrets: ["acme-aggregator-secret"]
 YAML
 cat > "$WORK/aggregator.yaml" <<YAML
 logical_name: agg-1

@@ -102,6 +102,8 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Woken each time the stream takes a message out: room for a waiting push.
+    room: tokio::sync::Notify,
     limits: Limits,
     senders: AtomicUsize,
     stalled: CancellationToken,
@@ -141,6 +143,7 @@ pub fn outbox(limits: Limits) -> (Outbox, OutboxStream) {
             stalled: false,
             ending: None,
         }),
+        room: tokio::sync::Notify::new(),
         limits,
         senders: AtomicUsize::new(1),
         stalled: CancellationToken::new(),
@@ -162,10 +165,41 @@ impl Outbox {
 
     /// [`Outbox::push`] with the size already known (one computation for many targets).
     pub fn push_sized(&self, envelope: Envelope, size: usize) -> Result<(), Refused> {
+        self.try_push(envelope, size)
+            .map_err(|(refused, _)| refused)
+    }
+
+    /// Queues `envelope`, waiting for room while the queue is full — but never beyond the
+    /// stall limit: a queue full that long stalls the outbox as [`Outbox::push`] does. For
+    /// the one link every producer shares (an aggregator's stream to its member), where
+    /// waiting slows the producers instead of losing their messages.
+    pub async fn push_wait(&self, envelope: Envelope, size: usize) -> Result<(), Refused> {
+        let mut envelope = envelope;
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.try_push(envelope, size) {
+                Ok(()) => return Ok(()),
+                Err((Refused::Full, Some(back))) => envelope = *back,
+                Err((refused, _)) => return Err(refused),
+            }
+            // Woken by room, or after the stall limit to let the next try stall it.
+            let _ = tokio::time::timeout(self.shared.limits.stall, room).await;
+        }
+    }
+
+    /// [`Outbox::push_sized`] that hands the message back when the queue is full (for a
+    /// later [`Outbox::push_wait`]).
+    pub fn try_push(
+        &self,
+        envelope: Envelope,
+        size: usize,
+    ) -> Result<(), (Refused, Option<Box<Envelope>>)> {
         let limits = &self.shared.limits;
         let mut state = self.shared.lock();
         if state.stalled || state.finished {
-            return Err(Refused::Closed);
+            return Err((Refused::Closed, None));
         }
         let fits = state.queue.len() < limits.messages
             && (state.bytes + size <= limits.bytes || state.queue.is_empty());
@@ -173,7 +207,7 @@ impl Outbox {
             let now = Instant::now();
             let since = *state.full_since.get_or_insert(now);
             if now.duration_since(since) < limits.stall {
-                return Err(Refused::Full);
+                return Err((Refused::Full, Some(Box::new(envelope))));
             }
             state.stalled = true;
             state.queue = VecDeque::new();
@@ -184,7 +218,7 @@ impl Outbox {
             if let Some(waker) = waker {
                 waker.wake();
             }
-            return Err(Refused::Stalled);
+            return Err((Refused::Stalled, None));
         }
         state.full_since = None;
         state.bytes += size;
@@ -287,6 +321,8 @@ impl Stream for OutboxStream {
         }
         if let Some((envelope, size)) = state.queue.pop_front() {
             state.bytes -= size;
+            drop(state);
+            self.shared.room.notify_waiters();
             return Poll::Ready(Some(envelope));
         }
         if state.finished {
@@ -426,6 +462,36 @@ mod tests {
             ended[0].as_ref().map_err(Status::code).err(),
             Some(tonic::Code::ResourceExhausted)
         );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_push_goes_in_when_the_reader_takes_one_and_stalls_when_it_never_does() {
+        let limits = Limits {
+            messages: 1,
+            bytes: 1 << 20,
+            stall: Duration::from_millis(200),
+        };
+        let (outbox, mut stream) = outbox(limits);
+        outbox.push(event("1")).expect("room");
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let first = stream.next().await;
+            (first, stream)
+        });
+        outbox
+            .push_wait(event("2"), 10)
+            .await
+            .expect("in once the reader took one");
+        let (first, _stream) = reader.await.expect("reader");
+        assert!(first.is_some());
+        assert_eq!(outbox.queued().0, 1);
+        // Nobody reads now: the wait ends at the stall limit, stalled.
+        let started = Instant::now();
+        assert_eq!(
+            outbox.push_wait(event("3"), 10).await,
+            Err(Refused::Stalled)
+        );
+        assert!(started.elapsed() >= Duration::from_millis(200));
     }
 
     #[tokio::test]

@@ -105,6 +105,7 @@ impl GandalfStack {
             "acme".to_owned(),
             gandalf_cluster::config::TenantConfig {
                 secrets: vec![SecretString::from("s")],
+                aggregator_secrets: Vec::new(),
                 database: None,
             },
         );

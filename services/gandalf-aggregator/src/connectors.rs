@@ -190,7 +190,7 @@ async fn serve_connector(
             message = inbound.message() => message,
         };
         match message {
-            Ok(Some(envelope)) => router.handle(id, envelope),
+            Ok(Some(envelope)) => router.handle(id, envelope).await,
             Ok(None) => break,
             Err(status) => {
                 // An undecodable message ends the stream (tonic's choice); say so.

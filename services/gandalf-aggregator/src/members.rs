@@ -142,7 +142,7 @@ async fn read(
             message = inbound.message() => message,
         };
         match message {
-            Ok(Some(envelope)) => router.handle(id, envelope),
+            Ok(Some(envelope)) => router.handle(id, envelope).await,
             Ok(None) => return,
             Err(status) => {
                 tracing::debug!(%status, "cluster stream error");

@@ -317,8 +317,9 @@ impl Router {
         answer
     }
 
-    /// Applies the routing rules to one envelope from connection `from`.
-    pub fn handle(self: &Arc<Self>, from: ConnId, envelope: Envelope) {
+    /// Applies the routing rules to one envelope from connection `from`. It waits on no
+    /// other connection, but for room on a full link to a member (see `route_event`).
+    pub async fn handle(self: &Arc<Self>, from: ConnId, envelope: Envelope) {
         let from_cluster = self.is_cluster(from);
         let (header, body) = match protocol::check(&envelope) {
             Ok(parts) => parts,
@@ -368,7 +369,7 @@ impl Router {
         }
         routed(body).increment(1);
         match body {
-            Body::Event(_) => self.route_event(from, envelope),
+            Body::Event(_) => self.route_event(from, envelope).await,
             Body::Command(command) => {
                 let router = self.clone();
                 let (header, command) = (header.clone(), command.clone());
@@ -405,7 +406,7 @@ impl Router {
         lock(&self.seen).first((DedupKey::of(&header.uuid), from_cluster), now, now + ttl)
     }
 
-    fn route_event(&self, from: ConnId, envelope: Envelope) {
+    async fn route_event(&self, from: ConnId, envelope: Envelope) {
         if let Some(Body::Event(event)) = &envelope.body
             && !event.reference_uuid.is_empty()
         {
@@ -436,9 +437,12 @@ impl Router {
             }
         }
         // Queue to every other connection without waiting, under one read lock; a full
-        // queue drops the event for that connection only.
+        // queue drops the event for that connection only. The link to a member is the
+        // exception: every producer shares it, so a full one makes this producer's read
+        // loop wait for room (up to the stall limit) instead of losing the event.
         let size = gandalf::outbox::encoded_size(&envelope);
         let mut refusals = Vec::new();
+        let mut uplinks = Vec::new();
         {
             let connections = read(&self.connections);
             let mut targets = connections.iter().filter(|(id, _)| **id != from).peekable();
@@ -451,9 +455,20 @@ impl Router {
                     envelope.take()
                 };
                 let Some(item) = item else { break };
-                if let Err(refused) = connection.outbox.push_sized(item, size) {
-                    refusals.push((*id, refused));
+                match connection.outbox.try_push(item, size) {
+                    Ok(()) => {}
+                    Err((Refused::Full, Some(item)))
+                        if matches!(connection.peer, Peer::Cluster { .. }) =>
+                    {
+                        uplinks.push((*id, connection.outbox.clone(), *item));
+                    }
+                    Err((refused, _)) => refusals.push((*id, refused)),
                 }
+            }
+        }
+        for (id, outbox, item) in uplinks {
+            if let Err(refused) = outbox.push_wait(item, size).await {
+                refusals.push((id, refused));
             }
         }
         for (id, refused) in refusals {

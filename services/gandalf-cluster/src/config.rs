@@ -63,10 +63,16 @@ impl Default for Config {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct TenantConfig {
-    /// Accepted secrets of this tenant's aggregators and connectors.
+    /// Accepted secrets of this tenant's connectors; of its aggregators too while
+    /// `aggregator_secrets` is empty (the layout before the two were kept apart).
     #[serde(serialize_with = "platform::secret::redact_all")]
     #[schemars(with = "Vec<String>")]
     pub secrets: Vec<SecretString>,
+    /// Accepted secrets of this tenant's aggregators. Set them: a connector's secret then
+    /// cannot open a Cluster stream as an aggregator.
+    #[serde(serialize_with = "platform::secret::redact_all")]
+    #[schemars(with = "Vec<String>")]
+    pub aggregator_secrets: Vec<SecretString>,
     /// What CONFIGURATION_DATABASE returns to this tenant's aggregators; none: they run
     /// without a command log.
     pub database: Option<DatabaseInfo>,
@@ -77,6 +83,40 @@ pub struct TenantConfig {
 #[serde(deny_unknown_fields)]
 pub struct DatabaseInfo {
     pub url: SecretUrl,
+}
+
+impl TenantConfig {
+    /// Whether `secret` is one of this tenant's aggregator secrets (its `secrets` while
+    /// `aggregator_secrets` is empty).
+    pub fn accepts_aggregator(&self, secret: &str) -> bool {
+        let list = if self.aggregator_secrets.is_empty() {
+            &self.secrets
+        } else {
+            &self.aggregator_secrets
+        };
+        any_matches(list, secret)
+    }
+
+    /// Whether `secret` is one of this tenant's connector secrets.
+    pub fn accepts_connector(&self, secret: &str) -> bool {
+        any_matches(&self.secrets, secret)
+    }
+}
+
+fn any_matches(list: &[SecretString], secret: &str) -> bool {
+    list.iter()
+        .any(|known| platform::secret::constant_time_eq(secret, known))
+}
+
+impl Config {
+    /// Tenants whose aggregators still validate with the connector secrets.
+    pub fn tenants_without_aggregator_secrets(&self) -> Vec<&str> {
+        self.tenants
+            .iter()
+            .filter(|(_, t)| t.aggregator_secrets.is_empty())
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
 }
 
 impl Validate for Config {
@@ -107,6 +147,15 @@ impl Validate for Config {
             {
                 problems.push(format!("tenants.{name}.secrets: a secret is empty"));
             }
+            if tenant
+                .aggregator_secrets
+                .iter()
+                .any(|s| s.expose_secret().trim().is_empty())
+            {
+                problems.push(format!(
+                    "tenants.{name}.aggregator_secrets: a secret is empty"
+                ));
+            }
         }
         problems
     }
@@ -117,5 +166,40 @@ mod env_tests {
     #[test]
     fn every_key_can_be_set_from_the_environment() {
         platform::config::assert_env_overrides::<super::Config>(super::ENV_PREFIX);
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use secrecy::SecretString;
+
+    use super::TenantConfig;
+
+    fn secrets(list: &[&str]) -> Vec<SecretString> {
+        list.iter().map(|s| SecretString::from(*s)).collect()
+    }
+
+    #[test]
+    fn aggregator_secrets_keep_connector_secrets_out_of_aggregator_streams() {
+        let tenant = TenantConfig {
+            secrets: secrets(&["connector"]),
+            aggregator_secrets: secrets(&["aggregator"]),
+            database: None,
+        };
+        assert!(tenant.accepts_aggregator("aggregator"));
+        assert!(!tenant.accepts_aggregator("connector"));
+        assert!(tenant.accepts_connector("connector"));
+        assert!(!tenant.accepts_connector("aggregator"));
+    }
+
+    #[test]
+    fn without_aggregator_secrets_the_secrets_serve_both_as_before() {
+        let tenant = TenantConfig {
+            secrets: secrets(&["shared"]),
+            ..TenantConfig::default()
+        };
+        assert!(tenant.accepts_aggregator("shared"));
+        assert!(tenant.accepts_connector("shared"));
+        assert!(!tenant.accepts_aggregator("other"));
     }
 }

@@ -37,6 +37,12 @@ impl App {
         let readiness = Readiness::with_components(["grpc"]);
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let admin = config.admin_listen;
+        for tenant in config.tenants_without_aggregator_secrets() {
+            tracing::warn!(
+                tenant,
+                "tenants.{tenant}.aggregator_secrets is not set: aggregators validate with the connector secrets, so a connector's secret can open a stream as an aggregator; set aggregator_secrets"
+            );
+        }
         let cluster = Cluster::new(config);
         let ops = OpsServer::bind(admin, readiness.clone())
             .await?

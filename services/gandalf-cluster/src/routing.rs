@@ -90,13 +90,20 @@ impl Cluster {
         self.config.queue_limits()
     }
 
-    /// Whether `secret` is one of `tenant`'s.
-    pub fn accepts(&self, tenant: &str, secret: &str) -> bool {
-        self.config.tenants.get(tenant).is_some_and(|t| {
-            t.secrets
-                .iter()
-                .any(|known| platform::secret::constant_time_eq(secret, known))
-        })
+    /// Whether `secret` opens a Cluster stream for `tenant` as an aggregator.
+    pub fn accepts_aggregator(&self, tenant: &str, secret: &str) -> bool {
+        self.config
+            .tenants
+            .get(tenant)
+            .is_some_and(|t| t.accepts_aggregator(secret))
+    }
+
+    /// Whether `secret` validates a connector of `tenant`.
+    pub fn accepts_connector(&self, tenant: &str, secret: &str) -> bool {
+        self.config
+            .tenants
+            .get(tenant)
+            .is_some_and(|t| t.accepts_connector(secret))
     }
 
     pub fn register(
@@ -164,7 +171,7 @@ impl Cluster {
                     .get(protocol::SECRET_KEY)
                     .map(String::as_str)
                     .unwrap_or("");
-                let accepted = self.accepts(tenant, presented);
+                let accepted = self.accepts_connector(tenant, presented);
                 let connector = secret.target_logical_name.clone();
                 if accepted && !connector.is_empty() {
                     let connector_type = secret

@@ -94,7 +94,7 @@ async fn handshake(
             return None;
         }
     };
-    let accepted = cluster.accepts(&tenant, &presented);
+    let accepted = cluster.accepts_aggregator(&tenant, &presented);
     let _ = outbound.push(protocol::validation_reply(&tenant, accepted, ""));
     if accepted {
         tracing::info!(aggregator = %peer.logical_name, tenant = %tenant, "aggregator validated");

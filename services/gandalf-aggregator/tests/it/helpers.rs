@@ -33,10 +33,8 @@ impl Cluster {
         tenants.insert(
             TENANT.to_owned(),
             TenantConfig {
-                secrets: vec![
-                    SecretString::from(AGG_SECRET),
-                    SecretString::from(CONNECTOR_SECRET),
-                ],
+                secrets: vec![SecretString::from(CONNECTOR_SECRET)],
+                aggregator_secrets: vec![SecretString::from(AGG_SECRET)],
                 database: database.map(|url| DatabaseInfo {
                     url: FromStr::from_str(&url).expect("url"),
                 }),
@@ -46,6 +44,7 @@ impl Cluster {
             "globex".to_owned(),
             TenantConfig {
                 secrets: vec![SecretString::from("globex-secret")],
+                aggregator_secrets: Vec::new(),
                 database: None,
             },
         );

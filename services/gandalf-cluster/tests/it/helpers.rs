@@ -31,6 +31,7 @@ impl TestCluster {
             "acme".to_owned(),
             TenantConfig {
                 secrets: vec![SecretString::from("s1"), SecretString::from("s2")],
+                aggregator_secrets: Vec::new(),
                 database: Some(DatabaseInfo {
                     url: FromStr::from_str("postgres://acme:pw@db/acme").expect("url"),
                 }),
@@ -40,6 +41,7 @@ impl TestCluster {
             "globex".to_owned(),
             TenantConfig {
                 secrets: vec![SecretString::from("g1")],
+                aggregator_secrets: Vec::new(),
                 database: None,
             },
         );
