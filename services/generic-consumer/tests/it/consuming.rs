@@ -516,11 +516,13 @@ async fn a_fatal_sink_error_stops_the_instance_with_what_was_written_committed()
         None,
     );
     let group = context.group_id.clone();
-    produce_samples(&cluster.bootstrap, &contract, 0..2000, 1);
+    produce_samples(&cluster.bootstrap, &contract, 0..1000, 1);
     let sink = RecordingSink::new();
-    let mut running = start(context, contract, sink.clone());
+    let mut running = start(context, contract.clone(), sink.clone());
     eventually("rows written", LIMIT, || sink.len() >= 300).await;
     sink.fail("403 Forbidden: Access Denied: Table acme:events.delivery_events");
+    // Rows after the failure began: a write fails however far the first ones got.
+    produce_samples(&cluster.bootstrap, &contract, 1000..2000, 1);
     let ended = running.ended().await;
     let err = ended.expect_err("the instance stops by itself");
     let text = err.to_string();
