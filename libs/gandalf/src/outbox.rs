@@ -95,7 +95,6 @@ struct State {
     full_since: Option<Instant>,
     /// Every [`Outbox`] handle is gone: the stream ends once the queue is empty.
     finished: bool,
-    stalled: bool,
     /// What a response stream ends with after the queue: [`Outbox::close_with`].
     ending: Option<Status>,
 }
@@ -140,7 +139,6 @@ pub fn outbox(limits: Limits) -> (Outbox, OutboxStream) {
             waker: None,
             full_since: None,
             finished: false,
-            stalled: false,
             ending: None,
         }),
         room: tokio::sync::Notify::new(),
@@ -198,7 +196,7 @@ impl Outbox {
     ) -> Result<(), (Refused, Option<Box<Envelope>>)> {
         let limits = &self.shared.limits;
         let mut state = self.shared.lock();
-        if state.stalled || state.finished {
+        if state.finished || self.shared.stalled.is_cancelled() {
             return Err((Refused::Closed, None));
         }
         let fits = state.queue.len() < limits.messages
@@ -209,12 +207,12 @@ impl Outbox {
             if now.duration_since(since) < limits.stall {
                 return Err((Refused::Full, Some(Box::new(envelope))));
             }
-            state.stalled = true;
+            // Cancelled under the lock: no push can slip in between the two.
+            self.shared.stalled.cancel();
             state.queue = VecDeque::new();
             state.bytes = 0;
             let waker = state.waker.take();
             drop(state);
-            self.shared.stalled.cancel();
             if let Some(waker) = waker {
                 waker.wake();
             }
@@ -316,7 +314,7 @@ impl Stream for OutboxStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Envelope>> {
         let mut state = self.shared.lock();
-        if state.stalled {
+        if self.shared.stalled.is_cancelled() {
             return Poll::Ready(None);
         }
         if let Some((envelope, size)) = state.queue.pop_front() {

@@ -59,6 +59,7 @@ impl Config {
 
 impl Default for Config {
     fn default() -> Self {
+        let queue = gandalf::outbox::Limits::default();
         Self {
             logical_name: String::new(),
             tenant: String::new(),
@@ -70,9 +71,9 @@ impl Default for Config {
             startup_timeout_secs: 60,
             reconnect_backoff_max_ms: 5000,
             shutdown_grace_secs: 10,
-            queue_messages: 1024,
-            queue_bytes: 16 * 1024 * 1024,
-            stall_timeout_ms: 2000,
+            queue_messages: queue.messages,
+            queue_bytes: queue.bytes,
+            stall_timeout_ms: queue.stall.as_millis() as u64,
         }
     }
 }

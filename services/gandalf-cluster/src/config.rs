@@ -46,15 +46,16 @@ impl Config {
 
 impl Default for Config {
     fn default() -> Self {
+        let queue = gandalf::outbox::Limits::default();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
             tenants: BTreeMap::new(),
             event_log_capacity: 1000,
             shutdown_grace_secs: 10,
-            queue_messages: 1024,
-            queue_bytes: 16 * 1024 * 1024,
-            stall_timeout_ms: 2000,
+            queue_messages: queue.messages,
+            queue_bytes: queue.bytes,
+            stall_timeout_ms: queue.stall.as_millis() as u64,
         }
     }
 }

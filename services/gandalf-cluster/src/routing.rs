@@ -329,31 +329,24 @@ impl Cluster {
     /// An event: to every other aggregator of the tenant, then into the log (moved
     /// there, not copied).
     fn route_event(&self, from: u64, tenant: &str, envelope: Envelope) {
-        let (origin, others): (String, Vec<u64>) = {
-            let aggregators = read(&self.aggregators);
-            let origin = aggregators
-                .get(&from)
-                .map(|a| a.logical_name.clone())
-                .unwrap_or_default();
-            let others = aggregators
-                .iter()
-                .filter(|(id, a)| **id != from && a.tenant == tenant)
-                .map(|(id, _)| *id)
-                .collect();
-            (origin, others)
-        };
+        // Queued to every other aggregator of the tenant under one read lock, without waiting.
         let size = gandalf::outbox::encoded_size(&envelope);
         let mut refusals = Vec::new();
-        {
+        let origin = {
             let aggregators = read(&self.aggregators);
-            for id in others {
-                if let Some(aggregator) = aggregators.get(&id)
+            for (id, aggregator) in aggregators.iter() {
+                if *id != from
+                    && aggregator.tenant == tenant
                     && let Err(refused) = aggregator.outbox.push_sized(envelope.clone(), size)
                 {
-                    refusals.push((id, refused));
+                    refusals.push((*id, refused));
                 }
             }
-        }
+            aggregators
+                .get(&from)
+                .map(|a| a.logical_name.clone())
+                .unwrap_or_default()
+        };
         for (id, refused) in refusals {
             self.refused(id, refused);
         }

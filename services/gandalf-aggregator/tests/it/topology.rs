@@ -136,6 +136,39 @@ async fn flood(sender: &gandalf::connector::Connector, name: &str, count: usize)
     .expect("routing held the sender back for 30 s");
 }
 
+/// Waits (up to 10 s) until `routed` says the stalled peer left routing, keeping a trickle
+/// of events going from `sender`: a push is what notices a stall.
+async fn until_gone<F, Fut>(sender: &gandalf::connector::Connector, mut routed: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<String>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(still) = routed().await {
+        assert!(Instant::now() < deadline, "still routed to: {still}");
+        sender
+            .send_event("orders", "TRICKLE", "")
+            .await
+            .expect("send");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads a stream to its end (within 10 s): the status it ended with, if any.
+async fn end_of(inbound: &mut Streaming<Envelope>) -> Option<tonic::Code> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("the silent stream ends once read")
+}
+
 fn is_event(envelope: &Envelope, name: &str) -> bool {
     matches!(&envelope.body, Some(Body::Event(e)) if e.event == name)
 }
@@ -195,38 +228,24 @@ async fn a_connector_that_stops_reading_is_closed_and_slows_no_one() {
     );
 
     // The stalled connection is gone from routing, and its stream says why.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    until_gone(&sender, || async {
         let connections = aggregator.connections().await;
-        let names: Vec<&str> = connections["connections"]
+        let names: Vec<String> = connections["connections"]
             .as_array()
             .expect("list")
             .iter()
-            .filter_map(|c| c["logical_name"].as_str())
+            .filter_map(|c| c["logical_name"].as_str().map(str::to_owned))
             .collect();
-        if !names.contains(&"silent") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still routed to: {names:?}");
-        // A push is what notices the stall: keep a trickle going.
-        sender
-            .send_event("orders", "TRICKLE", "")
-            .await
-            .expect("send");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match silent.inbound.message().await {
-                Ok(Some(_)) => {}
-                Ok(None) => return None,
-                Err(status) => return Some(status.code()),
-            }
-        }
+        names
+            .iter()
+            .any(|n| n == "silent")
+            .then(|| format!("{names:?}"))
     })
-    .await
-    .expect("the silent stream ends once read");
-    assert_eq!(ended, Some(tonic::Code::ResourceExhausted));
+    .await;
+    assert_eq!(
+        end_of(&mut silent.inbound).await,
+        Some(tonic::Code::ResourceExhausted)
+    );
     let metrics = metrics(&aggregator.admin).await;
     assert!(
         metrics.contains(r#"gandalf_aggregator_connections_closed_total{reason="stalled"} 1"#),
@@ -258,31 +277,17 @@ async fn an_aggregator_stream_that_stops_reading_is_closed_by_the_member_and_slo
         started.elapsed()
     );
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    until_gone(&sender, || async {
         let list = crate::helpers::get_json(&format!("{}/v1/aggregators", cluster.admin)).await;
-        if !list.to_string().contains("agg-silent") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still routed to: {list}");
-        sender
-            .send_event("orders", "TRICKLE", "")
-            .await
-            .expect("send");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match silent.inbound.message().await {
-                Ok(Some(_)) => {}
-                Ok(None) => return None,
-                Err(status) => return Some(status.code()),
-            }
-        }
+        list.to_string()
+            .contains("agg-silent")
+            .then(|| list.to_string())
     })
-    .await
-    .expect("the silent stream ends once read");
-    assert_eq!(ended, Some(tonic::Code::ResourceExhausted));
+    .await;
+    assert_eq!(
+        end_of(&mut silent.inbound).await,
+        Some(tonic::Code::ResourceExhausted)
+    );
     let metrics = metrics(&cluster.admin).await;
     assert!(
         metrics.contains(r#"gandalf_cluster_connections_closed_total{reason="stalled"} 1"#),

@@ -243,6 +243,13 @@ fn wait_for(what: &str, limit: Duration, instance: &Instance, mut done: impl FnM
     }
 }
 
+/// Whether the group has committed anything on the delivery topic.
+fn any_committed(bootstrap: &str, group: &str, partitions: i32) -> bool {
+    committed(bootstrap, group, DELIVERY_TOPIC, partitions)
+        .iter()
+        .any(|c| *c > 0)
+}
+
 /// Waits until `written` holds, then freezes the process (SIGSTOP) and asks `committed`;
 /// when that does not hold yet, lets it go on (SIGCONT) and tries again. It returns with
 /// the process stopped: however slowly `committed` answers (it asks the brokers), the
@@ -315,16 +322,7 @@ fn kill_9_mid_stream_then_a_restart_loses_nothing() {
         Duration::from_secs(60),
         &first,
         || line_count(&file) >= 1000,
-        || {
-            committed(
-                &cluster.bootstrap,
-                &context.group_id,
-                DELIVERY_TOPIC,
-                PARTITIONS,
-            )
-            .iter()
-            .any(|c| *c > 0)
-        },
+        || any_committed(&cluster.bootstrap, &context.group_id, PARTITIONS),
     );
     first.signal("-KILL");
     let status = first.wait(Duration::from_secs(10));
@@ -540,16 +538,7 @@ fn kill_9_mid_stream_into_bigquery_then_a_restart_loses_nothing_over(api: &str) 
         Duration::from_secs(60),
         &first,
         || rows().len() >= 500,
-        || {
-            committed(
-                &cluster.bootstrap,
-                &context.group_id,
-                DELIVERY_TOPIC,
-                PARTITIONS,
-            )
-            .iter()
-            .any(|c| *c > 0)
-        },
+        || any_committed(&cluster.bootstrap, &context.group_id, PARTITIONS),
     );
     first.signal("-KILL");
     assert_eq!(first.wait(Duration::from_secs(10)).code(), None, "killed");
