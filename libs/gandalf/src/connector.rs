@@ -89,6 +89,9 @@ pub struct IncomingCommand {
     pub command: Command,
 }
 
+/// How long past a command's timeout the client waits for the aggregator's report.
+const ANSWER_MARGIN_MS: u64 = 500;
+
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Event>>>>;
 
 /// A validated connection to an aggregator.
@@ -212,9 +215,15 @@ impl Connector {
             self.lock_pending().remove(uuid);
             return Err(err);
         }
-        // The aggregator waits up to the command's own timeout before reporting
-        // UNDELIVERABLE: leave room for that report to arrive.
-        let wait = Duration::from_millis(u64::from(timeout_ms.max(1)) * 2 + 500);
+        // Every hop finishes within the command's own timeout (0: the default of
+        // 1000 ms), the aggregator's whole try-next sequence included, and reports
+        // UNDELIVERABLE by then: wait that long, plus room for the report to arrive.
+        let own = if timeout_ms == 0 {
+            protocol::DEFAULT_TIMEOUT_MS
+        } else {
+            timeout_ms
+        };
+        let wait = Duration::from_millis(u64::from(own) + ANSWER_MARGIN_MS);
         let answer = tokio::time::timeout(wait, rx).await;
         self.lock_pending().remove(uuid);
         match answer {

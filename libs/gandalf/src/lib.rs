@@ -4,10 +4,15 @@
 //!   error events), envelope builders and the checks every receiver applies.
 //! - [`connector`]: the client library for connector authors: connect and validate a
 //!   secret, send a command and await its acknowledgement, receive commands and events.
+//! - [`dedup`]: expiring, count-bounded maps for uuid dedup and reply routing.
+//! - [`legs`]: a command's legs through a router: answers only from where it went, one
+//!   time budget per command, commands in flight bounded.
 //! - [`outbox`]: a connection's outgoing queue, bounded in messages and bytes, filled
 //!   without waiting; a peer that stops reading is detected and closed.
 
 pub mod connector;
+pub mod dedup;
+pub mod legs;
 pub mod outbox;
 pub mod protocol;
 

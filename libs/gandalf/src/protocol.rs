@@ -23,6 +23,11 @@ pub const CONNECTOR_TYPE: &str = "x-gandalf-connector-type";
 pub const VALIDATION: &str = "VALIDATION";
 /// `Secret.command` of the answer; payload `"true"` or `"false"`.
 pub const VALIDATION_REPLY: &str = "VALIDATION_REPLY";
+/// `Secret.command` an aggregator sends a member when the last stream of connector
+/// `target_logical_name` on it closed: the member stops routing to it through there.
+pub const LEAVE: &str = "LEAVE";
+/// `Secret.context` key of a refused VALIDATION_REPLY saying why.
+pub const REASON_KEY: &str = "reason";
 /// `Secret.context` key holding the secret.
 pub const SECRET_KEY: &str = "secret";
 /// `Event.event` acknowledging a command (`reference_uuid` = the command's uuid).
@@ -35,6 +40,8 @@ pub const WRONG_TENANT: &str = "WRONG_TENANT";
 pub const UNDELIVERABLE: &str = "UNDELIVERABLE";
 /// A request the sender may not make (e.g. a connector asking for the tenant's database).
 pub const FORBIDDEN: &str = "FORBIDDEN";
+/// A command refused at once: its sender, or the router, has too many in flight.
+pub const BUSY: &str = "BUSY";
 /// A message the receiver could not read (no header, empty uuid, no known body).
 pub const MALFORMED: &str = "MALFORMED";
 /// `context` key naming the connector type a command is for.
@@ -169,8 +176,9 @@ pub async fn await_validation(
             if reply.payload == "true" {
                 return Validation::Accepted;
             }
-            let reason = match inbound.message().await {
-                Err(status) => status.message().to_owned(),
+            // The server closes with its reason right after; do not wait for it forever.
+            let reason = match tokio::time::timeout(wait, inbound.message()).await {
+                Ok(Err(status)) => status.message().to_owned(),
                 _ => "VALIDATION_REPLY false".to_owned(),
             };
             Validation::Rejected(reason)

@@ -1,5 +1,8 @@
 //! The command log: every command the aggregator routed, with its outcome, in the
-//! tenant's database. Records are queued (never awaited on the routing path) and written
+//! tenant's database: one record per (aggregator, uuid, leg), where the leg is
+//! `to_cluster` (a connector's command sent on to the members) or `to_connector` (a
+//! command from a member delivered to a connector here, naming the connector that
+//! acknowledged it). Records are queued (never awaited on the routing path) and written
 //! in batches by one task.
 
 use std::time::Duration;
@@ -19,6 +22,8 @@ const GATHER: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub struct CommandRecord {
     pub uuid: String,
+    /// `to_cluster` or `to_connector`.
+    pub leg: &'static str,
     pub command: String,
     pub origin: String,
     /// `acknowledged` or `undeliverable`.
@@ -81,23 +86,28 @@ impl CommandLog {
         }
     }
 
-    /// Records routed at or after `since`, oldest first (at most 1000).
+    /// Records routed at or after `since`, by `aggregator` when given (else by every
+    /// aggregator of the database), oldest first (at most 1000).
     pub async fn since(
         &self,
         since: OffsetDateTime,
+        aggregator: Option<&str>,
     ) -> Result<Vec<serde_json::Value>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT uuid, aggregator, tenant, command, origin, outcome, acknowledged_by, latency_ms, \
+            "SELECT uuid, leg, aggregator, tenant, command, origin, outcome, acknowledged_by, latency_ms, \
                     (EXTRACT(EPOCH FROM routed_at) * 1000)::BIGINT AS routed_at_ms \
-             FROM gandalf_command_log WHERE routed_at >= $1 ORDER BY routed_at, uuid LIMIT 1000",
+             FROM gandalf_command_log WHERE routed_at >= $1 AND ($2::TEXT IS NULL OR aggregator = $2) \
+             ORDER BY routed_at, uuid, leg LIMIT 1000",
         )
         .bind(since)
+        .bind(aggregator)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
                 Ok(serde_json::json!({
                     "uuid": row.try_get::<String, _>("uuid")?,
+                    "leg": row.try_get::<String, _>("leg")?,
                     "aggregator": row.try_get::<String, _>("aggregator")?,
                     "tenant": row.try_get::<String, _>("tenant")?,
                     "command": row.try_get::<String, _>("command")?,
@@ -139,10 +149,11 @@ async fn write_batches(
         if !batch.is_empty() {
             let mut insert = QueryBuilder::new(
                 "INSERT INTO gandalf_command_log \
-                 (uuid, aggregator, tenant, command, origin, outcome, acknowledged_by, latency_ms, routed_at) ",
+                 (uuid, leg, aggregator, tenant, command, origin, outcome, acknowledged_by, latency_ms, routed_at) ",
             );
             insert.push_values(&batch, |mut row, (r, at)| {
                 row.push_bind(r.uuid.clone())
+                    .push_bind(r.leg)
                     .push_bind(aggregator.clone())
                     .push_bind(tenant.clone())
                     .push_bind(r.command.clone())
@@ -152,7 +163,8 @@ async fn write_batches(
                     .push_bind(r.latency_ms)
                     .push_bind(*at);
             });
-            insert.push(" ON CONFLICT (uuid) DO NOTHING");
+            // A redelivered record (same aggregator, uuid and leg) is the same record.
+            insert.push(" ON CONFLICT (aggregator, uuid, leg) DO NOTHING");
             if let Err(err) = insert.build().execute(&pool).await {
                 tracing::warn!(error = %err, records = batch.len(), "command log write failed");
                 metrics::counter!("gandalf_aggregator_messages_dropped_total", "reason" => "command_log_error")

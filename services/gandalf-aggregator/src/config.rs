@@ -44,6 +44,11 @@ pub struct Config {
     pub queue_bytes: usize,
     /// A connection whose queue stays full this long stopped reading: it is closed.
     pub stall_timeout_ms: u64,
+    /// Commands one connector may have in flight; beyond, a command is answered at once
+    /// with `Event{error, BUSY}`.
+    pub max_commands_per_connection: usize,
+    /// Commands in flight through this aggregator in all (connectors' and members').
+    pub max_commands_in_flight: usize,
 }
 
 impl Config {
@@ -74,6 +79,8 @@ impl Default for Config {
             queue_messages: queue.messages,
             queue_bytes: queue.bytes,
             stall_timeout_ms: queue.stall.as_millis() as u64,
+            max_commands_per_connection: 256,
+            max_commands_in_flight: 10_000,
         }
     }
 }
@@ -109,6 +116,15 @@ impl Validate for Config {
             problems.push("max_timeout_ms: must be at least 1".into());
         }
         problems.extend(self.queue_limits().problems());
+        if self.max_commands_per_connection == 0 {
+            problems.push("max_commands_per_connection: must be at least 1".into());
+        }
+        if self.max_commands_in_flight < self.max_commands_per_connection {
+            problems.push(format!(
+                "max_commands_in_flight: {} is below max_commands_per_connection ({})",
+                self.max_commands_in_flight, self.max_commands_per_connection
+            ));
+        }
         problems
     }
 }

@@ -131,14 +131,22 @@ async fn handshake(
             payload: String::new(),
         }),
     );
-    let accepted = match router.ask_cluster(request.clone(), HANDSHAKE_TIMEOUT).await {
+    let verdict = match router.ask_cluster(request.clone(), HANDSHAKE_TIMEOUT).await {
         Ok(Envelope {
             body: Some(Body::Secret(reply)),
             ..
-        }) => reply.payload == "true",
+        }) if reply.payload == "true" => Ok(()),
+        Ok(Envelope {
+            body: Some(Body::Secret(reply)),
+            ..
+        }) => Err(reply
+            .context
+            .get(protocol::REASON_KEY)
+            .cloned()
+            .unwrap_or_else(|| "secret rejected by the cluster".to_owned())),
         Ok(other) => {
             tracing::warn!(reply = ?other, "unexpected reply to a connector validation");
-            false
+            Err("the cluster's answer was not a validation reply".to_owned())
         }
         Err(reason) => {
             outbound.close_with(Status::unavailable(format!(
@@ -147,17 +155,13 @@ async fn handshake(
             return None;
         }
     };
-    if !accepted {
-        tracing::warn!(connector = %name, "connector secret rejected");
-        refuse(
-            outbound,
-            &tenant,
-            &name,
-            Status::permission_denied("secret rejected by the cluster"),
-        );
+    if let Err(reason) = verdict {
+        tracing::warn!(connector = %name, %reason, "connector refused");
+        refuse(outbound, &tenant, &name, Status::permission_denied(reason));
         return None;
     }
     let _ = outbound.push(protocol::validation_reply(&tenant, true, &name));
+    router.announce(&request);
     Some(request)
 }
 

@@ -18,9 +18,10 @@ use crate::router::Router;
 #[derive(Debug, Deserialize)]
 struct CommandsQuery {
     since: Option<String>,
+    aggregator: Option<String>,
 }
 
-/// `GET /v1/connections`, `GET /v1/commands?since=`.
+/// `GET /v1/connections`, `GET /v1/commands?since=&aggregator=`.
 pub fn routes(router: Arc<Router>) -> HttpRouter {
     HttpRouter::new()
         .route("/v1/connections", get(connections))
@@ -66,7 +67,8 @@ async fn commands(
         )
             .into_response();
     };
-    match log.since(since).await {
+    let aggregator = query.aggregator.as_deref().filter(|a| !a.is_empty());
+    match log.since(since, aggregator).await {
         Ok(records) => Json(json!({ "commands": records })).into_response(),
         Err(err) => {
             tracing::error!(error = %err, "reading the command log failed");

@@ -15,7 +15,6 @@
 pub mod commandlog;
 pub mod config;
 pub mod connectors;
-pub mod dedup;
 pub mod http;
 pub mod members;
 pub mod router;
@@ -70,12 +69,7 @@ impl App {
         let grpc = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Bind(config.listen, e))?;
-        let router = Router::new(
-            &config.logical_name,
-            &config.tenant,
-            config.max_timeout_ms,
-            config.queue_limits(),
-        );
+        let router = Router::new(&config);
         let readiness = Readiness::with_components(["initialised", "cluster"]);
         let ops = OpsServer::bind(config.admin_listen, readiness.clone())
             .await

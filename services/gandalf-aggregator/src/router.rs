@@ -1,7 +1,16 @@
 //! The aggregator's routing: every envelope from every connection goes through
-//! [`Router::handle`], which applies the rules in order: well-formed, tenant, dedup, then
-//! by body. Commands are dispatched in their own task, trying the selected connections
-//! one by one until one acknowledges.
+//! [`Router::handle`], which applies the rules in order: well-formed, answers to a
+//! command under way, tenant, dedup, then by body.
+//!
+//! Topology rules (several members, several aggregators per tenant):
+//! - dedup is on the uuid alone, except that a command's two passes through one
+//!   aggregator (to the cluster, and back from it to a connector here) are two legs;
+//! - an event from a connector goes to every other connection; an event from a member
+//!   goes to the connectors only (the member has already sent it to every other
+//!   aggregator), so no event comes back to where it started;
+//! - a command is dispatched in its own task as a [`gandalf::legs::Leg`]: only an event
+//!   from a connection the leg sent the command to answers it, and the answer goes back
+//!   to the leg's origin alone.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -13,16 +22,18 @@ use std::{
 };
 
 use gandalf::{
+    dedup::{DedupKey, ExpiringMap, Seen},
+    legs::{Budget, Leg, Legs, Offer},
     outbox::{Limits, Outbox, Refused},
     protocol,
-    wire::{Command, Envelope, Event, Header, envelope::Body},
+    wire::{Command, Envelope, Header, envelope::Body},
 };
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::{
     commandlog::{CommandLog, CommandRecord},
-    dedup::{ExpiringMap, Seen},
+    config::Config,
 };
 
 /// A connection's id, unique for the process's life.
@@ -48,25 +59,16 @@ struct Connection {
     connected_at_ms: i64,
 }
 
-/// A uuid as a dedup key: its 128 bits when it is a UUID (no allocation per message),
-/// else the text.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum DedupKey {
-    Uuid(u128),
-    Text(String),
+/// The second half of a dedup key. Every message counts once by its uuid, except a
+/// command, which may pass more than once: on its way to the cluster and, when a
+/// candidate target sits here too, on its way back to that connector, once per
+/// candidate the cluster tries (the hash of the target names it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Pass {
+    Once,
+    CommandToCluster,
+    CommandFromCluster(u64),
 }
-
-impl DedupKey {
-    fn of(uuid: &str) -> Self {
-        match uuid::Uuid::try_parse(uuid) {
-            Ok(parsed) => Self::Uuid(parsed.as_u128()),
-            Err(_) => Self::Text(uuid.to_owned()),
-        }
-    }
-}
-
-/// A command dispatch waiting for the event that answers it: (who answered, the event).
-type AnswerWaiter = mpsc::UnboundedSender<(ConnId, Event)>;
 
 /// One connection as `GET /v1/connections` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -85,10 +87,10 @@ pub struct Router {
     limits: Limits,
     next_id: AtomicU64,
     connections: RwLock<BTreeMap<ConnId, Connection>>,
-    /// (uuid, came from the cluster) -> until when it counts as seen.
-    seen: Mutex<Seen<(DedupKey, bool)>>,
-    /// Command uuid -> the dispatch tasks waiting for an answering event.
-    answers: Mutex<HashMap<String, Vec<AnswerWaiter>>>,
+    /// (uuid, pass) -> until when it counts as seen.
+    seen: Mutex<Seen<(DedupKey, Pass)>>,
+    /// The legs of the commands under way, and their limits.
+    legs: Arc<Legs>,
     /// Request uuid -> a task waiting for the cluster's reply (validations, init steps).
     replies: Mutex<HashMap<String, oneshot::Sender<Envelope>>>,
     /// Uuid of a message relayed for a connector -> that connector, so that an error
@@ -101,16 +103,19 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(logical_name: &str, tenant: &str, max_timeout_ms: u32, limits: Limits) -> Arc<Self> {
+    pub fn new(config: &Config) -> Arc<Self> {
         Arc::new(Self {
-            logical_name: logical_name.into(),
-            tenant: tenant.into(),
-            max_timeout_ms,
-            limits,
+            logical_name: config.logical_name.clone(),
+            tenant: config.tenant.clone(),
+            max_timeout_ms: config.max_timeout_ms,
+            limits: config.queue_limits(),
             next_id: AtomicU64::new(1),
             connections: RwLock::default(),
             seen: Mutex::default(),
-            answers: Mutex::default(),
+            legs: Legs::new(
+                config.max_commands_per_connection,
+                config.max_commands_in_flight,
+            ),
             replies: Mutex::default(),
             relayed: Mutex::default(),
             command_log: RwLock::default(),
@@ -183,11 +188,55 @@ impl Router {
         accepted
     }
 
+    /// Sends a connector's accepted validation to every member (the one that accepted
+    /// it binds it again, which changes nothing), so that each member can route commands
+    /// to it through here; their replies find no request waiting and are dropped.
+    pub fn announce(&self, validation: &Envelope) {
+        for id in self.cluster_ids() {
+            let mut copy = validation.clone();
+            if let Some(header) = copy.header.as_mut() {
+                header.uuid = uuid::Uuid::new_v4().to_string();
+            }
+            self.send_to(id, copy);
+        }
+    }
+
     pub fn remove(&self, id: ConnId) {
         lock(&self.validations).remove(&id);
-        if let Some(conn) = write(&self.connections).remove(&id) {
+        let (removed, left) = {
+            let mut connections = write(&self.connections);
+            let removed = connections.remove(&id);
+            // The last stream of a connector here: the members stop routing to it here.
+            let left = match &removed {
+                Some(Connection {
+                    peer: Peer::Connector { logical_name, .. },
+                    ..
+                }) if !connections.values().any(|c| {
+                    matches!(&c.peer, Peer::Connector { logical_name: other, .. } if other == logical_name)
+                }) =>
+                {
+                    Some(logical_name.clone())
+                }
+                _ => None,
+            };
+            (removed, left)
+        };
+        if let Some(conn) = removed {
             tracing::info!(id, peer = ?conn.peer, "connection removed");
             metrics::gauge!("gandalf_aggregator_connections").decrement(1.0);
+            if let Some(name) = left {
+                let leave = protocol::envelope(
+                    &self.tenant,
+                    Body::Secret(gandalf::wire::Secret {
+                        command: protocol::LEAVE.into(),
+                        target_logical_name: name,
+                        ..Default::default()
+                    }),
+                );
+                for member in self.cluster_ids() {
+                    self.send_to(member, leave.clone());
+                }
+            }
         }
     }
 
@@ -363,13 +412,43 @@ impl Router {
             self.send_to(from, error);
             return;
         }
-        if !self.first_sighting(header, from_cluster) {
+        // An answer to a command under way goes back along the command's legs, before
+        // dedup: on a command's way back through this aggregator it passes here twice.
+        if let Body::Event(event) = body
+            && !event.reference_uuid.is_empty()
+        {
+            match self.legs.offer(&event.reference_uuid, from, &envelope) {
+                Offer::Taken => return routed(body).increment(1),
+                Offer::Unsolicited => {
+                    dropped("unsolicited_answer");
+                    tracing::warn!(from = %self.name_of(from), command = %event.reference_uuid, "an answer to a command from a connection it was not sent to; dropped");
+                    return;
+                }
+                Offer::NoLeg => {}
+            }
+        }
+        let pass = match body {
+            Body::Command(command) if from_cluster => {
+                use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+                Pass::CommandFromCluster(
+                    BuildHasherDefault::<DefaultHasher>::default().hash_one(&command.target),
+                )
+            }
+            Body::Command(_) => Pass::CommandToCluster,
+            _ => Pass::Once,
+        };
+        if !self.first_sighting(header, pass) {
             dropped("duplicate");
             return;
         }
         routed(body).increment(1);
         match body {
-            Body::Event(_) => self.route_event(from, envelope).await,
+            Body::Event(event)
+                if event.topic == protocol::ERROR_TOPIC && !event.reference_uuid.is_empty() =>
+            {
+                self.route_error(from, from_cluster, envelope.clone())
+            }
+            Body::Event(_) => self.route_event(from, from_cluster, envelope).await,
             Body::Command(command) => {
                 let router = self.clone();
                 let (header, command) = (header.clone(), command.clone());
@@ -398,44 +477,47 @@ impl Router {
         }
     }
 
-    /// Dedup: false when this uuid already came the same way within its timeout.
-    fn first_sighting(&self, header: &Header, from_cluster: bool) -> bool {
+    /// Dedup: false when this uuid already made this pass within its timeout.
+    fn first_sighting(&self, header: &Header, pass: Pass) -> bool {
         let now = Instant::now();
         let ttl =
             Duration::from_millis(u64::from(protocol::timeout_ms(header, self.max_timeout_ms)));
-        lock(&self.seen).first((DedupKey::of(&header.uuid), from_cluster), now, now + ttl)
+        let mut seen = lock(&self.seen);
+        let before = seen.evicted();
+        let first = seen.first((DedupKey::of(&header.uuid), pass), now, now + ttl);
+        if seen.evicted() > before {
+            metrics::counter!("gandalf_aggregator_dedup_evicted_total").increment(1);
+        }
+        first
     }
 
-    async fn route_event(&self, from: ConnId, envelope: Envelope) {
-        if let Some(Body::Event(event)) = &envelope.body
-            && !event.reference_uuid.is_empty()
-        {
-            let waiting = lock(&self.answers)
-                .get(&event.reference_uuid)
-                .cloned()
-                .unwrap_or_default();
-            let answered = !waiting.is_empty();
-            for waiter in waiting {
-                let _ = waiter.send((from, event.clone()));
+    /// An error event about no command under way: about a message relayed for a
+    /// connector, it goes to that connector, and only when it comes from the cluster,
+    /// where the message went; otherwise it is logged, not spread.
+    fn route_error(&self, from: ConnId, from_cluster: bool, envelope: Envelope) {
+        let Some(Body::Event(event)) = &envelope.body else {
+            return;
+        };
+        let origin = from_cluster
+            .then(|| {
+                lock(&self.relayed)
+                    .get(&event.reference_uuid, Instant::now())
+                    .copied()
+            })
+            .flatten();
+        match origin {
+            Some(origin) => {
+                self.send_to(origin, envelope);
             }
-            if event.topic == protocol::ERROR_TOPIC {
-                // An error about a message of ours: to whoever it concerns, not to all.
-                if !answered {
-                    let origin = lock(&self.relayed)
-                        .get(&event.reference_uuid, Instant::now())
-                        .copied();
-                    match origin {
-                        Some(origin) => {
-                            self.send_to(origin, envelope);
-                        }
-                        None => {
-                            tracing::info!(event = %event.event, reference = %event.reference_uuid, detail = %event.payload, "error reported by the cluster")
-                        }
-                    }
-                }
-                return;
+            None => {
+                tracing::info!(from = %self.name_of(from), event = %event.event, reference = %event.reference_uuid, detail = %event.payload, "error event about nothing under way here")
             }
         }
+    }
+
+    /// An event: from a connector to every other connection; from a member to the
+    /// connectors only (the member has sent it to every other aggregator itself).
+    async fn route_event(&self, from: ConnId, from_cluster: bool, envelope: Envelope) {
         // Queue to every other connection without waiting, under one read lock; a full
         // queue drops the event for that connection only. The link to a member is the
         // exception: every producer shares it, so a full one makes this producer's read
@@ -445,7 +527,12 @@ impl Router {
         let mut uplinks = Vec::new();
         {
             let connections = read(&self.connections);
-            let mut targets = connections.iter().filter(|(id, _)| **id != from).peekable();
+            let mut targets = connections
+                .iter()
+                .filter(|(id, c)| {
+                    **id != from && !(from_cluster && matches!(c.peer, Peer::Cluster { .. }))
+                })
+                .peekable();
             let mut envelope = Some(envelope);
             while let Some((id, connection)) = targets.next() {
                 // The last target takes the envelope itself: one clone fewer per event.
@@ -476,8 +563,8 @@ impl Router {
         }
     }
 
-    /// Tries the selected connections in turn until one answers within the timeout;
-    /// UNDELIVERABLE to the origin when none does.
+    /// Tries the selected connections in turn until one answers within the command's
+    /// budget; the answer, or UNDELIVERABLE, goes back to the origin alone.
     async fn dispatch_command(
         self: Arc<Self>,
         origin: ConnId,
@@ -485,74 +572,41 @@ impl Router {
         header: Header,
         command: Command,
     ) {
-        // Towards connectors each connection gets the command's own timeout. Towards
-        // the cluster a member gets up to max_timeout_ms: beyond it the command may be
-        // retried connection by connection within its timeout, and a member that cannot
-        // deliver says so at once (UNDELIVERABLE), which moves on to the next member.
-        let own = Duration::from_millis(u64::from(protocol::timeout_ms(
-            &header,
-            self.max_timeout_ms,
-        )));
-        let timeout = if from_cluster {
-            own
-        } else {
-            Duration::from_millis(u64::from(self.max_timeout_ms))
+        let budget = Budget::of(&header, self.max_timeout_ms);
+        // Connectors are limited each; a member's commands count against the total only.
+        let mut leg = match self.legs.open(&header.uuid, origin, !from_cluster) {
+            Ok(leg) => leg,
+            Err(busy) => {
+                dropped("busy");
+                tracing::warn!(origin = %self.name_of(origin), command = %header.uuid, %busy, "command refused: too many in flight");
+                self.send_to(
+                    origin,
+                    protocol::error_event(
+                        &self.tenant,
+                        protocol::BUSY,
+                        &header.uuid,
+                        &busy.to_string(),
+                    ),
+                );
+                return;
+            }
         };
         let targets = if from_cluster {
             self.connector_ids_named(&command.target)
         } else {
             self.cluster_ids()
         };
-        let envelope = Envelope {
-            header: Some(header.clone()),
-            body: Some(Body::Command(command.clone())),
-        };
-        let (tx, mut answers) = mpsc::unbounded_channel();
-        lock(&self.answers)
-            .entry(header.uuid.clone())
-            .or_default()
-            .push(tx.clone());
         let started = Instant::now();
-
-        let mut acknowledged_by = None;
-        let mut refusal = None;
-        for target in &targets {
-            if !self.send_to(*target, envelope.clone()) {
-                continue;
-            }
-            let answer = tokio::time::timeout(timeout, answers.recv()).await;
-            match answer {
-                // This connection said no (e.g. the cluster knows no such connector).
-                Ok(Some((_, event))) if event.topic == protocol::ERROR_TOPIC => {
-                    refusal = Some(event.payload);
-                    continue;
-                }
-                Ok(Some((by, _))) => {
-                    acknowledged_by = Some(by);
-                    break;
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    tracing::debug!(command = %header.uuid, target = %self.name_of(*target), "no answer; trying the next connection");
-                }
-            }
-        }
-        {
-            // Only this task's waiter goes: a command that comes back through the
-            // cluster to a connector of this same aggregator has a second one.
-            let mut all = lock(&self.answers);
-            if let Some(list) = all.get_mut(&header.uuid) {
-                list.retain(|w| !w.same_channel(&tx));
-                if list.is_empty() {
-                    all.remove(&header.uuid);
-                }
-            }
-        }
+        let (answer, refusal, tried) = self
+            .try_targets(&mut leg, &targets, from_cluster, budget, &header, &command)
+            .await;
+        drop(leg);
         let latency = started.elapsed();
-        let (outcome, by) = match acknowledged_by {
-            Some(by) => {
+        let (outcome, by) = match answer {
+            Some((by, ack)) => {
                 metrics::histogram!("gandalf_aggregator_command_latency_seconds")
                     .record(latency.as_secs_f64());
+                self.send_to(origin, ack);
                 ("acknowledged", Some(self.name_of(by)))
             }
             None => {
@@ -567,28 +621,12 @@ impl Router {
                     }
                 } else {
                     format!(
-                        "no connection answered (tried {} within {} ms each)",
+                        "no connection answered (tried {tried} of {} within {} ms)",
                         targets.len(),
-                        timeout.as_millis()
+                        protocol::timeout_ms(&header, self.max_timeout_ms)
                     )
                 };
                 tracing::info!(command = %header.uuid, %detail, "command undeliverable");
-                let error = protocol::error_event(
-                    &self.tenant,
-                    protocol::UNDELIVERABLE,
-                    &header.uuid,
-                    &detail,
-                );
-                // A command that came back through the cluster to this same aggregator
-                // has its first leg waiting here; the cluster does not echo the error
-                // to its origin, so that leg is told directly.
-                if let (Some(Body::Event(event)), Some(waiting)) =
-                    (&error.body, lock(&self.answers).get(&header.uuid).cloned())
-                {
-                    for waiter in waiting {
-                        let _ = waiter.send((origin, event.clone()));
-                    }
-                }
                 self.send_to(
                     origin,
                     protocol::error_event(
@@ -604,6 +642,11 @@ impl Router {
         if let Some(log) = self.command_log() {
             log.record(CommandRecord {
                 uuid: header.uuid,
+                leg: if from_cluster {
+                    "to_connector"
+                } else {
+                    "to_cluster"
+                },
                 command: command.command,
                 origin: self.name_of(origin),
                 outcome,
@@ -613,17 +656,79 @@ impl Router {
         }
     }
 
+    /// The try-next sequence of one leg, all within `budget`: (the answer and who gave
+    /// it, the last refusal's detail, how many connections were tried).
+    ///
+    /// Towards members the first one that takes the command gets what is left of the
+    /// budget (less a reserve for the answer's way back): a member that cannot deliver
+    /// says so at once, which moves on to the next. Towards the connections of one
+    /// connector each gets an equal share of what is left, so a silent one is passed
+    /// over in time for the next.
+    async fn try_targets(
+        &self,
+        leg: &mut Leg,
+        targets: &[ConnId],
+        to_connector: bool,
+        budget: Budget,
+        header: &Header,
+        command: &Command,
+    ) -> (Option<(ConnId, Envelope)>, Option<String>, usize) {
+        let mut refusal = None;
+        let mut tried = 0;
+        for (i, target) in targets.iter().enumerate() {
+            if budget.is_spent() {
+                break;
+            }
+            let (until, timeout_ms) = if to_connector {
+                let share = budget.remaining() / u32::try_from(targets.len() - i).unwrap_or(1);
+                let ms = u32::try_from(share.as_millis()).unwrap_or(u32::MAX).max(1);
+                (Instant::now() + share, ms)
+            } else {
+                (budget.deadline(), budget.onward_ms())
+            };
+            let envelope = Envelope {
+                header: Some(Header {
+                    timeout_ms,
+                    ..header.clone()
+                }),
+                body: Some(Body::Command(command.clone())),
+            };
+            leg.sending_to(*target);
+            if !self.send_to(*target, envelope) {
+                continue;
+            }
+            tried += 1;
+            match leg.answer(until).await {
+                // This connection said no (e.g. the cluster knows no such connector).
+                Some((
+                    _,
+                    Envelope {
+                        body: Some(Body::Event(event)),
+                        ..
+                    },
+                )) if event.topic == protocol::ERROR_TOPIC => refusal = Some(event.payload),
+                Some(answer) => return (Some(answer), refusal, tried),
+                None if to_connector => {
+                    tracing::debug!(command = %header.uuid, target = %self.name_of(*target), "no answer; trying the next connection");
+                }
+                None => break,
+            }
+        }
+        (None, refusal, tried)
+    }
+
     /// Config, Configuration, Secret from a connector: to one
     /// cluster member, stamped with the connector as the reply target.
     fn relay_to_cluster(&self, from: ConnId, header: &Header, body: &Body) {
-        let (name, address) = match read(&self.connections).get(&from).map(|c| c.peer.clone()) {
-            Some(Peer::Connector {
-                logical_name,
-                address,
-                ..
-            }) => (logical_name, address),
-            _ => return,
-        };
+        let (name, address, connector_type) =
+            match read(&self.connections).get(&from).map(|c| c.peer.clone()) {
+                Some(Peer::Connector {
+                    logical_name,
+                    address,
+                    connector_type,
+                }) => (logical_name, address, connector_type),
+                _ => return,
+            };
         let mut body = body.clone();
         match &mut body {
             Body::Configuration(c) => {
@@ -633,6 +738,10 @@ impl Router {
             Body::Secret(s) => {
                 s.target_logical_name = name;
                 s.target_address = address;
+                // The type is the one bound at the stream's validation, whatever the
+                // message says: a connector cannot re-register as another type.
+                s.context
+                    .insert(protocol::CONNECTOR_TYPE_KEY.into(), connector_type);
             }
             Body::Config(c) => {
                 c.context.insert("reply_to".into(), name);

@@ -31,6 +31,11 @@ pub struct Config {
     pub queue_bytes: usize,
     /// A stream whose queue stays full this long stopped reading: it is closed.
     pub stall_timeout_ms: u64,
+    /// Cap on `header.timeout_ms` of the commands routed here.
+    pub max_timeout_ms: u32,
+    /// Commands under way here at most; beyond, one is answered at once with
+    /// `Event{error, BUSY}`.
+    pub max_commands_in_flight: usize,
 }
 
 impl Config {
@@ -56,6 +61,8 @@ impl Default for Config {
             queue_messages: queue.messages,
             queue_bytes: queue.bytes,
             stall_timeout_ms: queue.stall.as_millis() as u64,
+            max_timeout_ms: 5000,
+            max_commands_in_flight: 10_000,
         }
     }
 }
@@ -132,6 +139,12 @@ impl Validate for Config {
             problems.push("event_log_capacity: must be at least 1".into());
         }
         problems.extend(self.queue_limits().problems());
+        if self.max_timeout_ms == 0 {
+            problems.push("max_timeout_ms: must be at least 1".into());
+        }
+        if self.max_commands_in_flight == 0 {
+            problems.push("max_commands_in_flight: must be at least 1".into());
+        }
         for (name, tenant) in &self.tenants {
             if name.trim().is_empty() {
                 problems.push("tenants: a tenant name is empty".into());

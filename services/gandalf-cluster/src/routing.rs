@@ -1,5 +1,13 @@
 //! The cluster's shared state and routing: which aggregators are connected, which
 //! connectors sit behind them, stored logical configurations, and the event log.
+//!
+//! The connector registry follows the aggregators: a relayed VALIDATION adds the
+//! aggregator as one way to the connector (a connector with streams to two aggregators
+//! has two), a LEAVE or the aggregator's stream closing removes it. A name is bound to
+//! its connector type while any way to it is live. A command is a
+//! [`gandalf::legs::Leg`] here too: sent through one way after another until one
+//! acknowledges within the command's budget, answered only from where it went, and the
+//! answer sent to the aggregator it came from alone.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -10,9 +18,11 @@ use std::{
 };
 
 use gandalf::{
+    dedup::{DedupKey, Seen},
+    legs::{Budget, Legs, Offer},
     outbox::{Outbox, Refused},
     protocol::{self, REPLY, REQUEST, SAVE},
-    wire::{Envelope, envelope::Body},
+    wire::{Command, Envelope, Header, envelope::Body},
 };
 use serde::Serialize;
 
@@ -26,11 +36,12 @@ struct AggregatorConn {
     outbox: Outbox,
 }
 
-/// A connector, as learned from a relayed validation.
+/// A connector, as learned from relayed validations.
 #[derive(Debug, Clone)]
 struct ConnectorEntry {
     connector_type: String,
-    via: u64,
+    /// The aggregators it has a stream to, oldest first.
+    vias: Vec<u64>,
 }
 
 /// An event as kept in the log.
@@ -58,6 +69,11 @@ pub struct Cluster {
     events: Mutex<HashMap<String, VecDeque<LoggedEvent>>>,
     /// Round-robin position per (tenant, connector type).
     round_robin: Mutex<HashMap<(String, String), usize>>,
+    /// Event uuids seen lately: an event sent to several members by several ways is
+    /// logged and passed on once.
+    seen: Mutex<Seen<DedupKey>>,
+    /// The commands under way here.
+    legs: Arc<Legs>,
 }
 
 /// A registered aggregator stream: unregisters itself (and its connectors) when dropped.
@@ -75,13 +91,15 @@ impl Drop for Registration {
 impl Cluster {
     pub fn new(config: Config) -> Arc<Self> {
         Arc::new(Self {
-            config,
             next_id: AtomicU64::new(1),
             aggregators: RwLock::default(),
             connectors: RwLock::default(),
             configurations: RwLock::default(),
             events: Mutex::default(),
             round_robin: Mutex::default(),
+            seen: Mutex::default(),
+            legs: Legs::new(config.max_commands_in_flight, config.max_commands_in_flight),
+            config,
         })
     }
 
@@ -132,7 +150,44 @@ impl Cluster {
         if write(&self.aggregators).remove(&id).is_some() {
             metrics::gauge!("gandalf_cluster_aggregators").decrement(1.0);
         }
-        write(&self.connectors).retain(|_, entry| entry.via != id);
+        write(&self.connectors).retain(|_, entry| {
+            entry.vias.retain(|via| *via != id);
+            !entry.vias.is_empty()
+        });
+    }
+
+    /// Registers connector `name` of `connector_type` as reachable through aggregator
+    /// `via`; refused (the reason) when the name is held by a connector of another type.
+    fn bind(&self, tenant: &str, name: &str, connector_type: &str, via: u64) -> Result<(), String> {
+        let mut connectors = write(&self.connectors);
+        let entry = connectors
+            .entry((tenant.to_owned(), name.to_owned()))
+            .or_insert_with(|| ConnectorEntry {
+                connector_type: connector_type.to_owned(),
+                vias: Vec::new(),
+            });
+        if entry.connector_type != connector_type {
+            return Err(format!(
+                "the name {name:?} is held by a connector of type {:?}",
+                entry.connector_type
+            ));
+        }
+        if !entry.vias.contains(&via) {
+            entry.vias.push(via);
+        }
+        Ok(())
+    }
+
+    /// Connector `name` has no stream to aggregator `via` any more.
+    fn leave(&self, tenant: &str, name: &str, via: u64) {
+        let mut connectors = write(&self.connectors);
+        let key = (tenant.to_owned(), name.to_owned());
+        if let Some(entry) = connectors.get_mut(&key) {
+            entry.vias.retain(|v| *v != via);
+            if entry.vias.is_empty() {
+                connectors.remove(&key);
+            }
+        }
     }
 
     /// Connected aggregators as (tenant, logical name), for readiness and tests.
@@ -154,7 +209,7 @@ impl Cluster {
     }
 
     /// Handles one well-formed envelope (checked by the caller) from aggregator `from`.
-    pub fn route(&self, from: u64, tenant: &str, envelope: Envelope) {
+    pub fn route(self: &Arc<Self>, from: u64, tenant: &str, envelope: Envelope) {
         // Events move on (and into the log) by value; the rest is answered from references.
         if matches!(envelope.body, Some(Body::Event(_))) {
             return self.route_event(from, tenant, envelope);
@@ -162,7 +217,9 @@ impl Cluster {
         let (Some(header), Some(body)) = (&envelope.header, &envelope.body) else {
             return;
         };
-        let reply_to_origin = |envelope: Envelope| self.send_to(from, envelope);
+        let reply_to_origin = |envelope: Envelope| {
+            self.send_to(from, envelope);
+        };
         match body {
             Body::Secret(secret) if secret.command == protocol::VALIDATION => {
                 // A connector's validation, relayed by its aggregator.
@@ -171,30 +228,34 @@ impl Cluster {
                     .get(protocol::SECRET_KEY)
                     .map(String::as_str)
                     .unwrap_or("");
-                let accepted = self.accepts_connector(tenant, presented);
                 let connector = secret.target_logical_name.clone();
-                if accepted && !connector.is_empty() {
-                    let connector_type = secret
-                        .context
-                        .get(protocol::CONNECTOR_TYPE_KEY)
-                        .cloned()
-                        .unwrap_or_default();
-                    write(&self.connectors).insert(
-                        (tenant.to_owned(), connector.clone()),
-                        ConnectorEntry {
-                            connector_type,
-                            via: from,
-                        },
-                    );
-                }
-                tracing::info!(tenant, connector = %connector, accepted, "connector validation");
-                let mut reply = protocol::validation_reply(tenant, accepted, &connector);
+                let connector_type = secret
+                    .context
+                    .get(protocol::CONNECTOR_TYPE_KEY)
+                    .map(String::as_str)
+                    .unwrap_or("");
+                let verdict = if !self.accepts_connector(tenant, presented) {
+                    Err("secret rejected by the cluster".to_owned())
+                } else if connector.is_empty() {
+                    Ok(())
+                } else {
+                    self.bind(tenant, &connector, connector_type, from)
+                };
+                tracing::info!(tenant, connector = %connector, connector_type, accepted = verdict.is_ok(), "connector validation");
+                let mut reply = protocol::validation_reply(tenant, verdict.is_ok(), &connector);
                 // The reply names the request it answers (context.request_uuid).
                 if let Some(Body::Secret(s)) = reply.body.as_mut() {
                     s.target_address = secret.target_address.clone();
                     s.context.insert("request_uuid".into(), header.uuid.clone());
+                    if let Err(reason) = verdict {
+                        s.context.insert(protocol::REASON_KEY.into(), reason);
+                    }
                 }
                 reply_to_origin(reply);
+            }
+            Body::Secret(secret) if secret.command == protocol::LEAVE => {
+                tracing::info!(tenant, connector = %secret.target_logical_name, "connector left an aggregator");
+                self.leave(tenant, &secret.target_logical_name, from);
             }
             Body::Secret(_) | Body::Heartbeat(_) => {}
             Body::Configuration(configuration) => {
@@ -240,38 +301,15 @@ impl Cluster {
             }
             Body::ConfigurationDatabase(_) => {}
             Body::Command(command) => {
-                let wanted = command
-                    .context
-                    .get(protocol::CONNECTOR_TYPE_KEY)
-                    .cloned()
-                    .unwrap_or_default();
-                match self.pick_connector(tenant, &wanted, &command.target) {
-                    Some((name, via)) => {
-                        let mut forwarded = Envelope {
-                            header: Some(header.clone()),
-                            body: Some(body.clone()),
-                        };
-                        if let Some(Body::Command(c)) = forwarded.body.as_mut() {
-                            c.target = name;
-                        }
-                        self.send_to(via, forwarded);
-                    }
-                    None => {
-                        tracing::info!(tenant, connector_type = %wanted, "no connector for the command");
-                        metrics::counter!("gandalf_cluster_dropped_total", "reason" => "undeliverable").increment(1);
-                        reply_to_origin(protocol::error_event(
-                            tenant,
-                            protocol::UNDELIVERABLE,
-                            &header.uuid,
-                            &format!("no connector of type {wanted:?} is connected"),
-                        ));
-                    }
-                }
+                let cluster = self.clone();
+                let (tenant, header, command) =
+                    (tenant.to_owned(), header.clone(), command.clone());
+                tokio::spawn(async move { cluster.dispatch(from, &tenant, header, command).await });
             }
             Body::Config(config) => {
                 let target = read(&self.connectors)
                     .get(&(tenant.to_owned(), config.target.clone()))
-                    .map(|e| e.via);
+                    .and_then(|e| e.vias.first().copied());
                 match target {
                     Some(via) => {
                         self.send_to(
@@ -294,45 +332,163 @@ impl Cluster {
         }
     }
 
-    /// A connector for a command: the one named in `target` when given, else one of
-    /// `connector_type` (round robin).
-    fn pick_connector(
-        &self,
-        tenant: &str,
-        connector_type: &str,
-        target: &str,
-    ) -> Option<(String, u64)> {
+    /// Where a command may go, in the order to try: (connector, aggregator) for the
+    /// connector named in `target` when given, else for every connector of
+    /// `connector_type`, starting from the next in round robin.
+    fn candidates(&self, tenant: &str, connector_type: &str, target: &str) -> Vec<(String, u64)> {
         let connectors = read(&self.connectors);
         if !target.is_empty() {
             return connectors
                 .get(&(tenant.to_owned(), target.to_owned()))
-                .map(|e| (target.to_owned(), e.via));
+                .map(|e| e.vias.iter().map(|via| (target.to_owned(), *via)).collect())
+                .unwrap_or_default();
         }
-        let mut candidates: Vec<(&String, u64)> = connectors
+        let mut names: Vec<(&String, &ConnectorEntry)> = connectors
             .iter()
             .filter(|((t, _), e)| t == tenant && e.connector_type == connector_type)
-            .map(|((_, name), e)| (name, e.via))
+            .map(|((_, name), e)| (name, e))
             .collect();
-        if candidates.is_empty() {
-            return None;
+        if names.is_empty() {
+            return Vec::new();
         }
-        candidates.sort();
-        let mut positions = lock(&self.round_robin);
-        let position = positions
-            .entry((tenant.to_owned(), connector_type.to_owned()))
-            .or_default();
-        let (name, via) = candidates[*position % candidates.len()];
-        *position = position.wrapping_add(1);
-        Some((name.clone(), via))
+        names.sort_by(|a, b| a.0.cmp(b.0));
+        let start = {
+            let mut positions = lock(&self.round_robin);
+            let position = positions
+                .entry((tenant.to_owned(), connector_type.to_owned()))
+                .or_default();
+            let start = *position % names.len();
+            *position = position.wrapping_add(1);
+            start
+        };
+        names.rotate_left(start);
+        names
+            .into_iter()
+            .flat_map(|(name, e)| e.vias.iter().map(move |via| (name.clone(), *via)))
+            .collect()
+    }
+
+    /// Routes a command: through each candidate in turn until one acknowledges within
+    /// the command's budget; the acknowledgement, or UNDELIVERABLE, to the origin alone.
+    async fn dispatch(&self, from: u64, tenant: &str, header: Header, command: Command) {
+        let wanted = command
+            .context
+            .get(protocol::CONNECTOR_TYPE_KEY)
+            .cloned()
+            .unwrap_or_default();
+        let undeliverable = |detail: &str| {
+            metrics::counter!("gandalf_cluster_dropped_total", "reason" => "undeliverable")
+                .increment(1);
+            tracing::info!(tenant, command = %header.uuid, connector_type = %wanted, detail, "command undeliverable");
+            self.send_to(
+                from,
+                protocol::error_event(tenant, protocol::UNDELIVERABLE, &header.uuid, detail),
+            );
+        };
+        let budget = Budget::of(&header, self.config.max_timeout_ms);
+        let mut leg = match self.legs.open(&header.uuid, from, false) {
+            Ok(leg) => leg,
+            Err(busy) => {
+                metrics::counter!("gandalf_cluster_dropped_total", "reason" => "busy").increment(1);
+                self.send_to(
+                    from,
+                    protocol::error_event(tenant, protocol::BUSY, &header.uuid, &busy.to_string()),
+                );
+                return;
+            }
+        };
+        let candidates = self.candidates(tenant, &wanted, &command.target);
+        if candidates.is_empty() {
+            return undeliverable(&if command.target.is_empty() {
+                format!("no connector of type {wanted:?} is connected")
+            } else {
+                format!("no connector named {:?} is connected", command.target)
+            });
+        }
+        let mut refusal = None;
+        for (name, via) in &candidates {
+            if budget.is_spent() {
+                break;
+            }
+            let forwarded = Envelope {
+                header: Some(Header {
+                    timeout_ms: budget.onward_ms(),
+                    ..header.clone()
+                }),
+                body: Some(Body::Command(Command {
+                    target: name.clone(),
+                    ..command.clone()
+                })),
+            };
+            leg.sending_to(*via);
+            if !self.send_to(*via, forwarded) {
+                continue;
+            }
+            match leg.answer(budget.deadline()).await {
+                Some((
+                    _,
+                    Envelope {
+                        body: Some(Body::Event(event)),
+                        ..
+                    },
+                )) if event.topic == protocol::ERROR_TOPIC => {
+                    tracing::debug!(command = %header.uuid, connector = %name, detail = %event.payload, "candidate could not take the command; trying the next");
+                    refusal = Some(event.payload);
+                }
+                Some((_, answer)) => {
+                    self.send_to(from, answer.clone());
+                    self.log_event(tenant, *via, answer);
+                    return;
+                }
+                None => break,
+            }
+        }
+        undeliverable(&match refusal {
+            Some(refusal) if candidates.len() == 1 => refusal,
+            Some(refusal) => format!("{} candidates tried; the last: {refusal}", candidates.len()),
+            None => format!(
+                "no acknowledgement within {} ms",
+                protocol::timeout_ms(&header, self.config.max_timeout_ms)
+            ),
+        });
     }
 
     /// An event: to every other aggregator of the tenant, then into the log (moved
     /// there, not copied).
     fn route_event(&self, from: u64, tenant: &str, envelope: Envelope) {
+        let (Some(header), Some(Body::Event(event))) = (&envelope.header, &envelope.body) else {
+            return;
+        };
+        if !event.reference_uuid.is_empty() {
+            match self.legs.offer(&event.reference_uuid, from, &envelope) {
+                Offer::Taken => return,
+                Offer::Unsolicited => {
+                    metrics::counter!("gandalf_cluster_dropped_total", "reason" => "unsolicited_answer").increment(1);
+                    tracing::warn!(tenant, command = %event.reference_uuid, "an answer to a command from an aggregator it was not sent to; dropped");
+                    return;
+                }
+                // An error about nothing under way here (e.g. a WRONG_TENANT report):
+                // for the log, not for the other aggregators.
+                Offer::NoLeg if event.topic == protocol::ERROR_TOPIC => {
+                    return self.log_event(tenant, from, envelope);
+                }
+                Offer::NoLeg => {}
+            }
+        }
+        let now = std::time::Instant::now();
+        let ttl = std::time::Duration::from_millis(u64::from(protocol::timeout_ms(
+            header,
+            self.config.max_timeout_ms,
+        )));
+        if !lock(&self.seen).first(DedupKey::of(&header.uuid), now, now + ttl) {
+            metrics::counter!("gandalf_cluster_dropped_total", "reason" => "duplicate")
+                .increment(1);
+            return;
+        }
         // Queued to every other aggregator of the tenant under one read lock, without waiting.
         let size = gandalf::outbox::encoded_size(&envelope);
         let mut refusals = Vec::new();
-        let origin = {
+        {
             let aggregators = read(&self.aggregators);
             for (id, aggregator) in aggregators.iter() {
                 if *id != from
@@ -342,14 +498,19 @@ impl Cluster {
                     refusals.push((*id, refused));
                 }
             }
-            aggregators
-                .get(&from)
-                .map(|a| a.logical_name.clone())
-                .unwrap_or_default()
-        };
+        }
         for (id, refused) in refusals {
             self.refused(id, refused);
         }
+        self.log_event(tenant, from, envelope);
+    }
+
+    /// Keeps an event in the tenant's bounded log (moved there, not copied).
+    fn log_event(&self, tenant: &str, from: u64, envelope: Envelope) {
+        let origin = read(&self.aggregators)
+            .get(&from)
+            .map(|a| a.logical_name.clone())
+            .unwrap_or_default();
         let Envelope {
             header: Some(header),
             body: Some(Body::Event(event)),
@@ -378,16 +539,17 @@ impl Cluster {
     }
 
     /// Queues for one aggregator without waiting; a full queue drops the message for it
-    /// (counted), a stalled one is closed.
-    pub fn send_to(&self, id: u64, envelope: Envelope) {
+    /// (counted), a stalled one is closed. False when it was not queued.
+    pub fn send_to(&self, id: u64, envelope: Envelope) -> bool {
         let refused = match read(&self.aggregators).get(&id) {
             Some(aggregator) => match aggregator.outbox.push(envelope) {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(refused) => refused,
             },
             None => Refused::Closed,
         };
         self.refused(id, refused);
+        false
     }
 
     fn refused(&self, id: u64, refused: Refused) {

@@ -6,4 +6,6 @@ mod helpers;
 mod commands;
 mod events;
 mod lifecycle;
+mod mesh;
+mod registry;
 mod topology;

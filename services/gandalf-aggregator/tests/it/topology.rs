@@ -367,3 +367,53 @@ async fn a_connector_secret_cannot_open_a_cluster_stream_as_an_aggregator() {
     aggregator.stop().await;
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn a_flood_of_commands_to_a_silent_type_is_bounded_and_the_excess_answered_at_once() {
+    let cluster = Cluster::start(None).await;
+    let mut config =
+        crate::helpers::aggregator_config("agg-1", &[&cluster.grpc], crate::helpers::AGG_SECRET);
+    config.max_commands_per_connection = 4;
+    let aggregator = Aggregator::spawn(config).await;
+    aggregator.wait_ready().await;
+    let sender = Arc::new(aggregator.connector("billing-1", "erp").await);
+    let _silent = aggregator.connector("crm-1", "crm").await;
+
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    for _ in 0..10 {
+        let sender = sender.clone();
+        pending.push(tokio::spawn(async move {
+            let outcome = sender.send_command("crm", "SYNC", "{}", 1000).await;
+            (outcome, started.elapsed())
+        }));
+    }
+    let mut busy = 0;
+    let mut waited = 0;
+    for task in pending {
+        match task.await.expect("join") {
+            (Err(gandalf::connector::ConnectorError::NotDelivered { event, .. }), took)
+                if event == protocol::BUSY =>
+            {
+                assert!(
+                    took < Duration::from_millis(500),
+                    "BUSY comes at once: {took:?}"
+                );
+                busy += 1;
+            }
+            (Err(gandalf::connector::ConnectorError::NotDelivered { event, .. }), took) => {
+                assert_eq!(event, protocol::UNDELIVERABLE);
+                assert!(took >= Duration::from_millis(500), "{took:?}");
+                waited += 1;
+            }
+            (other, _) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        (waited, busy),
+        (4, 6),
+        "4 in flight at most, the rest refused"
+    );
+    aggregator.stop().await;
+    cluster.stop().await;
+}

@@ -1,0 +1,189 @@
+//! Two cluster members and two aggregators, each aggregator connected to both members:
+//! the topology the spec allows, where doubles, echoes and stale registrations show.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use gandalf::{connector::Connector, protocol, wire::envelope::Body};
+
+use crate::helpers::{AGG_SECRET, Aggregator, Cluster, aggregator_config};
+
+/// Members `m1`, `m2`; aggregators `a1`, `a2`, each with a stream to both members.
+pub struct Mesh {
+    pub members: Vec<Cluster>,
+    pub aggregators: Vec<Aggregator>,
+}
+
+impl Mesh {
+    pub async fn start() -> Self {
+        let members = vec![Cluster::start(None).await, Cluster::start(None).await];
+        let urls: Vec<&str> = members.iter().map(|m| m.grpc.as_str()).collect();
+        let mut aggregators = Vec::new();
+        for name in ["a1", "a2"] {
+            let aggregator = Aggregator::spawn(aggregator_config(name, &urls, AGG_SECRET)).await;
+            aggregator.wait_ready().await;
+            aggregators.push(aggregator);
+        }
+        let mesh = Self {
+            members,
+            aggregators,
+        };
+        for aggregator in &mesh.aggregators {
+            wait_members(aggregator, 2).await;
+        }
+        mesh
+    }
+
+    pub async fn stop(self) {
+        for aggregator in self.aggregators {
+            aggregator.stop().await;
+        }
+        for member in self.members {
+            member.stop().await;
+        }
+    }
+}
+
+/// Waits (up to 10 s) until `aggregator` holds `count` member streams.
+pub async fn wait_members(aggregator: &Aggregator, count: usize) {
+    for _ in 0..200 {
+        let connections = aggregator.connections().await;
+        let members = connections["connections"]
+            .as_array()
+            .map(|all| all.iter().filter(|c| c["kind"] == "cluster").count())
+            .unwrap_or(0);
+        if members == count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the aggregator did not reach {count} member streams within 10 s");
+}
+
+/// Counts, per event uuid, how often `connector` receives it, in the background.
+fn tally(connector: &Connector) -> Arc<std::sync::Mutex<HashMap<String, usize>>> {
+    let seen = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let mut rx = connector.subscribe();
+    let tally = seen.clone();
+    tokio::spawn(async move {
+        while let Ok(envelope) = rx.recv().await {
+            if let (Some(header), Some(Body::Event(event))) = (&envelope.header, &envelope.body)
+                && event.topic == "mesh"
+            {
+                *tally
+                    .lock()
+                    .expect("tally")
+                    .entry(header.uuid.clone())
+                    .or_default() += 1;
+            }
+        }
+    });
+    seen
+}
+
+#[tokio::test]
+async fn an_event_published_once_reaches_every_other_connector_exactly_once_and_never_its_sender() {
+    let mesh = Mesh::start().await;
+    let (a1, a2) = (&mesh.aggregators[0], &mesh.aggregators[1]);
+    let sender = a1.connector("sender", "erp").await;
+    let neighbour = a1.connector("neighbour", "erp").await;
+    let remote = a2.connector("remote", "crm").await;
+    let other_remote = a2.connector("other-remote", "crm").await;
+    let at_sender = tally(&sender);
+    let receivers = [
+        ("neighbour", tally(&neighbour)),
+        ("remote", tally(&remote)),
+        ("other-remote", tally(&other_remote)),
+    ];
+
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        sent.push(
+            sender
+                .send_event("mesh", "PUBLISHED", &format!("{i}"))
+                .await
+                .expect("send"),
+        );
+    }
+    // Long enough for any double or echo to arrive after the first copies.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    for (name, seen) in &receivers {
+        let seen = seen.lock().expect("tally");
+        for uuid in &sent {
+            assert_eq!(
+                seen.get(uuid).copied().unwrap_or(0),
+                1,
+                "{name} must get event {uuid} exactly once: {seen:?}"
+            );
+        }
+        assert_eq!(seen.len(), sent.len(), "{name}: nothing else");
+    }
+    assert!(
+        at_sender.lock().expect("tally").is_empty(),
+        "the sender never gets its own events back: {:?}",
+        at_sender.lock().expect("tally")
+    );
+    for member in &mesh.members {
+        let log = member.events().await;
+        let logged = log["events"]
+            .as_array()
+            .expect("log")
+            .iter()
+            .filter(|e| e["topic"] == "mesh")
+            .count();
+        assert_eq!(
+            logged,
+            sent.len(),
+            "each member logs each event once: {log}"
+        );
+    }
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_command_through_two_members_is_executed_once_and_acknowledged() {
+    let mesh = Mesh::start().await;
+    let (a1, a2) = (&mesh.aggregators[0], &mesh.aggregators[1]);
+    let sender = a1.connector("billing-1", "erp").await;
+    // One receiver on the other aggregator, one on the sender's: the command's legs
+    // through the sender's own aggregator reuse its uuid.
+    let received = Arc::new(AtomicUsize::new(0));
+    let mut serving = Vec::new();
+    for (aggregator, name, kind) in [(a2, "crm-remote", "crm"), (a1, "ledger-local", "ledger")] {
+        let receiver = Arc::new(aggregator.connector(name, kind).await);
+        let received = received.clone();
+        serving.push(tokio::spawn(async move {
+            while let Some(incoming) = receiver.next_command().await {
+                received.fetch_add(1, Ordering::SeqCst);
+                receiver.acknowledge(&incoming).await.expect("ack");
+            }
+        }));
+    }
+
+    for kind in ["crm", "ledger"] {
+        for _ in 0..5 {
+            let ack = sender
+                .send_command(kind, "SYNC", "{}", 1000)
+                .await
+                .unwrap_or_else(|e| panic!("a command to {kind} is acknowledged: {e}"));
+            assert_eq!(ack.event, protocol::ON_GOING);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        received.load(Ordering::SeqCst),
+        10,
+        "each command executed exactly once"
+    );
+    for task in serving {
+        task.abort();
+    }
+    mesh.stop().await;
+}
