@@ -42,6 +42,11 @@ pub struct ConnectorOptions {
     pub secret: String,
     /// How long connecting and the secret validation may take.
     pub connect_timeout: Duration,
+    /// Interval of this connector's heartbeats; an aggregator that sent heartbeats and
+    /// then stays silent three intervals is taken for gone and the stream closed.
+    pub heartbeat_interval: Duration,
+    /// HTTP/2 keepalive PING interval (and timeout).
+    pub keepalive: Duration,
 }
 
 impl ConnectorOptions {
@@ -59,6 +64,8 @@ impl ConnectorOptions {
             tenant: tenant.into(),
             secret: secret.into(),
             connect_timeout: Duration::from_secs(5),
+            heartbeat_interval: crate::heartbeat::DEFAULT_INTERVAL,
+            keepalive: Duration::from_secs(20),
         }
     }
 }
@@ -116,6 +123,9 @@ impl Connector {
         let endpoint = Endpoint::from_shared(options.endpoint.clone())
             .map_err(|e| connect_error(e.to_string()))?
             .connect_timeout(options.connect_timeout)
+            .http2_keep_alive_interval(options.keepalive)
+            .keep_alive_timeout(options.keepalive)
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         let channel = endpoint
             .connect()
@@ -160,10 +170,16 @@ impl Connector {
         let closed: Arc<Mutex<Option<String>>> = Arc::default();
         tokio::spawn(read_loop(
             inbound,
+            crate::heartbeat::Watch::new(options.heartbeat_interval),
             pending.clone(),
             events.clone(),
             commands_tx,
             closed.clone(),
+        ));
+        tokio::spawn(beat(
+            outbound.downgrade(),
+            options.heartbeat_interval,
+            crate::heartbeat::heartbeat(&options.tenant, "connector", &options.logical_name),
         ));
 
         Ok(Self {
@@ -299,17 +315,50 @@ impl Connector {
     }
 }
 
+/// Sends a heartbeat every `interval` while the connector lives (the task holds no strong
+/// sender, so dropping the connector still closes the stream); a full queue skips a beat.
+async fn beat(outbound: mpsc::WeakSender<Envelope>, interval: Duration, template: Envelope) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(outbound) = outbound.upgrade() else {
+            return;
+        };
+        let mut heartbeat = template.clone();
+        if let Some(header) = heartbeat.header.as_mut() {
+            header.uuid = uuid::Uuid::new_v4().to_string();
+            header.timestamp_ms = protocol::now_ms();
+        }
+        if let Err(mpsc::error::TrySendError::Closed(_)) = outbound.try_send(heartbeat) {
+            return;
+        }
+    }
+}
+
 async fn read_loop(
     mut inbound: tonic::Streaming<Envelope>,
+    mut watch: crate::heartbeat::Watch,
     pending: Pending,
     events: broadcast::Sender<Envelope>,
     commands: mpsc::Sender<IncomingCommand>,
     closed: Arc<Mutex<Option<String>>>,
 ) {
     let reason = loop {
-        match inbound.message().await {
+        let message = tokio::select! {
+            () = watch.silent() => {
+                break format!(
+                    "the aggregator sent nothing, not even a heartbeat, for {} ms",
+                    watch.idle_limit().as_millis()
+                );
+            }
+            message = inbound.message() => message,
+        };
+        match message {
             Ok(Some(envelope)) => {
+                watch.saw(&envelope);
                 match (&envelope.header, &envelope.body) {
+                    (_, Some(Body::Heartbeat(_))) => continue,
                     (Some(header), Some(Body::Command(command))) => {
                         let incoming = IncomingCommand {
                             header: header.clone(),

@@ -26,6 +26,9 @@ pub const VALIDATION_REPLY: &str = "VALIDATION_REPLY";
 /// `Secret.command` an aggregator sends a member when the last stream of connector
 /// `target_logical_name` on it closed: the member stops routing to it through there.
 pub const LEAVE: &str = "LEAVE";
+/// `Secret.command` of a connector's accepted validation that an aggregator sends on to
+/// the other members: bound like a VALIDATION, answered with nothing.
+pub const ANNOUNCE: &str = "ANNOUNCE";
 /// `Secret.context` key of a refused VALIDATION_REPLY saying why.
 pub const REASON_KEY: &str = "reason";
 /// `Secret.context` key holding the secret.

@@ -49,6 +49,12 @@ pub struct Config {
     pub max_commands_per_connection: usize,
     /// Commands in flight through this aggregator in all (connectors' and members').
     pub max_commands_in_flight: usize,
+    /// Interval of the `Heartbeat` sent on every stream; a peer that sends heartbeats
+    /// and then stays silent for three intervals is taken for gone and its stream closed.
+    pub heartbeat_interval_ms: u64,
+    /// HTTP/2 keepalive PING interval on every connection (server and client); an
+    /// unanswered PING closes the connection after the same time again.
+    pub keepalive_interval_ms: u64,
 }
 
 impl Config {
@@ -59,6 +65,16 @@ impl Config {
             self.queue_bytes,
             self.stall_timeout_ms,
         )
+    }
+
+    /// The interval of heartbeats.
+    pub fn heartbeat_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// The HTTP/2 keepalive interval (and timeout).
+    pub fn keepalive(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.keepalive_interval_ms)
     }
 }
 
@@ -81,6 +97,8 @@ impl Default for Config {
             stall_timeout_ms: queue.stall.as_millis() as u64,
             max_commands_per_connection: 256,
             max_commands_in_flight: 10_000,
+            heartbeat_interval_ms: 5000,
+            keepalive_interval_ms: 20_000,
         }
     }
 }
@@ -116,6 +134,12 @@ impl Validate for Config {
             problems.push("max_timeout_ms: must be at least 1".into());
         }
         problems.extend(self.queue_limits().problems());
+        if self.heartbeat_interval_ms == 0 {
+            problems.push("heartbeat_interval_ms: must be at least 1".into());
+        }
+        if self.keepalive_interval_ms < 1000 {
+            problems.push("keepalive_interval_ms: must be at least 1000".into());
+        }
         if self.max_commands_per_connection == 0 {
             problems.push("max_commands_per_connection: must be at least 1".into());
         }

@@ -5,6 +5,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use gandalf::{
+    heartbeat::Watch,
     outbox::{self, Outbox, ResponseStream},
     protocol::{self, ComponentType},
     wire::{Envelope, Secret, aggregator_server, envelope::Body},
@@ -186,15 +187,27 @@ async fn serve_connector(
         outbound.clone(),
     );
     router.remember_validation(id, validation);
+    let beating = shutdown.child_token();
+    router.beat(&outbound, beating.clone());
+    let mut watch = Watch::new(router.heartbeat_interval());
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
             // Routing took it out for not reading; the stream ends with the reason.
             () = outbound.stalled() => break,
+            () = watch.silent() => {
+                tracing::warn!(connector = %peer.logical_name, idle_ms = watch.idle_limit().as_millis() as u64, "closing a connector stream gone silent after heartbeats");
+                metrics::counter!("gandalf_aggregator_connections_closed_total", "reason" => "silent").increment(1);
+                outbound.close_with(Status::unavailable("no message or heartbeat within the idle limit"));
+                break;
+            }
             message = inbound.message() => message,
         };
         match message {
-            Ok(Some(envelope)) => router.handle(id, envelope).await,
+            Ok(Some(envelope)) => {
+                watch.saw(&envelope);
+                router.handle(id, envelope).await
+            }
             Ok(None) => break,
             Err(status) => {
                 // An undecodable message ends the stream (tonic's choice); say so.
@@ -203,5 +216,6 @@ async fn serve_connector(
             }
         }
     }
+    beating.cancel();
     router.remove(id);
 }

@@ -199,25 +199,26 @@ impl App {
         let drain = platform::shutdown::Drain::new();
         let service = AggregatorService::new(router.clone(), shutdown.clone(), drain.clone());
         let serve = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(config.keepalive()))
+            .http2_keepalive_timeout(Some(config.keepalive()))
             .add_service(health)
             .add_service(AggregatorServer::new(service))
             .serve_with_incoming_shutdown(nodelay(grpc), shutdown.clone().cancelled_owned());
         readiness.set("initialised", true);
         tracing::info!(logical_name = %config.logical_name, tenant = %config.tenant, "step 5/5 (API): serving connectors");
 
-        // Readiness follows the cluster: at least one member connected.
+        // Readiness follows the cluster: at least one member connected. A member that
+        // rejects the secret now is retried by its supervisor while the others serve.
         let watch_readiness = {
             let (readiness, router) = (readiness.clone(), router.clone());
             async move {
                 while let Some(event) = events.recv().await {
-                    match event {
-                        MemberEvent::Rejected(member, reason) => {
-                            return Err(StartError::SecretRejected { member, reason });
-                        }
-                        _ => readiness.set("cluster", router.cluster_connections() > 0),
+                    if let MemberEvent::Rejected(member, reason) = &event {
+                        tracing::error!(member = %member, %reason, members_connected = router.cluster_connections(), "a cluster member rejects this aggregator's secret; retrying it with backoff");
                     }
+                    readiness.set("cluster", router.cluster_connections() > 0);
                 }
-                Ok(())
+                Ok::<(), StartError>(())
             }
         };
         let grace = Duration::from_secs(config.shutdown_grace_secs);

@@ -5,6 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use gandalf::{
+    heartbeat::Watch,
     outbox::{self, Outbox},
     protocol::{self, ComponentType},
     wire::{Envelope, cluster_client::ClusterClient},
@@ -15,6 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Streaming, transport::Endpoint};
 
 use crate::router::{Peer, Router};
+
+/// How long connecting to a member and opening its stream may take, each.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the member may take to answer the aggregator's VALIDATION.
+const VALIDATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a member supervisor reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,18 +68,23 @@ pub async fn supervise(
                     })
                 };
                 let _ = events.send(MemberEvent::Connected(member.clone())).await;
-                read(&router, id, inbound, &outbound, &shutdown).await;
+                let beating = shutdown.child_token();
+                router.beat(&outbound, beating.clone());
+                read(&router, id, &member, inbound, &outbound, &shutdown).await;
+                beating.cancel();
                 replay.abort();
                 router.remove(id);
                 let _ = events.send(MemberEvent::Disconnected(member.clone())).await;
                 tracing::warn!(member = %member, "cluster member disconnected; reconnecting");
             }
+            // Fatal before start-up (the aggregator exits); after it, the member is
+            // retried with backoff while the others serve (its secrets may be rolling).
             Err(Failure::Rejected(reason)) => {
-                tracing::error!(member = %member, %reason, "cluster member rejected this aggregator's secret");
+                tracing::error!(member = %member, %reason, retry_ms = backoff.as_millis() as u64, "cluster member rejected this aggregator's secret");
+                metrics::counter!("gandalf_aggregator_member_rejections_total").increment(1);
                 let _ = events
                     .send(MemberEvent::Rejected(member.clone(), reason))
                     .await;
-                return;
             }
             Err(Failure::Unreachable(reason)) => {
                 tracing::debug!(member = %member, %reason, "cluster member not reachable");
@@ -95,7 +106,10 @@ async fn open(
     let unreachable = |e: String| Failure::Unreachable(e);
     let channel = Endpoint::from_shared(member.to_owned())
         .map_err(|e| unreachable(e.to_string()))?
-        .connect_timeout(Duration::from_secs(2))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(router.keepalive())
+        .keep_alive_timeout(router.keepalive())
+        .keep_alive_while_idle(true)
         .tcp_nodelay(true)
         .connect()
         .await
@@ -113,14 +127,25 @@ async fn open(
     }
     .write_metadata(request.metadata_mut())
     .map_err(unreachable)?;
-    let mut inbound = match ClusterClient::new(channel).connect(request).await {
+    let opened = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        ClusterClient::new(channel).connect(request),
+    )
+    .await
+    .map_err(|_| {
+        unreachable(format!(
+            "the stream did not open within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))
+    })?;
+    let mut inbound = match opened {
         Ok(response) => response.into_inner(),
         Err(status) if status.code() == Code::PermissionDenied => {
             return Err(Failure::Rejected(status.message().to_owned()));
         }
         Err(status) => return Err(unreachable(status.to_string())),
     };
-    match protocol::await_validation(&mut inbound, Duration::from_secs(5)).await {
+    match protocol::await_validation(&mut inbound, VALIDATION_TIMEOUT).await {
         protocol::Validation::Accepted => Ok((tx, inbound)),
         protocol::Validation::Rejected(reason) => Err(Failure::Rejected(reason)),
         protocol::Validation::Failed(reason) => Err(unreachable(reason)),
@@ -130,19 +155,30 @@ async fn open(
 async fn read(
     router: &Arc<Router>,
     id: u64,
+    member: &str,
     mut inbound: Streaming<Envelope>,
     outbound: &Outbox,
     shutdown: &CancellationToken,
 ) {
+    let mut watch = Watch::new(router.heartbeat_interval());
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => return,
             // The member stopped reading: routing took it out; reconnect.
             () = outbound.stalled() => return,
+            // Half-open: the member's heartbeats stopped; reconnect.
+            () = watch.silent() => {
+                tracing::warn!(member, idle_ms = watch.idle_limit().as_millis() as u64, "cluster member silent past the idle limit; reconnecting");
+                metrics::counter!("gandalf_aggregator_connections_closed_total", "reason" => "silent").increment(1);
+                return;
+            }
             message = inbound.message() => message,
         };
         match message {
-            Ok(Some(envelope)) => router.handle(id, envelope).await,
+            Ok(Some(envelope)) => {
+                watch.saw(&envelope);
+                router.handle(id, envelope).await
+            }
             Ok(None) => return,
             Err(status) => {
                 tracing::debug!(%status, "cluster stream error");

@@ -85,6 +85,8 @@ pub struct Router {
     tenant: String,
     max_timeout_ms: u32,
     limits: Limits,
+    heartbeat: Duration,
+    keepalive: Duration,
     next_id: AtomicU64,
     connections: RwLock<BTreeMap<ConnId, Connection>>,
     /// (uuid, pass) -> until when it counts as seen.
@@ -109,6 +111,8 @@ impl Router {
             tenant: config.tenant.clone(),
             max_timeout_ms: config.max_timeout_ms,
             limits: config.queue_limits(),
+            heartbeat: config.heartbeat_interval(),
+            keepalive: config.keepalive(),
             next_id: AtomicU64::new(1),
             connections: RwLock::default(),
             seen: Mutex::default(),
@@ -134,6 +138,28 @@ impl Router {
     /// The bounds of every connection's outgoing queue.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// The interval of heartbeats on every stream.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// The HTTP/2 keepalive interval and timeout.
+    pub fn keepalive(&self) -> Duration {
+        self.keepalive
+    }
+
+    /// Starts the heartbeats of a stream of this aggregator; they end with `stop`.
+    pub fn beat(&self, outbox: &Outbox, stop: tokio_util::sync::CancellationToken) {
+        gandalf::heartbeat::beat(
+            outbox.clone(),
+            self.heartbeat,
+            self.tenant.clone(),
+            "aggregator",
+            self.logical_name.clone(),
+            stop,
+        );
     }
 
     /// Turns the command log on (init step 4).
@@ -188,14 +214,17 @@ impl Router {
         accepted
     }
 
-    /// Sends a connector's accepted validation to every member (the one that accepted
-    /// it binds it again, which changes nothing), so that each member can route commands
-    /// to it through here; their replies find no request waiting and are dropped.
+    /// Sends a connector's accepted validation to every member as an ANNOUNCE (the one
+    /// that accepted it binds it again, which changes nothing), so that each member can
+    /// route commands to it through here.
     pub fn announce(&self, validation: &Envelope) {
         for id in self.cluster_ids() {
             let mut copy = validation.clone();
             if let Some(header) = copy.header.as_mut() {
                 header.uuid = uuid::Uuid::new_v4().to_string();
+            }
+            if let Some(Body::Secret(secret)) = copy.body.as_mut() {
+                secret.command = protocol::ANNOUNCE.into();
             }
             self.send_to(id, copy);
         }

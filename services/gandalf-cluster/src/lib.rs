@@ -79,7 +79,10 @@ impl App {
             .await;
         let drain = platform::shutdown::Drain::new();
         let service = ClusterService::new(self.cluster.clone(), shutdown.clone(), drain.clone());
+        let keepalive = self.cluster.keepalive();
         let grpc = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(keepalive))
             .add_service(health)
             .add_service(ClusterServer::new(service))
             .serve_with_incoming_shutdown(nodelay(self.grpc), shutdown.clone().cancelled_owned());

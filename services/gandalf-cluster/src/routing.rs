@@ -108,6 +108,16 @@ impl Cluster {
         self.config.queue_limits()
     }
 
+    /// The interval of heartbeats on every stream.
+    pub fn heartbeat_interval(&self) -> std::time::Duration {
+        self.config.heartbeat_interval()
+    }
+
+    /// The HTTP/2 keepalive interval and timeout.
+    pub fn keepalive(&self) -> std::time::Duration {
+        self.config.keepalive()
+    }
+
     /// Whether `secret` opens a Cluster stream for `tenant` as an aggregator.
     pub fn accepts_aggregator(&self, tenant: &str, secret: &str) -> bool {
         self.config
@@ -221,7 +231,10 @@ impl Cluster {
             self.send_to(from, envelope);
         };
         match body {
-            Body::Secret(secret) if secret.command == protocol::VALIDATION => {
+            Body::Secret(secret)
+                if secret.command == protocol::VALIDATION
+                    || secret.command == protocol::ANNOUNCE =>
+            {
                 // A connector's validation, relayed by its aggregator.
                 let presented = secret
                     .context
@@ -241,7 +254,10 @@ impl Cluster {
                 } else {
                     self.bind(tenant, &connector, connector_type, from)
                 };
-                tracing::info!(tenant, connector = %connector, connector_type, accepted = verdict.is_ok(), "connector validation");
+                tracing::info!(tenant, connector = %connector, connector_type, accepted = verdict.is_ok(), command = %secret.command, "connector validation");
+                if secret.command == protocol::ANNOUNCE {
+                    return;
+                }
                 let mut reply = protocol::validation_reply(tenant, verdict.is_ok(), &connector);
                 // The reply names the request it answers (context.request_uuid).
                 if let Some(Body::Secret(s)) = reply.body.as_mut() {

@@ -6,6 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use gandalf::{
+    heartbeat::Watch,
     outbox::{self, Outbox, ResponseStream},
     protocol::{self, ComponentType, Peer},
     wire::{Envelope, cluster_server, envelope::Body},
@@ -120,15 +121,35 @@ async fn serve_stream(
         return;
     };
     let registration = cluster.register(&tenant, &peer.logical_name, outbound.clone());
+    let beating = shutdown.child_token();
+    gandalf::heartbeat::beat(
+        outbound.clone(),
+        cluster.heartbeat_interval(),
+        tenant.clone(),
+        "cluster",
+        String::new(),
+        beating.clone(),
+    );
+    let mut watch = Watch::new(cluster.heartbeat_interval());
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
             // Routing closed it for not reading; its stream ends with the reason.
             () = outbound.stalled() => break,
+            // Half-open: heartbeats stopped.
+            () = watch.silent() => {
+                tracing::warn!(aggregator = %peer.logical_name, idle_ms = watch.idle_limit().as_millis() as u64, "closing an aggregator stream gone silent after heartbeats");
+                metrics::counter!("gandalf_cluster_connections_closed_total", "reason" => "silent").increment(1);
+                outbound.close_with(Status::unavailable("no message or heartbeat within the idle limit"));
+                break;
+            }
             message = inbound.message() => message,
         };
         let envelope = match message {
-            Ok(Some(envelope)) => envelope,
+            Ok(Some(envelope)) => {
+                watch.saw(&envelope);
+                envelope
+            }
             Ok(None) => break,
             Err(status) => {
                 tracing::debug!(aggregator = %peer.logical_name, %status, "stream error");
@@ -177,6 +198,7 @@ async fn serve_stream(
             }
         }
     }
+    beating.cancel();
     tracing::info!(aggregator = %peer.logical_name, tenant = %tenant, "aggregator disconnected");
 }
 

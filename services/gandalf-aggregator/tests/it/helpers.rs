@@ -29,12 +29,21 @@ impl Cluster {
 
     /// On a given address (a restart keeps its address).
     pub async fn start_at(listen: SocketAddr, database: Option<String>) -> Self {
+        Self::start_accepting(listen, database, AGG_SECRET).await
+    }
+
+    /// On a given address, accepting aggregators with `aggregator_secret` only.
+    pub async fn start_accepting(
+        listen: SocketAddr,
+        database: Option<String>,
+        aggregator_secret: &str,
+    ) -> Self {
         let mut tenants = BTreeMap::new();
         tenants.insert(
             TENANT.to_owned(),
             TenantConfig {
                 secrets: vec![SecretString::from(CONNECTOR_SECRET)],
-                aggregator_secrets: vec![SecretString::from(AGG_SECRET)],
+                aggregator_secrets: vec![SecretString::from(aggregator_secret)],
                 database: database.map(|url| DatabaseInfo {
                     url: FromStr::from_str(&url).expect("url"),
                 }),

@@ -187,3 +187,45 @@ async fn a_command_through_two_members_is_executed_once_and_acknowledged() {
     }
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn a_member_that_rejects_the_secret_after_start_up_is_retried_while_the_other_serves() {
+    let mesh = Mesh::start().await;
+    let a1 = &mesh.aggregators[0];
+    let sender = a1.connector("billing-1", "erp").await;
+    let receiver = Arc::new(mesh.aggregators[1].connector("crm-1", "crm").await);
+    let received = Arc::new(AtomicUsize::new(0));
+    let _serve = {
+        let (receiver, received) = (receiver.clone(), received.clone());
+        tokio::spawn(async move {
+            while let Some(incoming) = receiver.next_command().await {
+                received.fetch_add(1, Ordering::SeqCst);
+                let _ = receiver.acknowledge(&incoming).await;
+            }
+        })
+    };
+    // Member 2 comes back with rolled secrets that no longer accept the aggregators'.
+    let mut members = mesh.members;
+    let second = members.pop().expect("two members");
+    let address = second.addr;
+    second.stop().await;
+    let rejecting = Cluster::start_accepting(address, None, "rolled-secret").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!a1.task.is_finished(), "the aggregator keeps running");
+    assert_eq!(a1.ready_status().await, 200, "ready: member 1 serves");
+    sender
+        .send_command("crm", "SYNC", "{}", 1000)
+        .await
+        .expect("routed through member 1");
+
+    // The secrets are fixed: the aggregator gets back to member 2 by itself.
+    rejecting.stop().await;
+    let accepting = Cluster::start_at(address, None).await;
+    wait_members(a1, 2).await;
+    members.push(accepting);
+    let mesh = Mesh {
+        members,
+        aggregators: mesh.aggregators,
+    };
+    mesh.stop().await;
+}

@@ -24,7 +24,7 @@ use crate::helpers::{AGG_SECRET, Aggregator, CONNECTOR_SECRET, Cluster, TENANT};
 /// behind it are held open.
 pub struct SilentConnector {
     pub inbound: Streaming<Envelope>,
-    _outbound: tokio::sync::mpsc::Sender<Envelope>,
+    pub outbound: tokio::sync::mpsc::Sender<Envelope>,
 }
 
 impl SilentConnector {
@@ -54,7 +54,7 @@ impl SilentConnector {
         }
         Self {
             inbound,
-            _outbound: tx,
+            outbound: tx,
         }
     }
 }
@@ -416,4 +416,94 @@ async fn a_flood_of_commands_to_a_silent_type_is_bounded_and_the_excess_answered
     );
     aggregator.stop().await;
     cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_half_open_connector_is_dropped_once_its_heartbeats_stop_and_heartbeats_flow_both_ways() {
+    let cluster = Cluster::start(None).await;
+    let mut config =
+        crate::helpers::aggregator_config("agg-1", &[&cluster.grpc], crate::helpers::AGG_SECRET);
+    config.heartbeat_interval_ms = 200;
+    let aggregator = Aggregator::spawn(config).await;
+    aggregator.wait_ready().await;
+    let mut half_open = SilentConnector::connect(&aggregator, "half-open", "erp").await;
+    // The aggregator's heartbeats arrive on the stream.
+    let first = tokio::time::timeout(Duration::from_secs(2), half_open.inbound.message())
+        .await
+        .expect("a message within 2 s")
+        .expect("stream open")
+        .expect("a message");
+    assert!(
+        matches!(first.body, Some(Body::Heartbeat(_))),
+        "a heartbeat: {first:?}"
+    );
+    // One heartbeat from the connector, then silence with the stream still open.
+    half_open
+        .outbound
+        .send(gandalf::heartbeat::heartbeat(
+            TENANT,
+            "connector",
+            "half-open",
+        ))
+        .await
+        .expect("sent");
+    let started = Instant::now();
+    until_unlisted(&aggregator, "half-open", Duration::from_secs(5)).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500),
+        "held to three intervals of silence, not fewer: {took:?}"
+    );
+    let text = metrics(&aggregator.admin).await;
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("gandalf_aggregator_connections_closed_total")
+                && l.contains("reason=\"silent\"")
+        ),
+        "{text}"
+    );
+    aggregator.stop().await;
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_connector_that_never_sends_heartbeats_is_not_held_to_them() {
+    let cluster = Cluster::start(None).await;
+    let mut config =
+        crate::helpers::aggregator_config("agg-1", &[&cluster.grpc], crate::helpers::AGG_SECRET);
+    config.heartbeat_interval_ms = 100;
+    let aggregator = Aggregator::spawn(config).await;
+    aggregator.wait_ready().await;
+    let _quiet = SilentConnector::connect(&aggregator, "quiet", "erp").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let connections = aggregator.connections().await;
+    assert!(
+        connections["connections"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|c| c["logical_name"] == "quiet"),
+        "{connections}"
+    );
+    aggregator.stop().await;
+    cluster.stop().await;
+}
+
+/// Waits until `aggregator` no longer lists connector `name` (fails after `within`).
+async fn until_unlisted(aggregator: &Aggregator, name: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let connections = aggregator.connections().await;
+        let listed = connections["connections"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|c| c["logical_name"] == name));
+        if !listed {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} still connected: {connections}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -1,0 +1,119 @@
+//! Heartbeats: every stream end sends `Heartbeat` at an interval, and a peer that has
+//! sent one and then stays silent past the idle limit (three intervals) is taken for
+//! gone: its stream is half-open (a dead host, a cut route) and is closed. A peer that
+//! never sent a heartbeat (an older connector) is not held to it; HTTP/2 keepalive
+//! covers the transport for everyone.
+
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    outbox::Outbox,
+    protocol,
+    wire::{Envelope, Heartbeat, envelope::Body},
+};
+
+/// How many intervals of silence make a heartbeating peer gone.
+pub const IDLE_INTERVALS: u32 = 3;
+
+/// Default interval between heartbeats.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What a stream's read loop knows of its peer's liveness.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    idle: Duration,
+    last: Instant,
+    heartbeating: bool,
+}
+
+impl Watch {
+    /// Watches a peer expected to send heartbeats every `interval`.
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            idle: interval * IDLE_INTERVALS,
+            last: Instant::now(),
+            heartbeating: false,
+        }
+    }
+
+    /// Notes a message from the peer.
+    pub fn saw(&mut self, envelope: &Envelope) {
+        self.last = Instant::now();
+        if matches!(envelope.body, Some(Body::Heartbeat(_))) {
+            self.heartbeating = true;
+        }
+    }
+
+    /// Completes when a heartbeating peer has been silent past the idle limit; never
+    /// for a peer that has not sent a heartbeat.
+    pub async fn silent(&self) {
+        if self.heartbeating {
+            tokio::time::sleep_until((self.last + self.idle).into()).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The idle limit, for logs.
+    pub fn idle_limit(&self) -> Duration {
+        self.idle
+    }
+}
+
+/// A heartbeat envelope.
+pub fn heartbeat(tenant: &str, component_type: &str, logical_name: &str) -> Envelope {
+    protocol::envelope(
+        tenant,
+        Body::Heartbeat(Heartbeat {
+            component_type: component_type.to_owned(),
+            logical_name: logical_name.to_owned(),
+            bind_address: String::new(),
+        }),
+    )
+}
+
+/// Queues a heartbeat on `outbox` every `interval` until `stop` or the outbox closes. A
+/// full queue skips a beat (the peer is not reading; the stall rule deals with it).
+pub fn beat(
+    outbox: Outbox,
+    interval: Duration,
+    tenant: String,
+    component_type: &'static str,
+    logical_name: String,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            match outbox.push(heartbeat(&tenant, component_type, &logical_name)) {
+                Err(crate::outbox::Refused::Closed) => return,
+                _ => continue,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_a_peer_that_sent_a_heartbeat_is_held_to_the_idle_limit() {
+        let mut watch = Watch::new(Duration::from_millis(20));
+        let quiet = tokio::time::timeout(Duration::from_millis(150), watch.silent()).await;
+        assert!(quiet.is_err(), "no heartbeat yet: never silent");
+        watch.saw(&heartbeat("acme", "connector", "c"));
+        let started = Instant::now();
+        watch.silent().await;
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+}
