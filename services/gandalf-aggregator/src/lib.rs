@@ -202,7 +202,11 @@ impl App {
             .http2_keepalive_interval(Some(config.keepalive()))
             .http2_keepalive_timeout(Some(config.keepalive()))
             .add_service(health)
-            .add_service(AggregatorServer::new(service))
+            .add_service(
+                AggregatorServer::new(service)
+                    .max_decoding_message_size(config.max_message_bytes)
+                    .max_encoding_message_size(config.max_message_bytes),
+            )
             .serve_with_incoming_shutdown(nodelay(grpc), shutdown.clone().cancelled_owned());
         readiness.set("initialised", true);
         tracing::info!(logical_name = %config.logical_name, tenant = %config.tenant, "step 5/5 (API): serving connectors");

@@ -129,7 +129,10 @@ async fn open(
     .map_err(unreachable)?;
     let opened = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        ClusterClient::new(channel).connect(request),
+        ClusterClient::new(channel)
+            .max_decoding_message_size(router.max_message_bytes())
+            .max_encoding_message_size(router.max_message_bytes())
+            .connect(request),
     )
     .await
     .map_err(|_| {

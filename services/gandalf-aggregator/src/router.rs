@@ -87,6 +87,7 @@ pub struct Router {
     limits: Limits,
     heartbeat: Duration,
     keepalive: Duration,
+    max_message_bytes: usize,
     next_id: AtomicU64,
     connections: RwLock<BTreeMap<ConnId, Connection>>,
     /// (uuid, pass) -> until when it counts as seen.
@@ -113,6 +114,7 @@ impl Router {
             limits: config.queue_limits(),
             heartbeat: config.heartbeat_interval(),
             keepalive: config.keepalive(),
+            max_message_bytes: config.max_message_bytes,
             next_id: AtomicU64::new(1),
             connections: RwLock::default(),
             seen: Mutex::default(),
@@ -143,6 +145,11 @@ impl Router {
     /// The interval of heartbeats on every stream.
     pub fn heartbeat_interval(&self) -> Duration {
         self.heartbeat
+    }
+
+    /// The largest envelope accepted or sent.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
     }
 
     /// The HTTP/2 keepalive interval and timeout.

@@ -42,6 +42,9 @@ pub struct Config {
     /// HTTP/2 keepalive PING interval on every connection (server and client); an
     /// unanswered PING closes the connection after the same time again.
     pub keepalive_interval_ms: u64,
+    /// Largest envelope accepted or sent, encoded, in bytes; a stream that sends a larger
+    /// one is ended with OUT_OF_RANGE (the others go on).
+    pub max_message_bytes: usize,
 }
 
 impl Config {
@@ -81,6 +84,7 @@ impl Default for Config {
             max_commands_in_flight: 10_000,
             heartbeat_interval_ms: 5000,
             keepalive_interval_ms: 20_000,
+            max_message_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -160,12 +164,12 @@ impl Validate for Config {
         if self.max_timeout_ms == 0 {
             problems.push("max_timeout_ms: must be at least 1".into());
         }
-        if self.heartbeat_interval_ms == 0 {
-            problems.push("heartbeat_interval_ms: must be at least 1".into());
-        }
-        if self.keepalive_interval_ms < 1000 {
-            problems.push("keepalive_interval_ms: must be at least 1000".into());
-        }
+        problems.extend(gandalf::heartbeat::stream_problems(
+            self.queue_bytes,
+            self.max_message_bytes,
+            self.heartbeat_interval_ms,
+            self.keepalive_interval_ms,
+        ));
         if self.max_commands_in_flight == 0 {
             problems.push("max_commands_in_flight: must be at least 1".into());
         }

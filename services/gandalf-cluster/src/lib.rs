@@ -84,7 +84,11 @@ impl App {
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(keepalive))
             .add_service(health)
-            .add_service(ClusterServer::new(service))
+            .add_service(
+                ClusterServer::new(service)
+                    .max_decoding_message_size(self.cluster.max_message_bytes())
+                    .max_encoding_message_size(self.cluster.max_message_bytes()),
+            )
             .serve_with_incoming_shutdown(nodelay(self.grpc), shutdown.clone().cancelled_owned());
         self.readiness.set("grpc", true);
         tracing::info!("serving");

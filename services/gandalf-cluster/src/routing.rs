@@ -113,6 +113,11 @@ impl Cluster {
         self.config.heartbeat_interval()
     }
 
+    /// The largest envelope accepted or sent.
+    pub fn max_message_bytes(&self) -> usize {
+        self.config.max_message_bytes
+    }
+
     /// The HTTP/2 keepalive interval and timeout.
     pub fn keepalive(&self) -> std::time::Duration {
         self.config.keepalive()

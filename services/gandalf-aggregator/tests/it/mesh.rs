@@ -229,3 +229,89 @@ async fn a_member_that_rejects_the_secret_after_start_up_is_retried_while_the_ot
     };
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn when_a_member_dies_mid_stream_events_and_commands_go_on_through_the_other() {
+    let mesh = Mesh::start().await;
+    let (a1, a2) = (&mesh.aggregators[0], &mesh.aggregators[1]);
+    let sender = a1.connector("sender", "erp").await;
+    let receiver = Arc::new(a2.connector("remote", "crm").await);
+    let seen = tally(&receiver);
+    let _serve = {
+        let receiver = receiver.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = receiver.next_command().await {
+                let _ = receiver.acknowledge(&incoming).await;
+            }
+        })
+    };
+    let mut members = mesh.members;
+    let first = members.remove(0);
+    let mut before = Vec::new();
+    for i in 0..50 {
+        before.push(
+            sender
+                .send_event("mesh", "BEFORE", &i.to_string())
+                .await
+                .expect("send"),
+        );
+    }
+    first.stop().await;
+    wait_members(a1, 1).await;
+    wait_members(a2, 1).await;
+    let mut after = Vec::new();
+    for i in 0..50 {
+        after.push(
+            sender
+                .send_event("mesh", "AFTER", &i.to_string())
+                .await
+                .expect("send"),
+        );
+    }
+    for _ in 0..3 {
+        sender
+            .send_command("crm", "SYNC", "{}", 1000)
+            .await
+            .expect("acknowledged through the surviving member");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = seen.lock().expect("tally").clone();
+    for uuid in before.iter().chain(&after) {
+        assert_eq!(
+            counts.get(uuid).copied(),
+            Some(1),
+            "event {uuid} exactly once: {counts:?}"
+        );
+    }
+    let mesh = Mesh {
+        members,
+        aggregators: mesh.aggregators,
+    };
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn commands_and_configs_of_another_tenant_are_refused_with_wrong_tenant() {
+    let mesh = Mesh::start().await;
+    let sender = mesh.aggregators[0].connector("sender", "erp").await;
+    let _target = mesh.aggregators[1].connector("remote", "crm").await;
+    let mut errors = sender.subscribe();
+    let foreign = [
+        protocol::command("globex", "crm", "SYNC", "{}", 500),
+        protocol::config("globex", protocol::REQUEST, "remote", "{}"),
+    ];
+    for envelope in foreign {
+        let uuid = envelope
+            .header
+            .as_ref()
+            .map(|h| h.uuid.clone())
+            .expect("uuid");
+        sender.send(envelope).await.expect("sent");
+        let error = crate::helpers::next_event(&mut errors, protocol::WRONG_TENANT).await;
+        let Some(Body::Event(event)) = error.body else {
+            panic!("an event");
+        };
+        assert_eq!(event.reference_uuid, uuid);
+    }
+    mesh.stop().await;
+}

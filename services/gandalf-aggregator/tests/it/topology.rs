@@ -507,3 +507,30 @@ async fn until_unlisted(aggregator: &Aggregator, name: &str, within: Duration) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_ends_only_its_sender_s_stream() {
+    let cluster = Cluster::start(None).await;
+    let mut config =
+        crate::helpers::aggregator_config("agg-1", &[&cluster.grpc], crate::helpers::AGG_SECRET);
+    config.max_message_bytes = 64 * 1024;
+    let aggregator = Aggregator::spawn(config).await;
+    aggregator.wait_ready().await;
+    let oversize = aggregator.connector("big", "erp").await;
+    let sender = aggregator.connector("small", "erp").await;
+    let receiver = aggregator.connector("reader", "crm").await;
+    let mut at_receiver = receiver.subscribe();
+
+    let _ = oversize
+        .send_event("orders", "HUGE", &"x".repeat(128 * 1024))
+        .await;
+    until_unlisted(&aggregator, "big", Duration::from_secs(5)).await;
+    sender
+        .send_event("orders", "SMALL", "fits")
+        .await
+        .expect("send");
+    let got = crate::helpers::next_event(&mut at_receiver, "SMALL").await;
+    assert!(got.header.is_some());
+    aggregator.stop().await;
+    cluster.stop().await;
+}
