@@ -160,7 +160,10 @@ impl App {
             .await
             .map_err(StartError::Configuration)?;
         let stored = match saved.body {
-            Some(Body::Configuration(c)) => c.payload,
+            Some(Body::Configuration(c)) => match c.context.get("error") {
+                Some(problem) => return Err(StartError::Configuration(problem.clone())),
+                None => c.payload,
+            },
             other => {
                 return Err(StartError::Configuration(format!(
                     "unexpected reply {other:?}"

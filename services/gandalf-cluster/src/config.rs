@@ -31,6 +31,8 @@ pub struct Config {
     pub queue_bytes: usize,
     /// A stream whose queue stays full this long stopped reading: it is closed.
     pub stall_timeout_ms: u64,
+    /// Where logical configurations are kept: absent = in memory (lost on restart).
+    pub storage: Option<StorageConfig>,
     /// Cap on `header.timeout_ms` of the commands routed here.
     pub max_timeout_ms: u32,
     /// Commands under way here at most; beyond, one is answered at once with
@@ -80,6 +82,7 @@ impl Default for Config {
             queue_messages: queue.messages,
             queue_bytes: queue.bytes,
             stall_timeout_ms: queue.stall.as_millis() as u64,
+            storage: None,
             max_timeout_ms: 5000,
             max_commands_in_flight: 10_000,
             heartbeat_interval_ms: 5000,
@@ -112,6 +115,15 @@ pub struct TenantConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseInfo {
+    pub url: SecretUrl,
+}
+
+/// SQL storage of logical configurations.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `postgres://user:password@host/db` or `sqlite:///var/lib/gandalf/cluster.db`
+    /// (created when missing). Members sharing one database share the configurations.
     pub url: SecretUrl,
 }
 
@@ -161,6 +173,14 @@ impl Validate for Config {
             problems.push("event_log_capacity: must be at least 1".into());
         }
         problems.extend(self.queue_limits().problems());
+        if let Some(storage) = &self.storage {
+            let scheme = storage.url.scheme();
+            if !matches!(scheme.as_str(), "postgres" | "postgresql" | "sqlite") {
+                problems.push(format!(
+                    "storage.url: unsupported scheme {scheme:?}: use postgres:// or sqlite://"
+                ));
+            }
+        }
         if self.max_timeout_ms == 0 {
             problems.push("max_timeout_ms: must be at least 1".into());
         }

@@ -2,7 +2,7 @@
 //!
 //! A small real server, not a full Gandalf: tenants, their secrets and database from its
 //! config; aggregator and relayed connector secret validation; logical configurations
-//! saved and returned (in memory); database configuration replies; commands routed by
+//! saved and returned (in memory, or in PostgreSQL or SQLite); database configuration replies; commands routed by
 //! `context["connector_type"]` to an aggregator holding a connector of that type; events
 //! fanned out to every other aggregator of the tenant and kept in a bounded log
 //! (`GET /v1/events?tenant=`); `grpc.health.v1`; the ops endpoint.
@@ -11,6 +11,7 @@ pub mod config;
 pub mod http;
 pub mod routing;
 pub mod service;
+pub mod storage;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -43,7 +44,11 @@ impl App {
                 "tenants.{tenant}.aggregator_secrets is not set: aggregators validate with the connector secrets, so a connector's secret can open a stream as an aggregator; set aggregator_secrets"
             );
         }
-        let cluster = Cluster::new(config);
+        let storage = storage::Storage::open(config.storage.as_ref().map(|s| &s.url))
+            .await
+            .map_err(std::io::Error::other)?;
+        tracing::info!(storage = storage.kind(), "logical configurations storage");
+        let cluster = Cluster::new(config, storage);
         let ops = OpsServer::bind(admin, readiness.clone())
             .await?
             .merge(http::routes(cluster.clone()));

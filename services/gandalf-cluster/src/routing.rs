@@ -22,11 +22,12 @@ use gandalf::{
     legs::{Budget, Legs, Offer},
     outbox::{Outbox, Refused},
     protocol::{self, REPLY, REQUEST, SAVE},
-    wire::{Command, Envelope, Header, envelope::Body},
+    wire::{Command, Configuration, Envelope, Header, envelope::Body},
 };
 use serde::Serialize;
+use tokio::sync::mpsc;
 
-use crate::config::Config;
+use crate::{config::Config, storage::Storage};
 
 /// One connected aggregator.
 #[derive(Debug, Clone)]
@@ -64,8 +65,8 @@ pub struct Cluster {
     aggregators: RwLock<HashMap<u64, AggregatorConn>>,
     /// (tenant, connector logical name) -> where it is.
     connectors: RwLock<HashMap<(String, String), ConnectorEntry>>,
-    /// (tenant, logical name) -> stored logical configuration.
-    configurations: RwLock<HashMap<(String, String), String>>,
+    /// Configuration requests, handled in order by one task over the storage.
+    configurations: mpsc::Sender<ConfigurationJob>,
     events: Mutex<HashMap<String, VecDeque<LoggedEvent>>>,
     /// Round-robin position per (tenant, connector type).
     round_robin: Mutex<HashMap<(String, String), usize>>,
@@ -89,18 +90,26 @@ impl Drop for Registration {
 }
 
 impl Cluster {
-    pub fn new(config: Config) -> Arc<Self> {
-        Arc::new(Self {
+    /// The cluster; starts the task that serves configuration requests from `storage`.
+    pub fn new(config: Config, storage: Storage) -> Arc<Self> {
+        let (configurations, jobs) = mpsc::channel(CONFIGURATION_QUEUE);
+        let cluster = Arc::new(Self {
             next_id: AtomicU64::new(1),
             aggregators: RwLock::default(),
             connectors: RwLock::default(),
-            configurations: RwLock::default(),
+            configurations,
             events: Mutex::default(),
             round_robin: Mutex::default(),
             seen: Mutex::default(),
             legs: Legs::new(config.max_commands_in_flight, config.max_commands_in_flight),
             config,
-        })
+        });
+        tokio::spawn(serve_configurations(
+            Arc::downgrade(&cluster),
+            storage,
+            jobs,
+        ));
+        cluster
     }
 
     /// The bounds of each aggregator stream's outgoing queue.
@@ -279,30 +288,27 @@ impl Cluster {
                 self.leave(tenant, &secret.target_logical_name, from);
             }
             Body::Secret(_) | Body::Heartbeat(_) => {}
-            Body::Configuration(configuration) => {
-                let key = (tenant.to_owned(), configuration.target_logical_name.clone());
-                let stored = match configuration.command.as_str() {
-                    SAVE => {
-                        write(&self.configurations).insert(key, configuration.payload.clone());
-                        Some(configuration.payload.clone())
-                    }
-                    REQUEST => read(&self.configurations).get(&key).cloned(),
-                    _ => return,
+            Body::Configuration(configuration)
+                if matches!(configuration.command.as_str(), SAVE | REQUEST) =>
+            {
+                let job = ConfigurationJob {
+                    from,
+                    tenant: tenant.to_owned(),
+                    uuid: header.uuid.clone(),
+                    configuration: configuration.clone(),
                 };
-                let mut reply = protocol::configuration(
-                    tenant,
-                    REPLY,
-                    &configuration.target_logical_name,
-                    stored.as_deref().unwrap_or(""),
-                );
-                if let Some(Body::Configuration(c)) = reply.body.as_mut() {
-                    c.target_address = configuration.target_address.clone();
-                    c.context.insert("request_uuid".into(), header.uuid.clone());
-                    c.context
-                        .insert("found".into(), stored.is_some().to_string());
+                if self.configurations.try_send(job).is_err() {
+                    metrics::counter!("gandalf_cluster_dropped_total", "reason" => "storage_busy")
+                        .increment(1);
+                    reply_to_origin(configuration_reply(
+                        tenant,
+                        &header.uuid,
+                        configuration,
+                        Err("the configuration storage is busy; try again".into()),
+                    ));
                 }
-                reply_to_origin(reply);
             }
+            Body::Configuration(_) => {}
             Body::ConfigurationDatabase(request) if request.command == REQUEST => {
                 let database = self
                     .config
@@ -595,6 +601,74 @@ impl Cluster {
         };
         metrics::counter!("gandalf_cluster_dropped_total", "reason" => reason).increment(1);
     }
+}
+
+/// Configuration requests waiting for the storage at most.
+const CONFIGURATION_QUEUE: usize = 1024;
+
+/// A configuration request for the storage task.
+struct ConfigurationJob {
+    from: u64,
+    tenant: String,
+    uuid: String,
+    configuration: Configuration,
+}
+
+/// Serves configuration requests in arrival order, so a SAVE and the REQUEST after it
+/// are answered in that order; ends with the cluster.
+async fn serve_configurations(
+    cluster: std::sync::Weak<Cluster>,
+    storage: Storage,
+    mut jobs: mpsc::Receiver<ConfigurationJob>,
+) {
+    while let Some(job) = jobs.recv().await {
+        let name = &job.configuration.target_logical_name;
+        let stored = match job.configuration.command.as_str() {
+            SAVE => storage
+                .save(&job.tenant, name, &job.configuration.payload)
+                .await
+                .map(|()| Some(job.configuration.payload.clone())),
+            _ => storage.load(&job.tenant, name).await,
+        };
+        if let Err(problem) = &stored {
+            metrics::counter!("gandalf_cluster_storage_errors_total").increment(1);
+            tracing::warn!(tenant = %job.tenant, configuration = %name, %problem, "configuration storage failed");
+        }
+        let Some(cluster) = cluster.upgrade() else {
+            return;
+        };
+        cluster.send_to(
+            job.from,
+            configuration_reply(&job.tenant, &job.uuid, &job.configuration, stored),
+        );
+    }
+}
+
+/// The REPLY to a configuration request: the stored payload (`context.found`), or
+/// `context.error` when the storage failed.
+fn configuration_reply(
+    tenant: &str,
+    request_uuid: &str,
+    request: &Configuration,
+    stored: Result<Option<String>, String>,
+) -> Envelope {
+    let payload = stored
+        .as_ref()
+        .ok()
+        .and_then(|s| s.as_deref())
+        .unwrap_or("");
+    let mut reply = protocol::configuration(tenant, REPLY, &request.target_logical_name, payload);
+    if let Some(Body::Configuration(c)) = reply.body.as_mut() {
+        c.target_address = request.target_address.clone();
+        c.context
+            .insert("request_uuid".into(), request_uuid.to_owned());
+        c.context
+            .insert("found".into(), matches!(stored, Ok(Some(_))).to_string());
+        if let Err(problem) = stored {
+            c.context.insert("error".into(), problem);
+        }
+    }
+    reply
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

@@ -262,3 +262,77 @@ async fn configuration_and_config_from_a_connector_are_relayed_and_answered_to_i
     aggregator.stop().await;
     cluster.stop().await;
 }
+
+/// A connector's configuration REPLY, within 5 s.
+async fn configuration_reply(
+    rx: &mut tokio::sync::broadcast::Receiver<Envelope>,
+) -> gandalf::wire::Configuration {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(Envelope {
+                body: Some(Body::Configuration(c)),
+                ..
+            }) = rx.recv().await
+            {
+                return c;
+            }
+        }
+    })
+    .await
+    .expect("a configuration reply")
+}
+
+#[tokio::test]
+async fn logical_configurations_in_sql_storage_survive_a_cluster_restart() {
+    let Ok(admin) = std::env::var("TEST_DATABASE_URL") else {
+        panic!("TEST_DATABASE_URL is not set: run the tests with `make test`");
+    };
+    let dir = std::env::temp_dir().join(format!("gandalf-stored-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let storages = [
+        format!("sqlite://{}/cluster.db", dir.display()),
+        crate::commands::fresh_database(&admin).await,
+    ];
+    for storage in storages {
+        let cluster = Cluster::start_stored(&storage).await;
+        let aggregator = Aggregator::start("agg-1", &cluster).await;
+        let connector = aggregator.connector("billing-1", "erp").await;
+        let mut rx = connector.subscribe();
+        connector
+            .send(protocol::configuration(
+                "acme",
+                protocol::SAVE,
+                "",
+                r#"{"batch":50}"#,
+            ))
+            .await
+            .expect("send");
+        assert_eq!(
+            configuration_reply(&mut rx).await.payload,
+            r#"{"batch":50}"#
+        );
+        drop(connector);
+        aggregator.stop().await;
+        cluster.stop().await;
+
+        // A new cluster process on the same storage still has it.
+        let cluster = Cluster::start_stored(&storage).await;
+        let aggregator = Aggregator::start("agg-1", &cluster).await;
+        let connector = aggregator.connector("billing-1", "erp").await;
+        let mut rx = connector.subscribe();
+        connector
+            .send(protocol::configuration("acme", protocol::REQUEST, "", ""))
+            .await
+            .expect("send");
+        let reply = configuration_reply(&mut rx).await;
+        assert_eq!(
+            reply.context.get("found").map(String::as_str),
+            Some("true"),
+            "{storage}"
+        );
+        assert_eq!(reply.payload, r#"{"batch":50}"#, "{storage}");
+        aggregator.stop().await;
+        cluster.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

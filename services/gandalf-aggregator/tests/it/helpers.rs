@@ -38,6 +38,26 @@ impl Cluster {
         database: Option<String>,
         aggregator_secret: &str,
     ) -> Self {
+        Self::start_full(listen, database, aggregator_secret, None).await
+    }
+
+    /// Keeping logical configurations in SQL at `storage` (a URL).
+    pub async fn start_stored(storage: &str) -> Self {
+        Self::start_full(
+            "127.0.0.1:0".parse().expect("addr"),
+            None,
+            AGG_SECRET,
+            Some(storage),
+        )
+        .await
+    }
+
+    async fn start_full(
+        listen: SocketAddr,
+        database: Option<String>,
+        aggregator_secret: &str,
+        storage: Option<&str>,
+    ) -> Self {
         let mut tenants = BTreeMap::new();
         tenants.insert(
             TENANT.to_owned(),
@@ -62,6 +82,9 @@ impl Cluster {
             admin_listen: "127.0.0.1:0".parse().expect("addr"),
             tenants,
             event_log_capacity: 100,
+            storage: storage.map(|url| gandalf_cluster::config::StorageConfig {
+                url: FromStr::from_str(url).expect("url"),
+            }),
             shutdown_grace_secs: 1,
             ..gandalf_cluster::config::Config::default()
         };
