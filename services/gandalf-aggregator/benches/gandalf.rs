@@ -5,11 +5,19 @@
 //! - gandalf: connectors (the client library) -> gandalf-aggregator -> connectors, with the
 //!   aggregator also forwarding every event to a real gandalf-cluster; commands go
 //!   connector -> aggregator -> cluster -> aggregator -> connector, and the ON_GOING back.
-//! - bare: raw streams -> a relay that fans events out and forwards commands and their
-//!   replies by name: no checks, dedup, timeouts or cluster hop.
+//! - bare (the ceiling): raw streams -> a relay that fans events out and forwards commands
+//!   and their replies by name, lock-free on the message path (the routing table is
+//!   frozen once every stream of the run has connected; no Mutex, no cloned sender list,
+//!   no await per target): no checks, dedup, timeouts or cluster hop.
 //!
-//! Events/s: senders publish as fast as they can; one receiver counts arrivals.
-//! Round trip: each sender issues sequential commands to one acknowledging receiver.
+//! Events/s: senders publish as fast as a window of `WINDOW` events in flight (sent, not
+//! yet received) allows; one receiver counts arrivals and each arrival opens the window
+//! by one. Both sides run the same harness; every event sent is accounted for: received,
+//! or reported lost (a lost event closes the window by one for good, so the run ends when
+//! nothing arrives for a second).
+//! Round trip: each sender issues sequential commands to one acknowledging receiver;
+//! a failed or timed-out command counts as a failure and with its elapsed time in the
+//! percentiles.
 
 use std::{
     collections::HashMap,
@@ -32,6 +40,11 @@ use tonic::{Request, Response, Status, Streaming, transport::Channel};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const EVENTS_TOTAL: usize = 32_000;
+/// Events in flight at most, over all senders: well inside one connection's queue (1,024).
+const WINDOW: usize = 256;
+/// The goals of the issue, checked on the printed figures.
+const GOAL_EVENTS_RATIO: f64 = 0.6;
+const GOAL_P99_MS_16: f64 = 2.0;
 const COMMANDS_PER_SENDER_1: usize = 2_000;
 const COMMANDS_PER_SENDER_16: usize = 200;
 
@@ -41,7 +54,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let gandalf = GandalfStack::start().await?;
-    let bare = start_relay().await?;
 
     println!(
         "gandalf: connector -> aggregator (-> cluster) -> connector, 127.0.0.1, release build"
@@ -50,22 +62,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "  {:<34} {:>12} {:>12} {:>7}",
         "measurement", "gandalf", "bare tonic", "ratio"
     );
+    let mut verdicts = Vec::new();
     for senders in [1, 16] {
         let g = gandalf_events(&gandalf, senders).await?;
+        let bare = start_relay(senders + 1).await?;
         let b = bare_events(&bare, senders).await?;
+        let ratio = g.per_second / b.per_second;
         println!(
             "  {:<34} {:>10.0}/s {:>10.0}/s {:>6.2}x",
             format!("events/s, {senders} sender(s)"),
-            g,
-            b,
-            g / b
+            g.per_second,
+            b.per_second,
+            ratio
         );
+        for (side, run) in [("gandalf", &g), ("bare", &b)] {
+            if run.received != run.sent {
+                println!(
+                    "  {:<34} {side}: {} of {} sent not received",
+                    "",
+                    run.sent - run.received,
+                    run.sent
+                );
+            }
+        }
+        verdicts.push(format!(
+            "events/s with {senders} sender(s) >= {GOAL_EVENTS_RATIO:.1}x the ceiling, none lost: {}",
+            met(ratio >= GOAL_EVENTS_RATIO && g.received == g.sent)
+        ));
     }
     for (senders, per) in [(1, COMMANDS_PER_SENDER_1), (16, COMMANDS_PER_SENDER_16)] {
         let g = gandalf_round_trips(&gandalf, senders, per).await?;
+        let bare = start_relay(senders + 1).await?;
         let b = bare_round_trips(&bare, senders, per).await?;
         for (label, pick) in [("p50", 0.50), ("p99", 0.99)] {
-            let (gv, bv) = (percentile(&g, pick), percentile(&b, pick));
+            let (gv, bv) = (percentile(&g.samples, pick), percentile(&b.samples, pick));
             println!(
                 "  {:<34} {:>9.3} ms {:>9.3} ms {:>6.2}x",
                 format!("command round trip {label}, {senders} sender(s)"),
@@ -74,11 +104,69 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ms(bv) / ms(gv)
             );
         }
+        for (side, run) in [("gandalf", &g), ("bare", &b)] {
+            if run.failures > 0 {
+                println!(
+                    "  {:<34} {side}: {} of {} commands failed or timed out (in the percentiles)",
+                    "",
+                    run.failures,
+                    run.samples.len()
+                );
+            }
+        }
+        if senders == 16 {
+            let p99 = ms(percentile(&g.samples, 0.99));
+            verdicts.push(format!(
+                "command round trip p99 with 16 senders < {GOAL_P99_MS_16:.0} ms, none failed: {}",
+                met(p99 < GOAL_P99_MS_16 && g.failures == 0)
+            ));
+        }
     }
     println!(
         "  (ratio = gandalf/bare for events/s, bare/gandalf for round trips: 1.00x = the ceiling)"
     );
+    println!("goals:");
+    for verdict in verdicts {
+        println!("  {verdict}");
+    }
     Ok(())
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
+
+/// One events run: what was sent, what arrived, how fast.
+struct EventsRun {
+    sent: usize,
+    received: usize,
+    per_second: f64,
+}
+
+/// One round-trips run: every command's elapsed time, failures included.
+struct RoundTrips {
+    samples: Vec<Duration>,
+    failures: usize,
+}
+
+/// How long the counting waits for the next arrival before taking the rest as lost.
+const ARRIVAL_WAIT: Duration = Duration::from_secs(1);
+
+/// Sends `per` events through `send`, each after taking a place in the window.
+async fn send_windowed<F, Fut>(per: usize, window: Arc<tokio::sync::Semaphore>, mut send: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..per {
+        match window.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return,
+        }
+        if !send().await {
+            return;
+        }
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -165,7 +253,7 @@ impl GandalfStack {
 async fn gandalf_events(
     stack: &GandalfStack,
     senders: usize,
-) -> Result<f64, Box<dyn std::error::Error>> {
+) -> Result<EventsRun, Box<dyn std::error::Error>> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let receiver = stack.connector(&format!("rx-{run}"), "sink").await?;
     let mut rx = receiver.subscribe();
@@ -174,39 +262,44 @@ async fn gandalf_events(
         connectors.push(stack.connector(&format!("tx-{run}-{i}"), "source").await?);
     }
     let per = EVENTS_TOTAL / senders;
+    let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
     let started = Instant::now();
     for connector in &connectors {
-        let connector = connector.clone();
-        tokio::spawn(async move {
-            for _ in 0..per {
-                if connector.send_event("bench", "BENCH", "").await.is_err() {
-                    break;
-                }
-            }
-        });
+        let (connector, window) = (connector.clone(), window.clone());
+        tokio::spawn(send_windowed(per, window, move || {
+            let connector = connector.clone();
+            async move { connector.send_event("bench", "BENCH", "").await.is_ok() }
+        }));
     }
+    // Each arrival opens the window by one; nothing for ARRIVAL_WAIT: the rest are lost.
+    let total = per * senders;
     let mut received = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while received < per * senders && Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+    while received < total {
+        let arrived = match tokio::time::timeout(ARRIVAL_WAIT, rx.recv()).await {
             Ok(Ok(Envelope {
                 body: Some(Body::Event(e)),
                 ..
-            })) if e.event == "BENCH" => received += 1,
-            Ok(Ok(_)) => {}
+            })) if e.event == "BENCH" => 1,
+            Ok(Ok(_)) => 0,
             // Arrived at the connector, but this subscriber fell behind its buffer.
-            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => received += n as usize,
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => n as usize,
             Ok(Err(_)) | Err(_) => break,
-        }
+        };
+        received += arrived;
+        window.add_permits(arrived);
     }
-    Ok(received as f64 / started.elapsed().as_secs_f64())
+    Ok(EventsRun {
+        sent: per * senders,
+        received,
+        per_second: received as f64 / started.elapsed().as_secs_f64(),
+    })
 }
 
 async fn gandalf_round_trips(
     stack: &GandalfStack,
     senders: usize,
     per: usize,
-) -> Result<Vec<Duration>, Box<dyn std::error::Error>> {
+) -> Result<RoundTrips, Box<dyn std::error::Error>> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let kind = format!("echo-{run}");
     let echo = stack.connector(&format!("echo-{run}"), &kind).await?;
@@ -221,25 +314,24 @@ async fn gandalf_round_trips(
         let kind = kind.clone();
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::with_capacity(per);
+            let mut failures = 0;
             for _ in 0..per {
                 let started = Instant::now();
-                if connector
-                    .send_command(&kind, "PING", "", 2000)
-                    .await
-                    .is_ok()
-                {
-                    samples.push(started.elapsed());
-                }
+                let outcome = connector.send_command(&kind, "PING", "", 2000).await;
+                samples.push(started.elapsed());
+                failures += usize::from(outcome.is_err());
             }
-            samples
+            (samples, failures)
         }));
     }
-    let mut all = Vec::new();
+    let mut all = RoundTrips {
+        samples: Vec::new(),
+        failures: 0,
+    };
     for task in tasks {
-        all.extend(task.await?);
-    }
-    if all.is_empty() {
-        return Err("no command was acknowledged".into());
+        let (samples, failures) = task.await?;
+        all.samples.extend(samples);
+        all.failures += failures;
     }
     Ok(all)
 }
@@ -248,12 +340,20 @@ async fn gandalf_round_trips(
 
 type Outgoing = mpsc::Sender<Result<Envelope, Status>>;
 
+/// Who is connected, frozen once the run's streams are all there.
+struct Table {
+    names: HashMap<String, usize>,
+    streams: Vec<Outgoing>,
+}
+
 /// The ceiling: fan-out for events, lookup by name for commands and their replies.
-#[derive(Default, Clone)]
+/// Streams register while the run connects (a lock, off the message path); once
+/// `expected` have, the table is published and every stream's task reads it lock-free.
+#[derive(Clone)]
 struct Relay {
-    streams: Arc<Mutex<HashMap<String, Outgoing>>>,
-    /// command uuid -> who sent it.
-    asked_by: Arc<Mutex<HashMap<String, String>>>,
+    expected: usize,
+    joining: Arc<Mutex<Vec<(String, Outgoing)>>>,
+    table: tokio::sync::watch::Sender<Option<Arc<Table>>>,
 }
 
 #[tonic::async_trait]
@@ -268,50 +368,59 @@ impl aggregator_server::Aggregator for Relay {
             .map_err(Status::invalid_argument)?
             .logical_name;
         let (tx, rx) = mpsc::channel(1024);
-        self.streams
-            .lock()
-            .map_err(|_| Status::internal("poisoned"))?
-            .insert(name.clone(), tx);
-        let relay = self.clone();
+        {
+            let mut joining = self
+                .joining
+                .lock()
+                .map_err(|_| Status::internal("poisoned"))?;
+            joining.push((name.clone(), tx));
+            if joining.len() == self.expected {
+                let table = Table {
+                    names: joining
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (n, _))| (n.clone(), i))
+                        .collect(),
+                    streams: joining.iter().map(|(_, s)| s.clone()).collect(),
+                };
+                self.table.send_replace(Some(Arc::new(table)));
+            }
+        }
+        let mut table = self.table.subscribe();
         let mut inbound = request.into_inner();
         tokio::spawn(async move {
+            let Ok(table) = table.wait_for(Option::is_some).await.map(|t| t.clone()) else {
+                return;
+            };
+            let Some(table) = table else { return };
+            let me = table.names.get(&name).copied();
             while let Ok(Some(envelope)) = inbound.message().await {
-                let targets: Vec<Outgoing> = {
-                    let streams = relay.streams.lock().expect("lock");
-                    match &envelope.body {
-                        Some(Body::Command(c)) => {
-                            let uuid = envelope
-                                .header
-                                .as_ref()
-                                .map(|h| h.uuid.clone())
-                                .unwrap_or_default();
-                            relay
-                                .asked_by
-                                .lock()
-                                .expect("lock")
-                                .insert(uuid, name.clone());
-                            streams.get(&c.target).cloned().into_iter().collect()
+                match &envelope.body {
+                    Some(Body::Command(c)) => {
+                        if let (Some(target), Some(me)) = (table.names.get(&c.target), me) {
+                            // The reply comes back on the target's task: it names the asker.
+                            let mut forwarded = envelope.clone();
+                            if let Some(Body::Command(c)) = forwarded.body.as_mut() {
+                                c.context.insert("asker".into(), me.to_string());
+                            }
+                            let _ = table.streams[*target].try_send(Ok(forwarded));
                         }
-                        Some(Body::Event(e)) if !e.reference_uuid.is_empty() => {
-                            let asker = relay
-                                .asked_by
-                                .lock()
-                                .expect("lock")
-                                .remove(&e.reference_uuid);
-                            asker
-                                .and_then(|a| streams.get(&a).cloned())
-                                .into_iter()
-                                .collect()
-                        }
-                        _ => streams
-                            .iter()
-                            .filter(|(n, _)| **n != name)
-                            .map(|(_, s)| s.clone())
-                            .collect(),
                     }
-                };
-                for target in targets {
-                    let _ = target.send(Ok(envelope.clone())).await;
+                    Some(Body::Event(e)) if !e.reference_uuid.is_empty() => {
+                        // The acknowledging side says whom it answers (payload = asker).
+                        if let Ok(asker) = e.payload.parse::<usize>()
+                            && let Some(stream) = table.streams.get(asker)
+                        {
+                            let _ = stream.try_send(Ok(envelope));
+                        }
+                    }
+                    _ => {
+                        for (i, stream) in table.streams.iter().enumerate() {
+                            if Some(i) != me {
+                                let _ = stream.try_send(Ok(envelope.clone()));
+                            }
+                        }
+                    }
                 }
             }
         });
@@ -319,12 +428,18 @@ impl aggregator_server::Aggregator for Relay {
     }
 }
 
-async fn start_relay() -> Result<String, Box<dyn std::error::Error>> {
+/// A relay for a run of `expected` streams.
+async fn start_relay(expected: usize) -> Result<String, Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
+    let relay = Relay {
+        expected,
+        joining: Arc::default(),
+        table: tokio::sync::watch::channel(None).0,
+    };
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(aggregator_server::AggregatorServer::new(Relay::default()))
+            .add_service(aggregator_server::AggregatorServer::new(relay))
             .serve_with_incoming(nodelay(listener)),
     );
     Ok(url)
@@ -354,7 +469,7 @@ async fn raw(
     Ok((tx, inbound))
 }
 
-async fn bare_events(url: &str, senders: usize) -> Result<f64, Box<dyn std::error::Error>> {
+async fn bare_events(url: &str, senders: usize) -> Result<EventsRun, Box<dyn std::error::Error>> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let (_rx_tx, mut receiver) = raw(url, &format!("rx-{run}")).await?;
     let mut streams = Vec::new();
@@ -365,42 +480,54 @@ async fn bare_events(url: &str, senders: usize) -> Result<f64, Box<dyn std::erro
         streams.push(tx);
     }
     let per = EVENTS_TOTAL / senders;
+    let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
     let started = Instant::now();
     for tx in streams {
-        tokio::spawn(async move {
-            for _ in 0..per {
-                if tx
-                    .send(protocol::event("acme", "bench", "BENCH", "", ""))
+        tokio::spawn(send_windowed(per, window.clone(), move || {
+            let tx = tx.clone();
+            async move {
+                tx.send(protocol::event("acme", "bench", "BENCH", "", ""))
                     .await
-                    .is_err()
-                {
-                    break;
-                }
+                    .is_ok()
             }
-        });
+        }));
     }
+    let total = per * senders;
     let mut received = 0;
-    while received < per * senders {
-        match tokio::time::timeout(Duration::from_secs(5), receiver.message()).await {
-            Ok(Ok(Some(_))) => received += 1,
+    while received < total {
+        match tokio::time::timeout(ARRIVAL_WAIT, receiver.message()).await {
+            Ok(Ok(Some(_))) => {
+                received += 1;
+                window.add_permits(1);
+            }
             _ => break,
         }
     }
-    Ok(received as f64 / started.elapsed().as_secs_f64())
+    Ok(EventsRun {
+        sent: per * senders,
+        received,
+        per_second: received as f64 / started.elapsed().as_secs_f64(),
+    })
 }
 
 async fn bare_round_trips(
     url: &str,
     senders: usize,
     per: usize,
-) -> Result<Vec<Duration>, Box<dyn std::error::Error>> {
+) -> Result<RoundTrips, Box<dyn std::error::Error>> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let echo_name = format!("echo-{run}");
     let (echo_tx, mut echo_rx) = raw(url, &echo_name).await?;
     tokio::spawn(async move {
         while let Ok(Some(envelope)) = echo_rx.message().await {
             if let (Some(h), Some(Body::Command(c))) = (&envelope.header, &envelope.body) {
-                let _ = echo_tx.send(protocol::on_going("acme", c, &h.uuid)).await;
+                let mut ack = protocol::on_going("acme", c, &h.uuid);
+                if let (Some(Body::Event(e)), Some(asker)) =
+                    (ack.body.as_mut(), c.context.get("asker"))
+                {
+                    e.payload.clone_from(asker);
+                }
+                let _ = echo_tx.send(ack).await;
             }
         }
     });
@@ -410,6 +537,7 @@ async fn bare_round_trips(
         let echo_name = echo_name.clone();
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::with_capacity(per);
+            let mut failures = 0;
             for _ in 0..per {
                 let mut command = protocol::command("acme", "raw", "PING", "", 2000);
                 if let Some(Body::Command(c)) = command.body.as_mut() {
@@ -419,17 +547,24 @@ async fn bare_round_trips(
                 if tx.send(command).await.is_err() {
                     break;
                 }
-                match inbound.message().await {
-                    Ok(Some(_)) => samples.push(started.elapsed()),
-                    _ => break,
+                let answered =
+                    tokio::time::timeout(Duration::from_millis(2500), inbound.message()).await;
+                samples.push(started.elapsed());
+                if !matches!(answered, Ok(Ok(Some(_)))) {
+                    failures += 1;
                 }
             }
-            samples
+            (samples, failures)
         }));
     }
-    let mut all = Vec::new();
+    let mut all = RoundTrips {
+        samples: Vec::new(),
+        failures: 0,
+    };
     for task in tasks {
-        all.extend(task.await?);
+        let (samples, failures) = task.await?;
+        all.samples.extend(samples);
+        all.failures += failures;
     }
     Ok(all)
 }
