@@ -4,9 +4,12 @@
 //! never sent a heartbeat (an older connector) is not held to it; HTTP/2 keepalive
 //! covers the transport for everyone.
 
-use std::time::{Duration, Instant};
+use std::{
+    pin::Pin,
+    time::{Duration, Instant},
+};
 
-use tokio::task::JoinHandle;
+use tokio::{task::JoinHandle, time::Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -21,39 +24,52 @@ pub const IDLE_INTERVALS: u32 = 3;
 /// Default interval between heartbeats.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// What a stream's read loop knows of its peer's liveness.
-#[derive(Debug, Clone)]
+/// What a stream's read loop knows of its peer's liveness. One timer per stream, armed
+/// for the first possible expiry and re-armed lazily when it fires: a message only
+/// notes the time, so the watch costs no timer operation per message.
+#[derive(Debug)]
 pub struct Watch {
     idle: Duration,
     last: Instant,
     heartbeating: bool,
+    timer: Pin<Box<Sleep>>,
 }
 
 impl Watch {
     /// Watches a peer expected to send heartbeats every `interval`.
     pub fn new(interval: Duration) -> Self {
+        let idle = interval * IDLE_INTERVALS;
+        let last = Instant::now();
         Self {
-            idle: interval * IDLE_INTERVALS,
-            last: Instant::now(),
+            idle,
+            last,
             heartbeating: false,
+            timer: Box::pin(tokio::time::sleep_until((last + idle).into())),
         }
     }
 
     /// Notes a message from the peer.
     pub fn saw(&mut self, envelope: &Envelope) {
         self.last = Instant::now();
-        if matches!(envelope.body, Some(Body::Heartbeat(_))) {
+        if !self.heartbeating && matches!(envelope.body, Some(Body::Heartbeat(_))) {
             self.heartbeating = true;
+            self.timer.as_mut().reset((self.last + self.idle).into());
         }
     }
 
     /// Completes when a heartbeating peer has been silent past the idle limit; never
     /// for a peer that has not sent a heartbeat.
-    pub async fn silent(&self) {
-        if self.heartbeating {
-            tokio::time::sleep_until((self.last + self.idle).into()).await;
-        } else {
-            std::future::pending::<()>().await;
+    pub async fn silent(&mut self) {
+        if !self.heartbeating {
+            return std::future::pending::<()>().await;
+        }
+        loop {
+            self.timer.as_mut().await;
+            let due = self.last + self.idle;
+            if Instant::now() >= due {
+                return;
+            }
+            self.timer.as_mut().reset(due.into());
         }
     }
 
@@ -138,8 +154,14 @@ mod tests {
         let quiet = tokio::time::timeout(Duration::from_millis(150), watch.silent()).await;
         assert!(quiet.is_err(), "no heartbeat yet: never silent");
         watch.saw(&heartbeat("acme", "connector", "c"));
+        // Messages keep it alive past the first expiry; silence then ends it.
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            watch.saw(&heartbeat("acme", "connector", "c"));
+        }
         let started = Instant::now();
         watch.silent().await;
-        assert!(started.elapsed() >= Duration::from_millis(50));
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(55), "{took:?}");
     }
 }

@@ -103,6 +103,8 @@ struct Shared {
     state: Mutex<State>,
     /// Woken each time the stream takes a message out: room for a waiting push.
     room: tokio::sync::Notify,
+    /// Pushes waiting for room: the stream wakes them only when there are some.
+    waiting: AtomicUsize,
     limits: Limits,
     senders: AtomicUsize,
     stalled: CancellationToken,
@@ -142,6 +144,7 @@ pub fn outbox(limits: Limits) -> (Outbox, OutboxStream) {
             ending: None,
         }),
         room: tokio::sync::Notify::new(),
+        waiting: AtomicUsize::new(0),
         limits,
         senders: AtomicUsize::new(1),
         stalled: CancellationToken::new(),
@@ -172,6 +175,15 @@ impl Outbox {
     /// the one link every producer shares (an aggregator's stream to its member), where
     /// waiting slows the producers instead of losing their messages.
     pub async fn push_wait(&self, envelope: Envelope, size: usize) -> Result<(), Refused> {
+        /// Counts this push among the waiting while it lives.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.shared.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.shared.waiting);
         let mut envelope = envelope;
         loop {
             let room = self.shared.room.notified();
@@ -320,7 +332,11 @@ impl Stream for OutboxStream {
         if let Some((envelope, size)) = state.queue.pop_front() {
             state.bytes -= size;
             drop(state);
-            self.shared.room.notify_waiters();
+            // Read after the pop (ordered by the lock with the waiter's own try): a push
+            // that found the queue full is counted here and is woken.
+            if self.shared.waiting.load(Ordering::SeqCst) > 0 {
+                self.shared.room.notify_waiters();
+            }
             return Poll::Ready(Some(envelope));
         }
         if state.finished {

@@ -39,7 +39,16 @@ use tonic::{Request, Response, Status, Streaming, transport::Channel};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const EVENTS_TOTAL: usize = 32_000;
+const EVENTS_TOTAL: usize = 200_000;
+
+/// Events per measurement: `GANDALF_BENCH_EVENTS` (for profiling a longer run), else
+/// [`EVENTS_TOTAL`].
+fn events_total() -> usize {
+    std::env::var("GANDALF_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(EVENTS_TOTAL)
+}
 /// Events in flight at most, over all senders: well inside one connection's queue (1,024).
 const WINDOW: usize = 256;
 /// The goals of the issue, checked on the printed figures.
@@ -261,7 +270,7 @@ async fn gandalf_events(
     for i in 0..senders {
         connectors.push(stack.connector(&format!("tx-{run}-{i}"), "source").await?);
     }
-    let per = EVENTS_TOTAL / senders;
+    let per = events_total() / senders;
     let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
     let started = Instant::now();
     for connector in &connectors {
@@ -479,7 +488,7 @@ async fn bare_events(url: &str, senders: usize) -> Result<EventsRun, Box<dyn std
         tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
         streams.push(tx);
     }
-    let per = EVENTS_TOTAL / senders;
+    let per = events_total() / senders;
     let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
     let started = Instant::now();
     for tx in streams {
