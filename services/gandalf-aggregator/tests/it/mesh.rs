@@ -315,3 +315,27 @@ async fn commands_and_configs_of_another_tenant_are_refused_with_wrong_tenant() 
     }
     mesh.stop().await;
 }
+
+/// With two members and two aggregators, a connector that stops reading on one
+/// aggregator holds back no one on either: the healthy connectors get at least 90% of a
+/// paced flood, none twice (the closing of the silent one is tested in `topology`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_that_stops_reading_slows_no_one_across_the_mesh() {
+    use crate::topology::{SilentConnector, count_events, flood, wait_count};
+    const EVENTS: usize = 6000;
+    let mesh = Mesh::start().await;
+    let (a1, a2) = (&mesh.aggregators[0], &mesh.aggregators[1]);
+    let sender = a1.connector("sender", "erp").await;
+    let near = a1.connector("near", "erp").await;
+    let far = a2.connector("far", "erp").await;
+    let _silent = SilentConnector::connect(a2, "silent", "erp").await;
+    let (at_near, at_far) = (count_events(&near, "FLOOD"), count_events(&far, "FLOOD"));
+
+    flood(&sender, "FLOOD", EVENTS).await;
+    for (name, count) in [("near", &at_near), ("far", &at_far)] {
+        let got = wait_count(count, EVENTS, Duration::from_secs(20)).await;
+        assert!(got * 10 >= EVENTS * 9, "{name} got {got} of {EVENTS}");
+        assert!(got <= EVENTS, "{name} got doubles: {got}");
+    }
+    mesh.stop().await;
+}

@@ -119,7 +119,7 @@ async fn metrics(admin: &str) -> String {
 /// Sends `count` events named `name` of about a KiB each, 100 every 20 ms (at most 5,000
 /// a second: within what the whole path sustains on 2 cores, so healthy queues do not
 /// overflow); fails when routing holds the sender back for 30 s.
-async fn flood(sender: &gandalf::connector::Connector, name: &str, count: usize) {
+pub async fn flood(sender: &gandalf::connector::Connector, name: &str, count: usize) {
     let payload = "p".repeat(1024);
     tokio::time::timeout(Duration::from_secs(30), async {
         for i in 0..count {
@@ -174,7 +174,10 @@ fn is_event(envelope: &Envelope, name: &str) -> bool {
 }
 
 /// Counts the events named `name` a connector receives, in the background.
-fn count_events(connector: &gandalf::connector::Connector, name: &'static str) -> Arc<AtomicUsize> {
+pub fn count_events(
+    connector: &gandalf::connector::Connector,
+    name: &'static str,
+) -> Arc<AtomicUsize> {
     let count = Arc::new(AtomicUsize::new(0));
     let mut rx = connector.subscribe();
     let counter = count.clone();
@@ -196,7 +199,7 @@ fn count_events(connector: &gandalf::connector::Connector, name: &'static str) -
     count
 }
 
-async fn wait_count(count: &AtomicUsize, want: usize, limit: Duration) -> usize {
+pub async fn wait_count(count: &AtomicUsize, want: usize, limit: Duration) -> usize {
     let deadline = Instant::now() + limit;
     while count.load(Ordering::Relaxed) < want && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
