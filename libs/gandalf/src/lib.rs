@@ -5,6 +5,8 @@
 //! - [`connector`]: the client library for connector authors: connect and validate a
 //!   secret, send a command and await its acknowledgement, receive commands and events.
 //! - [`dedup`]: expiring, count-bounded maps for uuid dedup and reply routing.
+//! - [`frame`]: envelopes as shared encoded bytes, the codec and the `Connect` server
+//!   that forward them without re-encoding.
 //! - [`heartbeat`]: heartbeats sent at an interval; a heartbeating peer silent past the
 //!   idle limit is taken for gone.
 //! - [`legs`]: a command's legs through a router: answers only from where it went, one
@@ -14,6 +16,7 @@
 
 pub mod connector;
 pub mod dedup;
+pub mod frame;
 pub mod heartbeat;
 pub mod legs;
 pub mod outbox;

@@ -18,12 +18,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prost::Message;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::wire::Envelope;
+use crate::{frame::Frame, wire::Envelope};
 
 /// How much one outbox holds, and how long it may stay full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +87,7 @@ pub enum Refused {
 }
 
 struct State {
-    queue: VecDeque<(Envelope, usize)>,
+    queue: VecDeque<Frame>,
     bytes: usize,
     waker: Option<Waker>,
     /// When the first of an unbroken run of refused pushes came.
@@ -127,11 +126,6 @@ pub struct OutboxStream {
     shared: Arc<Shared>,
 }
 
-/// The bytes `envelope` takes on the wire, as the outbox counts them.
-pub fn encoded_size(envelope: &Envelope) -> usize {
-    envelope.encoded_len()
-}
-
 /// An outbox and its stream.
 pub fn outbox(limits: Limits) -> (Outbox, OutboxStream) {
     let shared = Arc::new(Shared {
@@ -158,23 +152,21 @@ pub fn outbox(limits: Limits) -> (Outbox, OutboxStream) {
 }
 
 impl Outbox {
-    /// Queues `envelope` without waiting.
+    /// Encodes `envelope` and queues it without waiting.
     pub fn push(&self, envelope: Envelope) -> Result<(), Refused> {
-        let size = envelope.encoded_len();
-        self.push_sized(envelope, size)
+        self.push_frame(Frame::encode(&envelope))
     }
 
-    /// [`Outbox::push`] with the size already known (one computation for many targets).
-    pub fn push_sized(&self, envelope: Envelope, size: usize) -> Result<(), Refused> {
-        self.try_push(envelope, size)
-            .map_err(|(refused, _)| refused)
+    /// Queues an encoded envelope without waiting (a fan-out shares one frame).
+    pub fn push_frame(&self, frame: Frame) -> Result<(), Refused> {
+        self.try_push(frame).map_err(|(refused, _)| refused)
     }
 
     /// Queues `envelope`, waiting for room while the queue is full — but never beyond the
     /// stall limit: a queue full that long stalls the outbox as [`Outbox::push`] does. For
     /// the one link every producer shares (an aggregator's stream to its member), where
     /// waiting slows the producers instead of losing their messages.
-    pub async fn push_wait(&self, envelope: Envelope, size: usize) -> Result<(), Refused> {
+    pub async fn push_wait(&self, frame: Frame) -> Result<(), Refused> {
         /// Counts this push among the waiting while it lives.
         struct Waiting<'a>(&'a AtomicUsize);
         impl Drop for Waiting<'_> {
@@ -184,14 +176,14 @@ impl Outbox {
         }
         self.shared.waiting.fetch_add(1, Ordering::SeqCst);
         let _waiting = Waiting(&self.shared.waiting);
-        let mut envelope = envelope;
+        let mut frame = frame;
         loop {
             let room = self.shared.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            match self.try_push(envelope, size) {
+            match self.try_push(frame) {
                 Ok(()) => return Ok(()),
-                Err((Refused::Full, Some(back))) => envelope = *back,
+                Err((Refused::Full, Some(back))) => frame = back,
                 Err((refused, _)) => return Err(refused),
             }
             // Woken by room, or after the stall limit to let the next try stall it.
@@ -199,13 +191,10 @@ impl Outbox {
         }
     }
 
-    /// [`Outbox::push_sized`] that hands the message back when the queue is full (for a
+    /// [`Outbox::push_frame`] that hands the frame back when the queue is full (for a
     /// later [`Outbox::push_wait`]).
-    pub fn try_push(
-        &self,
-        envelope: Envelope,
-        size: usize,
-    ) -> Result<(), (Refused, Option<Box<Envelope>>)> {
+    pub fn try_push(&self, frame: Frame) -> Result<(), (Refused, Option<Frame>)> {
+        let size = frame.len();
         let limits = &self.shared.limits;
         let mut state = self.shared.lock();
         if state.finished || self.shared.stalled.is_cancelled() {
@@ -217,7 +206,7 @@ impl Outbox {
             let now = Instant::now();
             let since = *state.full_since.get_or_insert(now);
             if now.duration_since(since) < limits.stall {
-                return Err((Refused::Full, Some(Box::new(envelope))));
+                return Err((Refused::Full, Some(frame)));
             }
             // Cancelled under the lock: no push can slip in between the two.
             self.shared.stalled.cancel();
@@ -232,7 +221,7 @@ impl Outbox {
         }
         state.full_since = None;
         state.bytes += size;
-        state.queue.push_back((envelope, size));
+        state.queue.push_back(frame);
         let waker = state.waker.take();
         drop(state);
         if let Some(waker) = waker {
@@ -322,22 +311,22 @@ impl OutboxStream {
 }
 
 impl Stream for OutboxStream {
-    type Item = Envelope;
+    type Item = Frame;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Envelope>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
         let mut state = self.shared.lock();
         if self.shared.stalled.is_cancelled() {
             return Poll::Ready(None);
         }
-        if let Some((envelope, size)) = state.queue.pop_front() {
-            state.bytes -= size;
+        if let Some(frame) = state.queue.pop_front() {
+            state.bytes -= frame.len();
             drop(state);
             // Read after the pop (ordered by the lock with the waiter's own try): a push
             // that found the queue full is counted here and is woken.
             if self.shared.waiting.load(Ordering::SeqCst) > 0 {
                 self.shared.room.notify_waiters();
             }
-            return Poll::Ready(Some(envelope));
+            return Poll::Ready(Some(frame));
         }
         if state.finished {
             return Poll::Ready(None);
@@ -357,17 +346,17 @@ pub struct ResponseStream {
 }
 
 impl Stream for ResponseStream {
-    type Item = Result<Envelope, Status>;
+    type Item = Result<Frame, Status>;
 
     fn poll_next(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Envelope, Status>>> {
+    ) -> Poll<Option<Result<Frame, Status>>> {
         if self.done {
             return Poll::Ready(None);
         }
         match Pin::new(&mut self.inner).poll_next(cx) {
-            Poll::Ready(Some(envelope)) => Poll::Ready(Some(Ok(envelope))),
+            Poll::Ready(Some(frame)) => Poll::Ready(Some(Ok(frame))),
             Poll::Ready(None) => {
                 self.done = true;
                 if self.inner.shared.stalled.is_cancelled() {
@@ -403,7 +392,7 @@ mod tests {
         drop(outbox);
         drop(second);
         let payloads: Vec<String> = (&mut stream)
-            .map(|e| match e.body {
+            .map(|f| match f.decode().expect("decodes").body {
                 Some(crate::wire::envelope::Body::Event(e)) => e.payload,
                 _ => String::new(),
             })
@@ -493,7 +482,7 @@ mod tests {
             (first, stream)
         });
         outbox
-            .push_wait(event("2"), 10)
+            .push_wait(Frame::encode(&event("2")))
             .await
             .expect("in once the reader took one");
         let (first, _stream) = reader.await.expect("reader");
@@ -502,7 +491,7 @@ mod tests {
         // Nobody reads now: the wait ends at the stall limit, stalled.
         let started = Instant::now();
         assert_eq!(
-            outbox.push_wait(event("3"), 10).await,
+            outbox.push_wait(Frame::encode(&event("3"))).await,
             Err(Refused::Stalled)
         );
         assert!(started.elapsed() >= Duration::from_millis(200));

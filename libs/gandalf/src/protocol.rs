@@ -166,11 +166,13 @@ pub enum Validation {
 
 /// Reads the answer to the VALIDATION a client sent first: `VALIDATION_REPLY "true"`, or
 /// `"false"` followed by the server's PERMISSION_DENIED reason. Waits up to `wait`.
-pub async fn await_validation(
-    inbound: &mut tonic::Streaming<Envelope>,
+pub async fn await_validation<T: Into<Envelope>>(
+    inbound: &mut tonic::Streaming<T>,
     wait: std::time::Duration,
 ) -> Validation {
-    let first = tokio::time::timeout(wait, inbound.message()).await;
+    let first = tokio::time::timeout(wait, inbound.message())
+        .await
+        .map(|r| r.map(|m| m.map(Into::into)));
     match first {
         Ok(Ok(Some(Envelope {
             body: Some(Body::Secret(reply)),

@@ -8,7 +8,8 @@
 //! - bare (the ceiling): raw streams -> a relay that fans events out and forwards commands
 //!   and their replies by name, lock-free on the message path (the routing table is
 //!   frozen once every stream of the run has connected; no Mutex, no cloned sender list,
-//!   no await per target): no checks, dedup, timeouts or cluster hop.
+//!   no await per target) and forwarding the received bytes as Gandalf does (one shared
+//!   buffer for every target): no checks, dedup, timeouts or cluster hop.
 //!
 //! Events/s: senders publish as fast as a window of `WINDOW` events in flight (sent, not
 //! yet received) allows; one receiver counts arrivals and each arrival opens the window
@@ -27,8 +28,9 @@ use std::{
 
 use gandalf::{
     connector::{Connector, ConnectorOptions},
+    frame::{Connect, Frame, FrameServer, Received},
     protocol::{self, ComponentType, Peer},
-    wire::{Envelope, aggregator_client::AggregatorClient, aggregator_server, envelope::Body},
+    wire::{Envelope, aggregator_client::AggregatorClient, envelope::Body},
 };
 use secrecy::SecretString;
 use tokio::sync::mpsc;
@@ -347,7 +349,7 @@ async fn gandalf_round_trips(
 
 // ------------------------------------------------------------------------------- bare
 
-type Outgoing = mpsc::Sender<Result<Envelope, Status>>;
+type Outgoing = mpsc::Sender<Result<Frame, Status>>;
 
 /// Who is connected, frozen once the run's streams are all there.
 struct Table {
@@ -366,13 +368,15 @@ struct Relay {
 }
 
 #[tonic::async_trait]
-impl aggregator_server::Aggregator for Relay {
-    type ConnectStream = ReceiverStream<Result<Envelope, Status>>;
+impl Connect for Relay {
+    const SERVICE: &'static str = "gandalf.v1.Aggregator";
+    const PATH: &'static str = "/gandalf.v1.Aggregator/Connect";
+    type Stream = ReceiverStream<Result<Frame, Status>>;
 
     async fn connect(
         &self,
-        request: Request<Streaming<Envelope>>,
-    ) -> Result<Response<Self::ConnectStream>, Status> {
+        request: Request<Streaming<Received>>,
+    ) -> Result<Response<Self::Stream>, Status> {
         let name = Peer::from_metadata(request.metadata())
             .map_err(Status::invalid_argument)?
             .logical_name;
@@ -403,7 +407,7 @@ impl aggregator_server::Aggregator for Relay {
             };
             let Some(table) = table else { return };
             let me = table.names.get(&name).copied();
-            while let Ok(Some(envelope)) = inbound.message().await {
+            while let Ok(Some(Received { envelope, frame })) = inbound.message().await {
                 match &envelope.body {
                     Some(Body::Command(c)) => {
                         if let (Some(target), Some(me)) = (table.names.get(&c.target), me) {
@@ -412,7 +416,7 @@ impl aggregator_server::Aggregator for Relay {
                             if let Some(Body::Command(c)) = forwarded.body.as_mut() {
                                 c.context.insert("asker".into(), me.to_string());
                             }
-                            let _ = table.streams[*target].try_send(Ok(forwarded));
+                            let _ = table.streams[*target].try_send(Ok(Frame::encode(&forwarded)));
                         }
                     }
                     Some(Body::Event(e)) if !e.reference_uuid.is_empty() => {
@@ -420,13 +424,13 @@ impl aggregator_server::Aggregator for Relay {
                         if let Ok(asker) = e.payload.parse::<usize>()
                             && let Some(stream) = table.streams.get(asker)
                         {
-                            let _ = stream.try_send(Ok(envelope));
+                            let _ = stream.try_send(Ok(frame));
                         }
                     }
                     _ => {
                         for (i, stream) in table.streams.iter().enumerate() {
                             if Some(i) != me {
-                                let _ = stream.try_send(Ok(envelope.clone()));
+                                let _ = stream.try_send(Ok(frame.clone()));
                             }
                         }
                     }
@@ -448,7 +452,7 @@ async fn start_relay(expected: usize) -> Result<String, Box<dyn std::error::Erro
     };
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(aggregator_server::AggregatorServer::new(relay))
+            .add_service(FrameServer::new(relay, 4 * 1024 * 1024))
             .serve_with_incoming(nodelay(listener)),
     );
     Ok(url)

@@ -5,10 +5,11 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use gandalf::{
+    frame::{Connect, Received},
     heartbeat::Watch,
     outbox::{self, Outbox, ResponseStream},
     protocol::{self, ComponentType},
-    wire::{Envelope, Secret, aggregator_server, envelope::Body},
+    wire::{Envelope, Secret, envelope::Body},
 };
 use platform::shutdown::Drain;
 use tokio_util::sync::CancellationToken;
@@ -37,13 +38,15 @@ impl AggregatorService {
 }
 
 #[tonic::async_trait]
-impl aggregator_server::Aggregator for AggregatorService {
-    type ConnectStream = ResponseStream;
+impl Connect for AggregatorService {
+    const SERVICE: &'static str = "gandalf.v1.Aggregator";
+    const PATH: &'static str = "/gandalf.v1.Aggregator/Connect";
+    type Stream = ResponseStream;
 
     async fn connect(
         &self,
-        request: Request<Streaming<Envelope>>,
-    ) -> Result<Response<Self::ConnectStream>, Status> {
+        request: Request<Streaming<Received>>,
+    ) -> Result<Response<ResponseStream>, Status> {
         let address = request
             .remote_addr()
             .map(|a| a.to_string())
@@ -74,13 +77,13 @@ async fn handshake(
     router: &Router,
     peer: &protocol::Peer,
     address: &str,
-    inbound: &mut Streaming<Envelope>,
+    inbound: &mut Streaming<Received>,
     outbound: &Outbox,
 ) -> Option<Envelope> {
     let tenant = router.tenant().to_owned();
     let name = peer.logical_name.clone();
     let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.message()).await {
-        Ok(Ok(Some(envelope))) => envelope,
+        Ok(Ok(Some(received))) => received.envelope,
         Ok(_) => return None,
         Err(_) => {
             outbound.close_with(Status::deadline_exceeded(
@@ -170,7 +173,7 @@ async fn serve_connector(
     router: Arc<Router>,
     peer: protocol::Peer,
     address: String,
-    mut inbound: Streaming<Envelope>,
+    mut inbound: Streaming<Received>,
     outbound: Outbox,
     shutdown: CancellationToken,
 ) {
@@ -204,9 +207,9 @@ async fn serve_connector(
             message = inbound.message() => message,
         };
         match message {
-            Ok(Some(envelope)) => {
-                watch.saw(&envelope);
-                router.handle(id, envelope).await
+            Ok(Some(received)) => {
+                watch.saw(&received.envelope);
+                router.handle(id, received).await
             }
             Ok(None) => break,
             Err(status) => {

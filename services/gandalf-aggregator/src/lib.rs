@@ -21,10 +21,7 @@ pub mod router;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use gandalf::{
-    protocol,
-    wire::{aggregator_server::AggregatorServer, envelope::Body},
-};
+use gandalf::{frame::FrameServer, protocol, wire::envelope::Body};
 use platform::ops::{OpsServer, Readiness};
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::sync::CancellationToken;
@@ -197,7 +194,7 @@ impl App {
         // Step 5: API.
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter
-            .set_serving::<AggregatorServer<AggregatorService>>()
+            .set_serving::<FrameServer<AggregatorService>>()
             .await;
         let drain = platform::shutdown::Drain::new();
         let service = AggregatorService::new(router.clone(), shutdown.clone(), drain.clone());
@@ -205,11 +202,7 @@ impl App {
             .http2_keepalive_interval(Some(config.keepalive()))
             .http2_keepalive_timeout(Some(config.keepalive()))
             .add_service(health)
-            .add_service(
-                AggregatorServer::new(service)
-                    .max_decoding_message_size(config.max_message_bytes)
-                    .max_encoding_message_size(config.max_message_bytes),
-            )
+            .add_service(FrameServer::new(service, config.max_message_bytes))
             .serve_with_incoming_shutdown(nodelay(grpc), shutdown.clone().cancelled_owned());
         readiness.set("initialised", true);
         tracing::info!(logical_name = %config.logical_name, tenant = %config.tenant, "step 5/5 (API): serving connectors");
@@ -235,7 +228,7 @@ impl App {
             () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => Ok(()),
         };
         reporter
-            .set_not_serving::<AggregatorServer<AggregatorService>>()
+            .set_not_serving::<FrameServer<AggregatorService>>()
             .await;
         shutdown.cancel();
         // The connector handlers end on the token; wait for exactly them, then flush

@@ -5,10 +5,10 @@
 use std::{sync::Arc, time::Duration};
 
 use gandalf::{
+    frame::Received,
     heartbeat::Watch,
     outbox::{self, Outbox},
     protocol::{self, ComponentType},
-    wire::{Envelope, cluster_client::ClusterClient},
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
@@ -102,7 +102,7 @@ async fn open(
     router: &Router,
     member: &str,
     secret: &SecretString,
-) -> Result<(Outbox, Streaming<Envelope>), Failure> {
+) -> Result<(Outbox, Streaming<Received>), Failure> {
     let unreachable = |e: String| Failure::Unreachable(e);
     let channel = Endpoint::from_shared(member.to_owned())
         .map_err(|e| unreachable(e.to_string()))?
@@ -129,10 +129,7 @@ async fn open(
     .map_err(unreachable)?;
     let opened = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        ClusterClient::new(channel)
-            .max_decoding_message_size(router.max_message_bytes())
-            .max_encoding_message_size(router.max_message_bytes())
-            .connect(request),
+        gandalf::frame::connect_cluster(channel, request, router.max_message_bytes()),
     )
     .await
     .map_err(|_| {
@@ -159,7 +156,7 @@ async fn read(
     router: &Arc<Router>,
     id: u64,
     member: &str,
-    mut inbound: Streaming<Envelope>,
+    mut inbound: Streaming<Received>,
     outbound: &Outbox,
     shutdown: &CancellationToken,
 ) {
@@ -178,9 +175,9 @@ async fn read(
             message = inbound.message() => message,
         };
         match message {
-            Ok(Some(envelope)) => {
-                watch.saw(&envelope);
-                router.handle(id, envelope).await
+            Ok(Some(received)) => {
+                watch.saw(&received.envelope);
+                router.handle(id, received).await
             }
             Ok(None) => return,
             Err(status) => {

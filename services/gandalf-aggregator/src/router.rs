@@ -23,6 +23,7 @@ use std::{
 
 use gandalf::{
     dedup::{DedupKey, ExpiringMap, Seen},
+    frame::{Frame, Received},
     legs::{Budget, Leg, Legs, Offer},
     outbox::{Limits, Outbox, Refused},
     protocol,
@@ -404,7 +405,8 @@ impl Router {
 
     /// Applies the routing rules to one envelope from connection `from`. It waits on no
     /// other connection, but for room on a full link to a member (see `route_event`).
-    pub async fn handle(self: &Arc<Self>, from: ConnId, envelope: Envelope) {
+    pub async fn handle(self: &Arc<Self>, from: ConnId, received: Received) {
+        let Received { envelope, frame } = received;
         let from_cluster = self.is_cluster(from);
         let (header, body) = match protocol::check(&envelope) {
             Ok(parts) => parts,
@@ -484,7 +486,7 @@ impl Router {
             {
                 self.route_error(from, from_cluster, envelope.clone())
             }
-            Body::Event(_) => self.route_event(from, from_cluster, envelope).await,
+            Body::Event(_) => self.route_event(from, from_cluster, frame).await,
             Body::Command(command) => {
                 let router = self.clone();
                 let (header, command) = (header.clone(), command.clone());
@@ -553,44 +555,33 @@ impl Router {
 
     /// An event: from a connector to every other connection; from a member to the
     /// connectors only (the member has sent it to every other aggregator itself).
-    async fn route_event(&self, from: ConnId, from_cluster: bool, envelope: Envelope) {
-        // Queue to every other connection without waiting, under one read lock; a full
-        // queue drops the event for that connection only. The link to a member is the
-        // exception: every producer shares it, so a full one makes this producer's read
-        // loop wait for room (up to the stall limit) instead of losing the event.
-        let size = gandalf::outbox::encoded_size(&envelope);
+    async fn route_event(&self, from: ConnId, from_cluster: bool, frame: Frame) {
+        // Queue the received bytes (shared, not copied) to every other connection without
+        // waiting, under one read lock; a full queue drops the event for that connection
+        // only. The link to a member is the exception: every producer shares it, so a
+        // full one makes this producer's read loop wait for room (up to the stall limit)
+        // instead of losing the event.
         let mut refusals = Vec::new();
         let mut uplinks = Vec::new();
         {
             let connections = read(&self.connections);
-            let mut targets = connections
-                .iter()
-                .filter(|(id, c)| {
-                    **id != from && !(from_cluster && matches!(c.peer, Peer::Cluster { .. }))
-                })
-                .peekable();
-            let mut envelope = Some(envelope);
-            while let Some((id, connection)) = targets.next() {
-                // The last target takes the envelope itself: one clone fewer per event.
-                let item = if targets.peek().is_some() {
-                    envelope.clone()
-                } else {
-                    envelope.take()
-                };
-                let Some(item) = item else { break };
-                match connection.outbox.try_push(item, size) {
+            let targets = connections.iter().filter(|(id, c)| {
+                **id != from && !(from_cluster && matches!(c.peer, Peer::Cluster { .. }))
+            });
+            for (id, connection) in targets {
+                match connection.outbox.try_push(frame.clone()) {
                     Ok(()) => {}
-                    Err((Refused::Full, Some(item)))
+                    Err((Refused::Full, Some(back)))
                         if matches!(connection.peer, Peer::Cluster { .. }) =>
                     {
-                        uplinks.push((*id, connection.outbox.clone(), *item));
+                        uplinks.push((*id, connection.outbox.clone(), back));
                     }
                     Err((refused, _)) => refusals.push((*id, refused)),
                 }
             }
         }
-        for (id, outbox, item) in uplinks {
-            if let Err(refused) = outbox.push_wait(item, size).await {
+        for (id, outbox, back) in uplinks {
+            if let Err(refused) = outbox.push_wait(back).await {
                 refusals.push((id, refused));
             }
         }

@@ -15,7 +15,7 @@ pub mod storage;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use gandalf::wire::cluster_server::ClusterServer;
+use gandalf::frame::FrameServer;
 use platform::ops::{OpsServer, Readiness};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -79,9 +79,7 @@ impl App {
     /// Serves until `shutdown` is cancelled, then gives open streams the grace period.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let (reporter, health) = tonic_health::server::health_reporter();
-        reporter
-            .set_serving::<ClusterServer<ClusterService>>()
-            .await;
+        reporter.set_serving::<FrameServer<ClusterService>>().await;
         let drain = platform::shutdown::Drain::new();
         let service = ClusterService::new(self.cluster.clone(), shutdown.clone(), drain.clone());
         let keepalive = self.cluster.keepalive();
@@ -89,11 +87,7 @@ impl App {
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(keepalive))
             .add_service(health)
-            .add_service(
-                ClusterServer::new(service)
-                    .max_decoding_message_size(self.cluster.max_message_bytes())
-                    .max_encoding_message_size(self.cluster.max_message_bytes()),
-            )
+            .add_service(FrameServer::new(service, self.cluster.max_message_bytes()))
             .serve_with_incoming_shutdown(nodelay(self.grpc), shutdown.clone().cancelled_owned());
         self.readiness.set("grpc", true);
         tracing::info!("serving");
@@ -107,7 +101,7 @@ impl App {
             }
         };
         reporter
-            .set_not_serving::<ClusterServer<ClusterService>>()
+            .set_not_serving::<FrameServer<ClusterService>>()
             .await;
         // The stream handlers end on the token; wait for exactly them.
         if let Err(err) = drain.wait(grace).await {

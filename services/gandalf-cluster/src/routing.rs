@@ -19,6 +19,7 @@ use std::{
 
 use gandalf::{
     dedup::{DedupKey, Seen},
+    frame::{Frame, Received},
     legs::{Budget, Legs, Offer},
     outbox::{Outbox, Refused},
     protocol::{self, REPLY, REQUEST, SAVE},
@@ -233,10 +234,12 @@ impl Cluster {
     }
 
     /// Handles one well-formed envelope (checked by the caller) from aggregator `from`.
-    pub fn route(self: &Arc<Self>, from: u64, tenant: &str, envelope: Envelope) {
-        // Events move on (and into the log) by value; the rest is answered from references.
+    pub fn route(self: &Arc<Self>, from: u64, tenant: &str, received: Received) {
+        let Received { envelope, frame } = received;
+        // Events move on as received (shared bytes) and into the log by value; the rest
+        // is answered from references.
         if matches!(envelope.body, Some(Body::Event(_))) {
-            return self.route_event(from, tenant, envelope);
+            return self.route_event(from, tenant, envelope, frame);
         }
         let (Some(header), Some(body)) = (&envelope.header, &envelope.body) else {
             return;
@@ -482,7 +485,7 @@ impl Cluster {
 
     /// An event: to every other aggregator of the tenant, then into the log (moved
     /// there, not copied).
-    fn route_event(&self, from: u64, tenant: &str, envelope: Envelope) {
+    fn route_event(&self, from: u64, tenant: &str, envelope: Envelope, frame: Frame) {
         let (Some(header), Some(Body::Event(event))) = (&envelope.header, &envelope.body) else {
             return;
         };
@@ -513,14 +516,13 @@ impl Cluster {
             return;
         }
         // Queued to every other aggregator of the tenant under one read lock, without waiting.
-        let size = gandalf::outbox::encoded_size(&envelope);
         let mut refusals = Vec::new();
         {
             let aggregators = read(&self.aggregators);
             for (id, aggregator) in aggregators.iter() {
                 if *id != from
                     && aggregator.tenant == tenant
-                    && let Err(refused) = aggregator.outbox.push_sized(envelope.clone(), size)
+                    && let Err(refused) = aggregator.outbox.push_frame(frame.clone())
                 {
                     refusals.push((*id, refused));
                 }

@@ -6,10 +6,11 @@
 use std::{sync::Arc, time::Duration};
 
 use gandalf::{
+    frame::{Connect, Received},
     heartbeat::Watch,
     outbox::{self, Outbox, ResponseStream},
     protocol::{self, ComponentType, Peer},
-    wire::{Envelope, cluster_server, envelope::Body},
+    wire::envelope::Body,
 };
 use platform::shutdown::Drain;
 use tokio_util::sync::CancellationToken;
@@ -39,13 +40,15 @@ impl ClusterService {
 }
 
 #[tonic::async_trait]
-impl cluster_server::Cluster for ClusterService {
-    type ConnectStream = ResponseStream;
+impl Connect for ClusterService {
+    const SERVICE: &'static str = "gandalf.v1.Cluster";
+    const PATH: &'static str = "/gandalf.v1.Cluster/Connect";
+    type Stream = ResponseStream;
 
     async fn connect(
         &self,
-        request: Request<Streaming<Envelope>>,
-    ) -> Result<Response<Self::ConnectStream>, Status> {
+        request: Request<Streaming<Received>>,
+    ) -> Result<Response<ResponseStream>, Status> {
         let peer = Peer::require(request.metadata(), ComponentType::Aggregator)
             .map_err(Status::invalid_argument)?;
         let (outbound, stream) = outbox::outbox(self.cluster.queue_limits());
@@ -65,12 +68,12 @@ impl cluster_server::Cluster for ClusterService {
 async fn handshake(
     cluster: &Cluster,
     peer: &Peer,
-    inbound: &mut Streaming<Envelope>,
+    inbound: &mut Streaming<Received>,
     outbound: &Outbox,
 ) -> Option<String> {
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.message()).await;
     let envelope = match first {
-        Ok(Ok(Some(envelope))) => envelope,
+        Ok(Ok(Some(received))) => received.envelope,
         Ok(Ok(None)) | Ok(Err(_)) => return None,
         Err(_) => {
             outbound.close_with(Status::deadline_exceeded(
@@ -113,7 +116,7 @@ async fn handshake(
 async fn serve_stream(
     cluster: Arc<Cluster>,
     peer: Peer,
-    mut inbound: Streaming<Envelope>,
+    mut inbound: Streaming<Received>,
     outbound: Outbox,
     shutdown: CancellationToken,
 ) {
@@ -145,10 +148,10 @@ async fn serve_stream(
             }
             message = inbound.message() => message,
         };
-        let envelope = match message {
-            Ok(Some(envelope)) => {
-                watch.saw(&envelope);
-                envelope
+        let received = match message {
+            Ok(Some(received)) => {
+                watch.saw(&received.envelope);
+                received
             }
             Ok(None) => break,
             Err(status) => {
@@ -156,7 +159,8 @@ async fn serve_stream(
                 break;
             }
         };
-        match protocol::check(&envelope) {
+        let envelope = &received.envelope;
+        match protocol::check(envelope) {
             Err(problem) => {
                 metrics::counter!("gandalf_cluster_dropped_total", "reason" => "malformed")
                     .increment(1);
@@ -194,7 +198,7 @@ async fn serve_stream(
             }
             Ok((_, body)) => {
                 routed(body).increment(1);
-                cluster.route(registration.id, &tenant, envelope);
+                cluster.route(registration.id, &tenant, received);
             }
         }
     }
