@@ -43,7 +43,7 @@ pub struct ConnectorOptions {
     /// How long connecting and the secret validation may take.
     pub connect_timeout: Duration,
     /// Interval of this connector's heartbeats; an aggregator that sent heartbeats and
-    /// then stays silent three intervals is taken for gone and the stream closed.
+    /// then stays silent three to four intervals is taken for gone and the stream closed.
     pub heartbeat_interval: Duration,
     /// HTTP/2 keepalive PING interval (and timeout).
     pub keepalive: Duration,

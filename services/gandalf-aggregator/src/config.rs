@@ -50,7 +50,7 @@ pub struct Config {
     /// Commands in flight through this aggregator in all (connectors' and members').
     pub max_commands_in_flight: usize,
     /// Interval of the `Heartbeat` sent on every stream; a peer that sends heartbeats
-    /// and then stays silent for three intervals is taken for gone and its stream closed.
+    /// and then stays silent for three to four intervals is taken for gone and its stream closed.
     pub heartbeat_interval_ms: u64,
     /// HTTP/2 keepalive PING interval on every connection (server and client); an
     /// unanswered PING closes the connection after the same time again.

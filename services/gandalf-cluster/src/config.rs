@@ -39,7 +39,7 @@ pub struct Config {
     /// `Event{error, BUSY}`.
     pub max_commands_in_flight: usize,
     /// Interval of the `Heartbeat` sent on every stream; a peer that sends heartbeats
-    /// and then stays silent for three intervals is taken for gone and its stream closed.
+    /// and then stays silent for three to four intervals is taken for gone and its stream closed.
     pub heartbeat_interval_ms: u64,
     /// HTTP/2 keepalive PING interval on every connection (server and client); an
     /// unanswered PING closes the connection after the same time again.
