@@ -38,7 +38,19 @@ impl Cluster {
         database: Option<String>,
         aggregator_secret: &str,
     ) -> Self {
-        Self::start_full(listen, database, aggregator_secret, None).await
+        Self::start_full(listen, database, aggregator_secret, None, |_| {}).await
+    }
+
+    /// With its heartbeat interval set (the cluster's idle rule in tests).
+    pub async fn start_heartbeating(interval_ms: u64) -> Self {
+        Self::start_full(
+            "127.0.0.1:0".parse().expect("addr"),
+            None,
+            AGG_SECRET,
+            None,
+            |config| config.heartbeat_interval_ms = interval_ms,
+        )
+        .await
     }
 
     /// Keeping logical configurations in SQL at `storage` (a URL).
@@ -48,6 +60,7 @@ impl Cluster {
             None,
             AGG_SECRET,
             Some(storage),
+            |_| {},
         )
         .await
     }
@@ -57,6 +70,7 @@ impl Cluster {
         database: Option<String>,
         aggregator_secret: &str,
         storage: Option<&str>,
+        tweak: impl FnOnce(&mut gandalf_cluster::config::Config),
     ) -> Self {
         let mut tenants = BTreeMap::new();
         tenants.insert(
@@ -77,7 +91,7 @@ impl Cluster {
                 database: None,
             },
         );
-        let config = gandalf_cluster::config::Config {
+        let mut config = gandalf_cluster::config::Config {
             listen,
             admin_listen: "127.0.0.1:0".parse().expect("addr"),
             tenants,
@@ -88,6 +102,7 @@ impl Cluster {
             shutdown_grace_secs: 1,
             ..gandalf_cluster::config::Config::default()
         };
+        tweak(&mut config);
         let app = gandalf_cluster::App::build(config)
             .await
             .expect("cluster binds");

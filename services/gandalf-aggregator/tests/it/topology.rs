@@ -62,7 +62,7 @@ impl SilentConnector {
 /// An aggregator's stream to the cluster that validates and then never reads again.
 pub struct SilentAggregator {
     pub inbound: Streaming<Envelope>,
-    _outbound: tokio::sync::mpsc::Sender<Envelope>,
+    pub outbound: tokio::sync::mpsc::Sender<Envelope>,
 }
 
 impl SilentAggregator {
@@ -100,7 +100,7 @@ impl SilentAggregator {
         match protocol::await_validation(&mut inbound, Duration::from_secs(5)).await {
             protocol::Validation::Accepted => Ok(Self {
                 inbound,
-                _outbound: tx,
+                outbound: tx,
             }),
             other => Err(format!("{other:?}")),
         }
@@ -535,5 +535,31 @@ async fn a_message_over_the_size_limit_ends_only_its_sender_s_stream() {
     let got = crate::helpers::next_event(&mut at_receiver, "SMALL").await;
     assert!(got.header.is_some());
     aggregator.stop().await;
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_half_open_aggregator_stream_is_closed_by_the_member_once_its_heartbeats_stop() {
+    let cluster = Cluster::start_heartbeating(200).await;
+    let mut half_open = SilentAggregator::connect(&cluster, "agg-half-open").await;
+    half_open
+        .outbound
+        .send(gandalf::heartbeat::heartbeat(
+            TENANT,
+            "aggregator",
+            "agg-half-open",
+        ))
+        .await
+        .expect("sent");
+    let started = Instant::now();
+    let code = end_of(&mut half_open.inbound).await;
+    let took = started.elapsed();
+    assert_eq!(code, Some(tonic::Code::Unavailable), "closed as gone");
+    assert!(
+        took >= Duration::from_millis(500),
+        "held to three intervals of silence, not fewer: {took:?}"
+    );
+    let list = crate::helpers::get_json(&format!("{}/v1/aggregators", cluster.admin)).await;
+    assert!(!list.to_string().contains("agg-half-open"), "{list}");
     cluster.stop().await;
 }
