@@ -193,11 +193,14 @@ async fn serve_connector(
     let beating = shutdown.child_token();
     router.beat(&outbound, beating.clone());
     let mut watch = Watch::new(router.heartbeat_interval());
+    // Made once, not per message: each registers with its token when first polled.
+    let (ending, stalled) = (shutdown.cancelled(), outbound.stalled());
+    tokio::pin!(ending, stalled);
     loop {
         let message = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = &mut ending => break,
             // Routing took it out for not reading; the stream ends with the reason.
-            () = outbound.stalled() => break,
+            () = &mut stalled => break,
             () = watch.silent() => {
                 tracing::warn!(connector = %peer.logical_name, idle_ms = watch.idle_limit().as_millis() as u64, "closing a connector stream gone silent after heartbeats");
                 metrics::counter!("gandalf_aggregator_connections_closed_total", "reason" => "silent").increment(1);

@@ -161,11 +161,14 @@ async fn read(
     shutdown: &CancellationToken,
 ) {
     let mut watch = Watch::new(router.heartbeat_interval());
+    // Made once, not per message: each registers with its token when first polled.
+    let (ending, stalled) = (shutdown.cancelled(), outbound.stalled());
+    tokio::pin!(ending, stalled);
     loop {
         let message = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = &mut ending => return,
             // The member stopped reading: routing took it out; reconnect.
-            () = outbound.stalled() => return,
+            () = &mut stalled => return,
             // Half-open: the member's heartbeats stopped; reconnect.
             () = watch.silent() => {
                 tracing::warn!(member, idle_ms = watch.idle_limit().as_millis() as u64, "cluster member silent past the idle limit; reconnecting");

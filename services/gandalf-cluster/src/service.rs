@@ -134,11 +134,14 @@ async fn serve_stream(
         beating.clone(),
     );
     let mut watch = Watch::new(cluster.heartbeat_interval());
+    // Made once, not per message: each registers with its token when first polled.
+    let (ending, stalled) = (shutdown.cancelled(), outbound.stalled());
+    tokio::pin!(ending, stalled);
     loop {
         let message = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            () = &mut ending => break,
             // Routing closed it for not reading; its stream ends with the reason.
-            () = outbound.stalled() => break,
+            () = &mut stalled => break,
             // Half-open: heartbeats stopped.
             () = watch.silent() => {
                 tracing::warn!(aggregator = %peer.logical_name, idle_ms = watch.idle_limit().as_millis() as u64, "closing an aggregator stream gone silent after heartbeats");
