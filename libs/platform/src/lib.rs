@@ -14,6 +14,8 @@
 //! - [`cli`]: the one command-line parser (exit codes shared by every binary), the
 //!   `--config` / `--print-config` flags and the start of every `main`.
 //!
+//! [`each_backend!`] writes one block of SQL code for a PostgreSQL-or-SQLite enum.
+//!
 //! [`service!`] names the running service (its crate's name and version) for the
 //! telemetry and the logs.
 
@@ -44,6 +46,19 @@ macro_rules! service {
         $crate::Service {
             name: env!("CARGO_PKG_NAME"),
             version: env!("CARGO_PKG_VERSION"),
+        }
+    };
+}
+
+/// Writes `$body` once and compiles it for each backend of an enum with `Postgres(..)`
+/// and `Sqlite(..)` variants, with `$conn` bound to that backend's pool, connection or
+/// transaction: `platform::each_backend!(self, Self, |pool| { query.execute(pool).await })`.
+#[macro_export]
+macro_rules! each_backend {
+    ($value:expr, $ty:ident, |$conn:ident| $body:block) => {
+        match $value {
+            $ty::Postgres($conn) => $body,
+            $ty::Sqlite($conn) => $body,
         }
     };
 }

@@ -29,6 +29,11 @@ const SELECT: &str =
 /// The logical configurations, by (tenant, logical name).
 pub enum Storage {
     Memory(RwLock<HashMap<(String, String), String>>),
+    Sql(SqlPool),
+}
+
+/// The SQL backends; [`platform::each_backend!`] writes each query once for both.
+pub enum SqlPool {
     Postgres(PgPool),
     Sqlite(SqlitePool),
 }
@@ -41,8 +46,8 @@ impl Storage {
             return Ok(Self::Memory(RwLock::default()));
         };
         let fail = |e: sqlx::Error| format!("storage.url {}: {e}", url.redacted());
-        let storage = match url.scheme().as_str() {
-            "postgres" | "postgresql" => Self::Postgres(
+        let pool = match url.scheme().as_str() {
+            "postgres" | "postgresql" => SqlPool::Postgres(
                 PgPoolOptions::new()
                     .max_connections(4)
                     .acquire_timeout(OPERATION_TIMEOUT)
@@ -55,7 +60,7 @@ impl Storage {
                     .map_err(fail)?
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal);
-                Self::Sqlite(
+                SqlPool::Sqlite(
                     SqlitePoolOptions::new()
                         .max_connections(1)
                         .acquire_timeout(OPERATION_TIMEOUT)
@@ -70,72 +75,51 @@ impl Storage {
                 ));
             }
         };
-        match &storage {
-            Self::Postgres(pool) => sqlx::query(CREATE).execute(pool).await.map(drop),
-            Self::Sqlite(pool) => sqlx::query(CREATE).execute(pool).await.map(drop),
-            Self::Memory(_) => Ok(()),
-        }
-        .map_err(fail)?;
-        Ok(storage)
+        platform::each_backend!(&pool, SqlPool, |pool| {
+            sqlx::query(CREATE).execute(pool).await.map_err(fail)?;
+        });
+        Ok(Self::Sql(pool))
     }
 
     /// `memory`, `postgres` or `sqlite`, for logs.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Memory(_) => "memory",
-            Self::Postgres(_) => "postgres",
-            Self::Sqlite(_) => "sqlite",
+            Self::Sql(SqlPool::Postgres(_)) => "postgres",
+            Self::Sql(SqlPool::Sqlite(_)) => "sqlite",
         }
-    }
-
-    /// Whether an operation must leave the routing path (SQL waits on the network).
-    pub fn is_remote(&self) -> bool {
-        !matches!(self, Self::Memory(_))
     }
 
     /// Saves (or replaces) one configuration.
     pub async fn save(&self, tenant: &str, name: &str, payload: &str) -> Result<(), String> {
-        let now = i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis(),
-        )
-        .unwrap_or(i64::MAX);
-        let done = match self {
+        let pool = match self {
             Self::Memory(map) => {
                 map.write()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert((tenant.to_owned(), name.to_owned()), payload.to_owned());
                 return Ok(());
             }
-            Self::Postgres(pool) => bounded(
-                sqlx::query(UPSERT)
-                    .bind(tenant)
-                    .bind(name)
-                    .bind(payload)
-                    .bind(now)
-                    .execute(pool),
-            )
-            .await
-            .map(drop),
-            Self::Sqlite(pool) => bounded(
-                sqlx::query(UPSERT)
-                    .bind(tenant)
-                    .bind(name)
-                    .bind(payload)
-                    .bind(now)
-                    .execute(pool),
-            )
-            .await
-            .map(drop),
+            Self::Sql(pool) => pool,
         };
-        done.map_err(|e| format!("saving the configuration of {name:?} failed: {e}"))
+        let now = gandalf::protocol::now_ms();
+        platform::each_backend!(pool, SqlPool, |pool| {
+            bounded(
+                sqlx::query(UPSERT)
+                    .bind(tenant)
+                    .bind(name)
+                    .bind(payload)
+                    .bind(now)
+                    .execute(pool),
+            )
+            .await
+            .map(drop)
+        })
+        .map_err(|e| format!("saving the configuration of {name:?} failed: {e}"))
     }
 
     /// The stored configuration of `name`, if any.
     pub async fn load(&self, tenant: &str, name: &str) -> Result<Option<String>, String> {
-        let found = match self {
+        let pool = match self {
             Self::Memory(map) => {
                 return Ok(map
                     .read()
@@ -143,26 +127,18 @@ impl Storage {
                     .get(&(tenant.to_owned(), name.to_owned()))
                     .cloned());
             }
-            Self::Postgres(pool) => {
-                bounded(
-                    sqlx::query_scalar::<_, String>(SELECT)
-                        .bind(tenant)
-                        .bind(name)
-                        .fetch_optional(pool),
-                )
-                .await
-            }
-            Self::Sqlite(pool) => {
-                bounded(
-                    sqlx::query_scalar::<_, String>(SELECT)
-                        .bind(tenant)
-                        .bind(name)
-                        .fetch_optional(pool),
-                )
-                .await
-            }
+            Self::Sql(pool) => pool,
         };
-        found.map_err(|e| format!("reading the configuration of {name:?} failed: {e}"))
+        platform::each_backend!(pool, SqlPool, |pool| {
+            bounded(
+                sqlx::query_scalar::<_, String>(SELECT)
+                    .bind(tenant)
+                    .bind(name)
+                    .fetch_optional(pool),
+            )
+            .await
+        })
+        .map_err(|e| format!("reading the configuration of {name:?} failed: {e}"))
     }
 }
 

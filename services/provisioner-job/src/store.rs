@@ -1,6 +1,6 @@
 //! The aggregation database, PostgreSQL or SQLite.
 //!
-//! The SQL is the same for both backends; [`each_backend!`] writes a block once and
+//! The SQL is the same for both backends; [`platform::each_backend!`] writes a block once and
 //! compiles it once per backend. What differs is how one run at a time is enforced:
 //!
 //! - PostgreSQL: a session advisory lock held on the run's own connection; each batch is
@@ -140,17 +140,6 @@ async fn traced<T>(
     work: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     work.instrument(db_span(operation)).await
-}
-
-/// Writes `$body` once and compiles it for each backend, with `$conn` bound to that
-/// backend's pool, connection or transaction.
-macro_rules! each_backend {
-    ($value:expr, $ty:ident, |$conn:ident| $body:block) => {
-        match $value {
-            $ty::Postgres($conn) => $body,
-            $ty::Sqlite($conn) => $body,
-        }
-    };
 }
 
 /// Every client with what classification needs (never the API key), in one read.
@@ -319,7 +308,7 @@ impl Store {
     /// Bounded: a connection still inside SQLite's busy wait (a lock wait given up on
     /// SIGTERM) would otherwise hold the exit for the whole `lock_wait_secs`.
     pub async fn close(&self) {
-        let closing = async { each_backend!(self, Self, |pool| { pool.close().await }) };
+        let closing = async { platform::each_backend!(self, Self, |pool| { pool.close().await }) };
         if tokio::time::timeout(CLOSE_WAIT, closing.instrument(db_span("close")))
             .await
             .is_err()
@@ -386,7 +375,7 @@ impl Store {
             Self::Postgres(_) => &POSTGRES_MIGRATIONS,
             Self::Sqlite(_) => &SQLITE_MIGRATIONS,
         };
-        let applied: Result<Vec<i64>, sqlx::Error> = each_backend!(self, Self, |pool| {
+        let applied: Result<Vec<i64>, sqlx::Error> = platform::each_backend!(self, Self, |pool| {
             sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
                 .fetch_all(pool)
                 .await
@@ -414,7 +403,7 @@ impl Store {
         summary: &serde_json::Value,
     ) -> Result<(), StoreError> {
         traced("record_run", async move {
-            each_backend!(self, Self, |pool| {
+            platform::each_backend!(self, Self, |pool| {
                 let mut conn = pool.acquire().await?;
                 if matches!(self, Self::Sqlite(_)) {
                     conn.execute("PRAGMA busy_timeout = 1000").await?;
@@ -472,7 +461,7 @@ impl Store {
     /// Reads the current state without any lock (dry runs).
     pub async fn read_state(&self) -> Result<DbState, StoreError> {
         traced("read_state", async move {
-            each_backend!(self, Self, |pool| {
+            platform::each_backend!(self, Self, |pool| {
                 let mut conn = pool.acquire().await?;
                 read_state!(&mut *conn)
             })
@@ -547,7 +536,7 @@ impl RunSession {
     /// Reads the current state under the lock.
     pub async fn read_state(&mut self) -> Result<DbState, StoreError> {
         traced("read_state", async move {
-            each_backend!(self, Self, |conn| { read_state!(&mut **conn) })
+            platform::each_backend!(self, Self, |conn| { read_state!(&mut **conn) })
         })
         .await
     }
@@ -560,7 +549,7 @@ impl RunSession {
             if batch.is_empty() {
                 return Ok(Vec::new());
             }
-            each_backend!(self, Self, |conn| {
+            platform::each_backend!(self, Self, |conn| {
                 let mut tx = conn.begin().await?;
 
                 let mut insert = QueryBuilder::new(
@@ -643,7 +632,7 @@ impl RunSession {
     /// touches an API key.
     pub async fn repair_clients(&mut self, batch: &[Repair]) -> Result<(), StoreError> {
         traced("repair_clients", async move {
-            each_backend!(self, Self, |conn| {
+            platform::each_backend!(self, Self, |conn| {
                 let mut tx = conn.begin().await?;
                 for repair in batch {
                     if let Some(info) = &repair.aggregator_info {
@@ -688,7 +677,7 @@ impl RunSession {
     /// The clients whose API key is still pending delivery (the keys are not read).
     pub async fn pending_clients(&mut self) -> Result<Vec<String>, StoreError> {
         traced("pending_clients", async move {
-            each_backend!(self, Self, |conn| {
+            platform::each_backend!(self, Self, |conn| {
                 Ok(sqlx::query_scalar(
                     "SELECT client_name FROM api_key_deliveries \
                      WHERE delivered_at IS NULL ORDER BY client_name",
@@ -703,7 +692,7 @@ impl RunSession {
     /// Every API key still pending delivery (this run's and any earlier run's), by client.
     pub async fn pending_keys(&mut self) -> Result<Vec<(String, SecretString)>, StoreError> {
         traced("pending_keys", async move {
-            each_backend!(self, Self, |conn| {
+            platform::each_backend!(self, Self, |conn| {
                 let rows = sqlx::query(
                     "SELECT d.client_name, c.api_client_key FROM api_key_deliveries d \
                      JOIN client_configurations c ON c.client_name = d.client_name \
@@ -734,7 +723,7 @@ impl RunSession {
             if clients.is_empty() {
                 return Ok(());
             }
-            each_backend!(self, Self, |conn| {
+            platform::each_backend!(self, Self, |conn| {
                 let now = OffsetDateTime::now_utc();
                 for chunk in clients.chunks(1000) {
                     let mut update =
@@ -760,7 +749,7 @@ impl RunSession {
     /// Records the start of a run (`outcome = running`), so a run that dies is visible.
     pub async fn start_record(&mut self, run: &RunRecord) -> Result<(), StoreError> {
         traced("start_record", async move {
-            each_backend!(self, Self, |conn| {
+            platform::each_backend!(self, Self, |conn| {
                 sqlx::query(
                     "INSERT INTO provisioning_runs (run_id, started_at, config_sha256, outcome) \
                      VALUES ($1, $2, $3, 'running')",
@@ -784,7 +773,7 @@ impl RunSession {
         summary: &serde_json::Value,
     ) -> Result<(), StoreError> {
         traced("finish_record", async move {
-            each_backend!(self, Self, |conn| {
+            platform::each_backend!(self, Self, |conn| {
                 sqlx::query(
                     "UPDATE provisioning_runs SET finished_at = $1, outcome = $2, summary_json = $3 \
                      WHERE run_id = $4",
