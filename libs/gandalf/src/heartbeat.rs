@@ -88,32 +88,6 @@ impl Watch {
     }
 }
 
-/// The problems of a service's stream settings (the keys of the same names), one line
-/// per key, for its config validation.
-pub fn stream_problems(
-    queue_bytes: usize,
-    max_message_bytes: usize,
-    heartbeat_interval_ms: u64,
-    keepalive_interval_ms: u64,
-) -> Vec<String> {
-    let mut problems = Vec::new();
-    if max_message_bytes < 1024 {
-        problems.push("max_message_bytes: must be at least 1024".into());
-    }
-    if queue_bytes < max_message_bytes {
-        problems.push(format!(
-            "queue_bytes: {queue_bytes} cannot hold one message of max_message_bytes ({max_message_bytes})"
-        ));
-    }
-    if heartbeat_interval_ms == 0 {
-        problems.push("heartbeat_interval_ms: must be at least 1".into());
-    }
-    if keepalive_interval_ms < 1000 {
-        problems.push("keepalive_interval_ms: must be at least 1000".into());
-    }
-    problems
-}
-
 /// A heartbeat envelope.
 pub fn heartbeat(tenant: &str, component_type: &str, logical_name: &str) -> Envelope {
     protocol::envelope(

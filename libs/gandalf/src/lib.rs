@@ -11,6 +11,8 @@
 //!   idle limit is taken for gone.
 //! - [`legs`]: a command's legs through a router: answers only from where it went, one
 //!   time budget per command, commands in flight bounded.
+//! - [`streams`]: the stream settings both services share (queue, heartbeats,
+//!   keepalive, largest message) and the server and endpoint built from them.
 //! - [`outbox`]: a connection's outgoing queue, bounded in messages and bytes, filled
 //!   without waiting; a peer that stops reading is detected and closed.
 
@@ -21,5 +23,6 @@ pub mod heartbeat;
 pub mod legs;
 pub mod outbox;
 pub mod protocol;
+pub mod streams;
 
 pub use contracts::gandalf::v1 as wire;

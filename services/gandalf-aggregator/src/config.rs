@@ -61,29 +61,22 @@ pub struct Config {
 }
 
 impl Config {
-    /// The bounds of each connection's outgoing queue.
-    pub fn queue_limits(&self) -> gandalf::outbox::Limits {
-        gandalf::outbox::Limits::from_keys(
+    /// The settings of every stream: queue, heartbeats, keepalive, largest message.
+    pub fn stream(&self) -> gandalf::streams::Settings {
+        gandalf::streams::Settings::from_keys(
             self.queue_messages,
             self.queue_bytes,
             self.stall_timeout_ms,
+            self.heartbeat_interval_ms,
+            self.keepalive_interval_ms,
+            self.max_message_bytes,
         )
-    }
-
-    /// The interval of heartbeats.
-    pub fn heartbeat_interval(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.heartbeat_interval_ms)
-    }
-
-    /// The HTTP/2 keepalive interval (and timeout).
-    pub fn keepalive(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.keepalive_interval_ms)
     }
 }
 
 impl Default for Config {
     fn default() -> Self {
-        let queue = gandalf::outbox::Limits::default();
+        let stream = gandalf::streams::Settings::default();
         Self {
             logical_name: String::new(),
             tenant: String::new(),
@@ -95,14 +88,14 @@ impl Default for Config {
             startup_timeout_secs: 60,
             reconnect_backoff_max_ms: 5000,
             shutdown_grace_secs: 10,
-            queue_messages: queue.messages,
-            queue_bytes: queue.bytes,
-            stall_timeout_ms: queue.stall.as_millis() as u64,
+            queue_messages: stream.queue.messages,
+            queue_bytes: stream.queue.bytes,
+            stall_timeout_ms: stream.queue.stall.as_millis() as u64,
             max_commands_per_connection: 256,
             max_commands_in_flight: 10_000,
-            heartbeat_interval_ms: 5000,
-            keepalive_interval_ms: 20_000,
-            max_message_bytes: 4 * 1024 * 1024,
+            heartbeat_interval_ms: stream.heartbeat.as_millis() as u64,
+            keepalive_interval_ms: stream.keepalive.as_millis() as u64,
+            max_message_bytes: stream.max_message_bytes,
         }
     }
 }
@@ -137,13 +130,7 @@ impl Validate for Config {
         if self.max_timeout_ms == 0 {
             problems.push("max_timeout_ms: must be at least 1".into());
         }
-        problems.extend(self.queue_limits().problems());
-        problems.extend(gandalf::heartbeat::stream_problems(
-            self.queue_bytes,
-            self.max_message_bytes,
-            self.heartbeat_interval_ms,
-            self.keepalive_interval_ms,
-        ));
+        problems.extend(self.stream().problems());
         if self.max_commands_per_connection == 0 {
             problems.push("max_commands_per_connection: must be at least 1".into());
         }

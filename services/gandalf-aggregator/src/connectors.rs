@@ -53,7 +53,7 @@ impl Connect for AggregatorService {
             .unwrap_or_default();
         let peer = protocol::Peer::require(request.metadata(), ComponentType::Connector)
             .map_err(Status::invalid_argument)?;
-        let (outbound, stream) = outbox::outbox(self.router.limits());
+        let (outbound, stream) = outbox::outbox(self.router.stream().queue);
         self.drain.spawn(serve_connector(
             self.router.clone(),
             peer,
@@ -192,7 +192,7 @@ async fn serve_connector(
     router.remember_validation(id, validation);
     let beating = shutdown.child_token();
     router.beat(&outbound, beating.clone());
-    let mut watch = Watch::new(router.heartbeat_interval());
+    let mut watch = Watch::new(router.stream().heartbeat);
     // Made once, not per message: each registers with its token when first polled.
     let (ending, stalled) = (shutdown.cancelled(), outbound.stalled());
     tokio::pin!(ending, stalled);

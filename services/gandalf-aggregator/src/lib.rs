@@ -198,11 +198,11 @@ impl App {
             .await;
         let drain = platform::shutdown::Drain::new();
         let service = AggregatorService::new(router.clone(), shutdown.clone(), drain.clone());
-        let serve = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(config.keepalive()))
-            .http2_keepalive_timeout(Some(config.keepalive()))
+        let stream = config.stream();
+        let serve = stream
+            .server()
             .add_service(health)
-            .add_service(FrameServer::new(service, config.max_message_bytes))
+            .add_service(FrameServer::new(service, stream.max_message_bytes))
             .serve_with_incoming_shutdown(nodelay(grpc), shutdown.clone().cancelled_owned());
         readiness.set("initialised", true);
         tracing::info!(logical_name = %config.logical_name, tenant = %config.tenant, "step 5/5 (API): serving connectors");

@@ -104,17 +104,17 @@ async fn open(
     secret: &SecretString,
 ) -> Result<(Outbox, Streaming<Received>), Failure> {
     let unreachable = |e: String| Failure::Unreachable(e);
-    let channel = Endpoint::from_shared(member.to_owned())
+    let endpoint = Endpoint::from_shared(member.to_owned())
         .map_err(|e| unreachable(e.to_string()))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .http2_keep_alive_interval(router.keepalive())
-        .keep_alive_timeout(router.keepalive())
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true)
+        .tcp_nodelay(true);
+    let channel = router
+        .stream()
+        .endpoint(endpoint)
         .connect()
         .await
         .map_err(|e| unreachable(e.to_string()))?;
-    let (tx, rx) = outbox::outbox(router.limits());
+    let (tx, rx) = outbox::outbox(router.stream().queue);
     let _ = tx.push(protocol::validation(
         router.tenant(),
         secret.expose_secret(),
@@ -129,7 +129,7 @@ async fn open(
     .map_err(unreachable)?;
     let opened = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        gandalf::frame::connect_cluster(channel, request, router.max_message_bytes()),
+        gandalf::frame::connect_cluster(channel, request, router.stream().max_message_bytes),
     )
     .await
     .map_err(|_| {
@@ -160,7 +160,7 @@ async fn read(
     outbound: &Outbox,
     shutdown: &CancellationToken,
 ) {
-    let mut watch = Watch::new(router.heartbeat_interval());
+    let mut watch = Watch::new(router.stream().heartbeat);
     // Made once, not per message: each registers with its token when first polled.
     let (ending, stalled) = (shutdown.cancelled(), outbound.stalled());
     tokio::pin!(ending, stalled);

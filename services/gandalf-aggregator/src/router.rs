@@ -25,8 +25,9 @@ use gandalf::{
     dedup::{DedupKey, ExpiringMap, Seen},
     frame::{Frame, Received},
     legs::{Budget, Leg, Legs, Offer},
-    outbox::{Limits, Outbox, Refused},
+    outbox::{Outbox, Refused},
     protocol,
+    streams::Settings,
     wire::{Command, Envelope, Header, envelope::Body},
 };
 use serde::Serialize;
@@ -85,10 +86,7 @@ pub struct Router {
     logical_name: String,
     tenant: String,
     max_timeout_ms: u32,
-    limits: Limits,
-    heartbeat: Duration,
-    keepalive: Duration,
-    max_message_bytes: usize,
+    stream: Settings,
     next_id: AtomicU64,
     connections: RwLock<BTreeMap<ConnId, Connection>>,
     /// (uuid, pass) -> until when it counts as seen.
@@ -112,10 +110,7 @@ impl Router {
             logical_name: config.logical_name.clone(),
             tenant: config.tenant.clone(),
             max_timeout_ms: config.max_timeout_ms,
-            limits: config.queue_limits(),
-            heartbeat: config.heartbeat_interval(),
-            keepalive: config.keepalive(),
-            max_message_bytes: config.max_message_bytes,
+            stream: config.stream(),
             next_id: AtomicU64::new(1),
             connections: RwLock::default(),
             seen: Mutex::default(),
@@ -138,31 +133,16 @@ impl Router {
         &self.logical_name
     }
 
-    /// The bounds of every connection's outgoing queue.
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
-    /// The interval of heartbeats on every stream.
-    pub fn heartbeat_interval(&self) -> Duration {
-        self.heartbeat
-    }
-
-    /// The largest envelope accepted or sent.
-    pub fn max_message_bytes(&self) -> usize {
-        self.max_message_bytes
-    }
-
-    /// The HTTP/2 keepalive interval and timeout.
-    pub fn keepalive(&self) -> Duration {
-        self.keepalive
+    /// How every stream is run: queue, heartbeats, keepalive, largest message.
+    pub fn stream(&self) -> Settings {
+        self.stream
     }
 
     /// Starts the heartbeats of a stream of this aggregator; they end with `stop`.
     pub fn beat(&self, outbox: &Outbox, stop: tokio_util::sync::CancellationToken) {
         gandalf::heartbeat::beat(
             outbox.clone(),
-            self.heartbeat,
+            self.stream.heartbeat,
             self.tenant.clone(),
             "aggregator",
             self.logical_name.clone(),
@@ -344,10 +324,10 @@ impl Router {
             Refused::Closed => dropped("unreachable"),
             Refused::Stalled => {
                 dropped("queue_full");
-                let (messages, bytes) = (self.limits.messages, self.limits.bytes);
+                let (messages, bytes) = (self.stream.queue.messages, self.stream.queue.bytes);
                 tracing::warn!(
                     connection = %self.name_of(id),
-                    stall_ms = self.limits.stall.as_millis() as u64,
+                    stall_ms = self.stream.queue.stall.as_millis() as u64,
                     messages,
                     bytes,
                     "closing a connection that stopped reading: its queue stayed full"

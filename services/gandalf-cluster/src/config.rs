@@ -50,44 +50,37 @@ pub struct Config {
 }
 
 impl Config {
-    /// The bounds of each aggregator stream's outgoing queue.
-    pub fn queue_limits(&self) -> gandalf::outbox::Limits {
-        gandalf::outbox::Limits::from_keys(
+    /// The settings of every stream: queue, heartbeats, keepalive, largest message.
+    pub fn stream(&self) -> gandalf::streams::Settings {
+        gandalf::streams::Settings::from_keys(
             self.queue_messages,
             self.queue_bytes,
             self.stall_timeout_ms,
+            self.heartbeat_interval_ms,
+            self.keepalive_interval_ms,
+            self.max_message_bytes,
         )
-    }
-
-    /// The interval of heartbeats.
-    pub fn heartbeat_interval(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.heartbeat_interval_ms)
-    }
-
-    /// The HTTP/2 keepalive interval (and timeout).
-    pub fn keepalive(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.keepalive_interval_ms)
     }
 }
 
 impl Default for Config {
     fn default() -> Self {
-        let queue = gandalf::outbox::Limits::default();
+        let stream = gandalf::streams::Settings::default();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
             tenants: BTreeMap::new(),
             event_log_capacity: 1000,
             shutdown_grace_secs: 10,
-            queue_messages: queue.messages,
-            queue_bytes: queue.bytes,
-            stall_timeout_ms: queue.stall.as_millis() as u64,
+            queue_messages: stream.queue.messages,
+            queue_bytes: stream.queue.bytes,
+            stall_timeout_ms: stream.queue.stall.as_millis() as u64,
             storage: None,
             max_timeout_ms: 5000,
             max_commands_in_flight: 10_000,
-            heartbeat_interval_ms: 5000,
-            keepalive_interval_ms: 20_000,
-            max_message_bytes: 4 * 1024 * 1024,
+            heartbeat_interval_ms: stream.heartbeat.as_millis() as u64,
+            keepalive_interval_ms: stream.keepalive.as_millis() as u64,
+            max_message_bytes: stream.max_message_bytes,
         }
     }
 }
@@ -172,7 +165,7 @@ impl Validate for Config {
         if self.event_log_capacity == 0 {
             problems.push("event_log_capacity: must be at least 1".into());
         }
-        problems.extend(self.queue_limits().problems());
+        problems.extend(self.stream().problems());
         if let Some(storage) = &self.storage {
             let scheme = storage.url.scheme();
             if !matches!(scheme.as_str(), "postgres" | "postgresql" | "sqlite") {
@@ -184,12 +177,6 @@ impl Validate for Config {
         if self.max_timeout_ms == 0 {
             problems.push("max_timeout_ms: must be at least 1".into());
         }
-        problems.extend(gandalf::heartbeat::stream_problems(
-            self.queue_bytes,
-            self.max_message_bytes,
-            self.heartbeat_interval_ms,
-            self.keepalive_interval_ms,
-        ));
         if self.max_commands_in_flight == 0 {
             problems.push("max_commands_in_flight: must be at least 1".into());
         }

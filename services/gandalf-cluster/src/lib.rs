@@ -82,12 +82,11 @@ impl App {
         reporter.set_serving::<FrameServer<ClusterService>>().await;
         let drain = platform::shutdown::Drain::new();
         let service = ClusterService::new(self.cluster.clone(), shutdown.clone(), drain.clone());
-        let keepalive = self.cluster.keepalive();
-        let grpc = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(keepalive))
-            .http2_keepalive_timeout(Some(keepalive))
+        let stream = self.cluster.stream();
+        let grpc = stream
+            .server()
             .add_service(health)
-            .add_service(FrameServer::new(service, self.cluster.max_message_bytes()))
+            .add_service(FrameServer::new(service, stream.max_message_bytes))
             .serve_with_incoming_shutdown(nodelay(self.grpc), shutdown.clone().cancelled_owned());
         self.readiness.set("grpc", true);
         tracing::info!("serving");

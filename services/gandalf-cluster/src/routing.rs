@@ -113,24 +113,9 @@ impl Cluster {
         cluster
     }
 
-    /// The bounds of each aggregator stream's outgoing queue.
-    pub fn queue_limits(&self) -> gandalf::outbox::Limits {
-        self.config.queue_limits()
-    }
-
-    /// The interval of heartbeats on every stream.
-    pub fn heartbeat_interval(&self) -> std::time::Duration {
-        self.config.heartbeat_interval()
-    }
-
-    /// The largest envelope accepted or sent.
-    pub fn max_message_bytes(&self) -> usize {
-        self.config.max_message_bytes
-    }
-
-    /// The HTTP/2 keepalive interval and timeout.
-    pub fn keepalive(&self) -> std::time::Duration {
-        self.config.keepalive()
+    /// How every aggregator stream is run: queue, heartbeats, keepalive, largest message.
+    pub fn stream(&self) -> gandalf::streams::Settings {
+        self.config.stream()
     }
 
     /// Whether `secret` opens a Cluster stream for `tenant` as an aggregator.

@@ -51,7 +51,7 @@ impl Connect for ClusterService {
     ) -> Result<Response<ResponseStream>, Status> {
         let peer = Peer::require(request.metadata(), ComponentType::Aggregator)
             .map_err(Status::invalid_argument)?;
-        let (outbound, stream) = outbox::outbox(self.cluster.queue_limits());
+        let (outbound, stream) = outbox::outbox(self.cluster.stream().queue);
         self.drain.spawn(serve_stream(
             self.cluster.clone(),
             peer,
@@ -127,13 +127,13 @@ async fn serve_stream(
     let beating = shutdown.child_token();
     gandalf::heartbeat::beat(
         outbound.clone(),
-        cluster.heartbeat_interval(),
+        cluster.stream().heartbeat,
         tenant.clone(),
         "cluster",
         String::new(),
         beating.clone(),
     );
-    let mut watch = Watch::new(cluster.heartbeat_interval());
+    let mut watch = Watch::new(cluster.stream().heartbeat);
     // Made once, not per message: each registers with its token when first polled.
     let (ending, stalled) = (shutdown.cancelled(), outbound.stalled());
     tokio::pin!(ending, stalled);
