@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     protocol,
-    wire::{Envelope, Header},
+    wire::{Envelope, Header, envelope::Body},
 };
 
 /// A command's time budget at one hop.
@@ -211,7 +211,90 @@ impl Legs {
     }
 }
 
+/// How a leg shares its budget among the connections it tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// The first that takes the command gets what is left (less the reserve for the
+    /// answer's way back); only a refusal, or a connection that is gone, moves on. For
+    /// hops that answer UNDELIVERABLE themselves when they cannot deliver.
+    WholeBudget,
+    /// Each gets an equal share of what is left, so a silent one is passed over in time
+    /// for the next. For the connections of one connector.
+    EqualShares,
+}
+
+/// What became of a leg's try-next sequence.
+#[derive(Debug)]
+pub struct Tries {
+    /// The answer and the connection it came from.
+    pub answer: Option<(u64, Envelope)>,
+    /// The last refusal's detail (an error event from a connection tried).
+    pub refusal: Option<String>,
+    /// How many connections took the command.
+    pub tried: usize,
+}
+
 impl Leg {
+    /// Sends the command to `targets` in turn within `budget` until one answers:
+    /// `send(target, timeout_ms)` queues it with the `timeout_ms` to stamp and says
+    /// whether it was queued; `via(target)` is the connection an answer comes from. An
+    /// error event moves on to the next; silence does too under [`Pacing::EqualShares`]
+    /// and ends the sequence under [`Pacing::WholeBudget`].
+    pub async fn try_in_turn<T>(
+        &mut self,
+        targets: &[T],
+        via: impl Fn(&T) -> u64,
+        budget: Budget,
+        pacing: Pacing,
+        mut send: impl FnMut(&T, u32) -> bool,
+    ) -> Tries {
+        let mut tries = Tries {
+            answer: None,
+            refusal: None,
+            tried: 0,
+        };
+        for (i, target) in targets.iter().enumerate() {
+            if budget.is_spent() {
+                break;
+            }
+            let (until, timeout_ms) = match pacing {
+                Pacing::WholeBudget => (budget.deadline(), budget.onward_ms()),
+                Pacing::EqualShares => {
+                    let left = u32::try_from(targets.len() - i).unwrap_or(u32::MAX);
+                    let share = budget.remaining() / left;
+                    let ms = u32::try_from(share.as_millis()).unwrap_or(u32::MAX).max(1);
+                    (Instant::now() + share, ms)
+                }
+            };
+            self.sending_to(via(target));
+            if !send(target, timeout_ms) {
+                continue;
+            }
+            tries.tried += 1;
+            match self.answer(until).await {
+                Some((
+                    _,
+                    Envelope {
+                        body: Some(Body::Event(event)),
+                        ..
+                    },
+                )) if event.topic == protocol::ERROR_TOPIC => {
+                    tracing::debug!(command = %self.uuid, detail = %event.payload, "refused; trying the next");
+                    tries.refusal = Some(event.payload);
+                }
+                Some(answer) => {
+                    tries.answer = Some(answer);
+                    break;
+                }
+                None if pacing == Pacing::EqualShares => {
+                    tracing::debug!(command = %self.uuid, "no answer in its share; trying the next");
+                }
+                None => break,
+            }
+        }
+        tries
+    }
+
     /// Records that the command goes to connection `to` (before sending it there, so
     /// that a quick answer finds the leg ready).
     pub fn sending_to(&self, to: u64) {

@@ -24,7 +24,7 @@ use std::{
 use gandalf::{
     dedup::{DedupKey, ExpiringMap, Seen},
     frame::{Frame, Received},
-    legs::{Budget, Leg, Legs, Offer},
+    legs::{Budget, Legs, Offer, Pacing, Tries},
     outbox::{Outbox, Refused},
     protocol,
     streams::Settings,
@@ -604,8 +604,34 @@ impl Router {
             self.cluster_ids()
         };
         let started = Instant::now();
-        let (answer, refusal, tried) = self
-            .try_targets(&mut leg, &targets, from_cluster, budget, &header, &command)
+        // Towards members the whole budget (a member that cannot deliver says so at
+        // once); towards the connections of one connector a share each.
+        let pacing = if from_cluster {
+            Pacing::EqualShares
+        } else {
+            Pacing::WholeBudget
+        };
+        let Tries {
+            answer,
+            refusal,
+            tried,
+        } = leg
+            .try_in_turn(
+                &targets,
+                |id| *id,
+                budget,
+                pacing,
+                |id, timeout_ms| {
+                    let envelope = Envelope {
+                        header: Some(Header {
+                            timeout_ms,
+                            ..header.clone()
+                        }),
+                        body: Some(Body::Command(command.clone())),
+                    };
+                    self.send_to(*id, envelope)
+                },
+            )
             .await;
         drop(leg);
         let latency = started.elapsed();
@@ -661,67 +687,6 @@ impl Router {
                 latency_ms: i64::try_from(latency.as_millis()).unwrap_or(i64::MAX),
             });
         }
-    }
-
-    /// The try-next sequence of one leg, all within `budget`: (the answer and who gave
-    /// it, the last refusal's detail, how many connections were tried).
-    ///
-    /// Towards members the first one that takes the command gets what is left of the
-    /// budget (less a reserve for the answer's way back): a member that cannot deliver
-    /// says so at once, which moves on to the next. Towards the connections of one
-    /// connector each gets an equal share of what is left, so a silent one is passed
-    /// over in time for the next.
-    async fn try_targets(
-        &self,
-        leg: &mut Leg,
-        targets: &[ConnId],
-        to_connector: bool,
-        budget: Budget,
-        header: &Header,
-        command: &Command,
-    ) -> (Option<(ConnId, Envelope)>, Option<String>, usize) {
-        let mut refusal = None;
-        let mut tried = 0;
-        for (i, target) in targets.iter().enumerate() {
-            if budget.is_spent() {
-                break;
-            }
-            let (until, timeout_ms) = if to_connector {
-                let share = budget.remaining() / u32::try_from(targets.len() - i).unwrap_or(1);
-                let ms = u32::try_from(share.as_millis()).unwrap_or(u32::MAX).max(1);
-                (Instant::now() + share, ms)
-            } else {
-                (budget.deadline(), budget.onward_ms())
-            };
-            let envelope = Envelope {
-                header: Some(Header {
-                    timeout_ms,
-                    ..header.clone()
-                }),
-                body: Some(Body::Command(command.clone())),
-            };
-            leg.sending_to(*target);
-            if !self.send_to(*target, envelope) {
-                continue;
-            }
-            tried += 1;
-            match leg.answer(until).await {
-                // This connection said no (e.g. the cluster knows no such connector).
-                Some((
-                    _,
-                    Envelope {
-                        body: Some(Body::Event(event)),
-                        ..
-                    },
-                )) if event.topic == protocol::ERROR_TOPIC => refusal = Some(event.payload),
-                Some(answer) => return (Some(answer), refusal, tried),
-                None if to_connector => {
-                    tracing::debug!(command = %header.uuid, target = %self.name_of(*target), "no answer; trying the next connection");
-                }
-                None => break,
-            }
-        }
-        (None, refusal, tried)
     }
 
     /// Config, Configuration, Secret from a connector: to one

@@ -20,7 +20,7 @@ use std::{
 use gandalf::{
     dedup::{DedupKey, Seen},
     frame::{Frame, Received},
-    legs::{Budget, Legs, Offer},
+    legs::{Budget, Legs, Offer, Pacing},
     outbox::{Outbox, Refused},
     protocol::{self, REPLY, REQUEST, SAVE},
     wire::{Command, Configuration, Envelope, Header, envelope::Body},
@@ -420,45 +420,33 @@ impl Cluster {
                 format!("no connector named {:?} is connected", command.target)
             });
         }
-        let mut refusal = None;
-        for (name, via) in &candidates {
-            if budget.is_spent() {
-                break;
-            }
-            let forwarded = Envelope {
-                header: Some(Header {
-                    timeout_ms: budget.onward_ms(),
-                    ..header.clone()
-                }),
-                body: Some(Body::Command(Command {
-                    target: name.clone(),
-                    ..command.clone()
-                })),
-            };
-            leg.sending_to(*via);
-            if !self.send_to(*via, forwarded) {
-                continue;
-            }
-            match leg.answer(budget.deadline()).await {
-                Some((
-                    _,
-                    Envelope {
-                        body: Some(Body::Event(event)),
-                        ..
-                    },
-                )) if event.topic == protocol::ERROR_TOPIC => {
-                    tracing::debug!(command = %header.uuid, connector = %name, detail = %event.payload, "candidate could not take the command; trying the next");
-                    refusal = Some(event.payload);
-                }
-                Some((_, answer)) => {
-                    self.send_to(from, answer.clone());
-                    self.log_event(tenant, *via, answer);
-                    return;
-                }
-                None => break,
-            }
+        let tries = leg
+            .try_in_turn(
+                &candidates,
+                |(_, via)| *via,
+                budget,
+                Pacing::WholeBudget,
+                |(name, via), timeout_ms| {
+                    let forwarded = Envelope {
+                        header: Some(Header {
+                            timeout_ms,
+                            ..header.clone()
+                        }),
+                        body: Some(Body::Command(Command {
+                            target: name.clone(),
+                            ..command.clone()
+                        })),
+                    };
+                    self.send_to(*via, forwarded)
+                },
+            )
+            .await;
+        if let Some((via, answer)) = tries.answer {
+            self.send_to(from, answer.clone());
+            self.log_event(tenant, via, answer);
+            return;
         }
-        undeliverable(&match refusal {
+        undeliverable(&match tries.refusal {
             Some(refusal) if candidates.len() == 1 => refusal,
             Some(refusal) => format!("{} candidates tried; the last: {refusal}", candidates.len()),
             None => format!(
