@@ -28,7 +28,7 @@ use gandalf::{
     outbox::{Outbox, Refused},
     protocol,
     streams::Settings,
-    wire::{Command, Envelope, Header, envelope::Body},
+    wire::{Command, Envelope, Event, Header, envelope::Body},
 };
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -306,8 +306,13 @@ impl Router {
     /// Queues for one connection without waiting; false when it is gone, closed or its
     /// queue is full.
     pub fn send_to(&self, id: ConnId, envelope: Envelope) -> bool {
+        self.send_frame(id, Frame::encode(&envelope))
+    }
+
+    /// [`Router::send_to`] for a message passed on as it was received.
+    fn send_frame(&self, id: ConnId, frame: Frame) -> bool {
         let refused = match read(&self.connections).get(&id) {
-            Some(connection) => match connection.outbox.push(envelope) {
+            Some(connection) => match connection.outbox.push_frame(frame) {
                 Ok(()) => return true,
                 Err(refused) => refused,
             },
@@ -464,7 +469,7 @@ impl Router {
             Body::Event(event)
                 if event.topic == protocol::ERROR_TOPIC && !event.reference_uuid.is_empty() =>
             {
-                self.route_error(from, from_cluster, envelope.clone())
+                self.route_error(from, from_cluster, event, frame)
             }
             Body::Event(_) => self.route_event(from, from_cluster, frame).await,
             Body::Command(command) => {
@@ -490,7 +495,7 @@ impl Router {
                     ),
                 );
             }
-            _ if from_cluster => self.route_from_cluster(header, body, envelope.clone()),
+            _ if from_cluster => self.route_from_cluster(header, body, || envelope.clone(), frame),
             _ => self.relay_to_cluster(from, header, body),
         }
     }
@@ -512,10 +517,7 @@ impl Router {
     /// An error event about no command under way: about a message relayed for a
     /// connector, it goes to that connector, and only when it comes from the cluster,
     /// where the message went; otherwise it is logged, not spread.
-    fn route_error(&self, from: ConnId, from_cluster: bool, envelope: Envelope) {
-        let Some(Body::Event(event)) = &envelope.body else {
-            return;
-        };
+    fn route_error(&self, from: ConnId, from_cluster: bool, event: &Event, frame: Frame) {
         let origin = from_cluster
             .then(|| {
                 lock(&self.relayed)
@@ -525,7 +527,7 @@ impl Router {
             .flatten();
         match origin {
             Some(origin) => {
-                self.send_to(origin, envelope);
+                self.send_frame(origin, frame);
             }
             None => {
                 tracing::info!(from = %self.name_of(from), event = %event.event, reference = %event.reference_uuid, detail = %event.payload, "error event about nothing under way here")
@@ -746,7 +748,13 @@ impl Router {
 
     /// Replies and configuration from the cluster: to the waiting request, else to the
     /// connector they target; a reply with no target is for the aggregator itself.
-    fn route_from_cluster(&self, header: &Header, body: &Body, envelope: Envelope) {
+    fn route_from_cluster(
+        &self,
+        header: &Header,
+        body: &Body,
+        envelope: impl FnOnce() -> Envelope,
+        frame: Frame,
+    ) {
         let (context, target) = match body {
             Body::Configuration(c) => (&c.context, c.target_logical_name.clone()),
             Body::Secret(s) => (&s.context, s.target_logical_name.clone()),
@@ -758,7 +766,7 @@ impl Router {
         if let Some(request) = context.get("request_uuid")
             && let Some(waiter) = lock(&self.replies).remove(request)
         {
-            let _ = waiter.send(envelope);
+            let _ = waiter.send(envelope());
             return;
         }
         if target.is_empty() || target == self.logical_name {
@@ -771,7 +779,7 @@ impl Router {
             tracing::info!(target = %target, kind = protocol::kind(body), "no connector of that name here");
         }
         for id in ids {
-            self.send_to(id, envelope.clone());
+            self.send_frame(id, frame.clone());
         }
     }
 }

@@ -326,14 +326,9 @@ impl Cluster {
                     .get(&(tenant.to_owned(), config.target.clone()))
                     .and_then(|e| e.vias.first().copied());
                 match target {
+                    // Unchanged: passed on as received.
                     Some(via) => {
-                        self.send_to(
-                            via,
-                            Envelope {
-                                header: Some(header.clone()),
-                                body: Some(body.clone()),
-                            },
-                        );
+                        self.send_frame(via, frame);
                     }
                     None => reply_to_origin(protocol::error_event(
                         tenant,
@@ -543,8 +538,13 @@ impl Cluster {
     /// Queues for one aggregator without waiting; a full queue drops the message for it
     /// (counted), a stalled one is closed. False when it was not queued.
     pub fn send_to(&self, id: u64, envelope: Envelope) -> bool {
+        self.send_frame(id, Frame::encode(&envelope))
+    }
+
+    /// [`Cluster::send_to`] for a message passed on as it was received.
+    fn send_frame(&self, id: u64, frame: Frame) -> bool {
         let refused = match read(&self.aggregators).get(&id) {
-            Some(aggregator) => match aggregator.outbox.push(envelope) {
+            Some(aggregator) => match aggregator.outbox.push_frame(frame) {
                 Ok(()) => return true,
                 Err(refused) => refused,
             },
