@@ -211,19 +211,7 @@ async fn configuration_and_config_from_a_connector_are_relayed_and_answered_to_i
         ))
         .await
         .expect("send");
-    let reply = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if let Ok(Envelope {
-                body: Some(Body::Configuration(c)),
-                ..
-            }) = rx.recv().await
-            {
-                return c;
-            }
-        }
-    })
-    .await
-    .expect("a configuration reply");
+    let reply = configuration_reply(&mut rx).await;
     assert_eq!(reply.command, protocol::REPLY);
     assert_eq!(reply.target_logical_name, "billing-1");
     assert_eq!(reply.payload, r#"{"batch":50}"#);

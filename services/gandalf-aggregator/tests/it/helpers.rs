@@ -165,6 +165,19 @@ impl Aggregator {
         aggregator
     }
 
+    /// Starts one with its config adjusted by `tweak` and waits until it is ready.
+    pub async fn start_with(
+        name: &str,
+        cluster: &Cluster,
+        tweak: impl FnOnce(&mut gandalf_aggregator::config::Config),
+    ) -> Self {
+        let mut config = aggregator_config(name, &[&cluster.grpc], AGG_SECRET);
+        tweak(&mut config);
+        let aggregator = Self::spawn(config).await;
+        aggregator.wait_ready().await;
+        aggregator
+    }
+
     /// Starts one without waiting.
     pub async fn spawn(config: gandalf_aggregator::config::Config) -> Self {
         let app = gandalf_aggregator::App::build(config)

@@ -374,11 +374,8 @@ async fn a_connector_secret_cannot_open_a_cluster_stream_as_an_aggregator() {
 #[tokio::test]
 async fn a_flood_of_commands_to_a_silent_type_is_bounded_and_the_excess_answered_at_once() {
     let cluster = Cluster::start(None).await;
-    let mut config =
-        crate::helpers::aggregator_config("agg-1", &[&cluster.grpc], crate::helpers::AGG_SECRET);
-    config.max_commands_per_connection = 4;
-    let aggregator = Aggregator::spawn(config).await;
-    aggregator.wait_ready().await;
+    let aggregator =
+        Aggregator::start_with("agg-1", &cluster, |c| c.max_commands_per_connection = 4).await;
     let sender = Arc::new(aggregator.connector("billing-1", "erp").await);
     let _silent = aggregator.connector("crm-1", "crm").await;
 
@@ -424,11 +421,8 @@ async fn a_flood_of_commands_to_a_silent_type_is_bounded_and_the_excess_answered
 #[tokio::test]
 async fn a_half_open_connector_is_dropped_once_its_heartbeats_stop_and_heartbeats_flow_both_ways() {
     let cluster = Cluster::start(None).await;
-    let mut config =
-        crate::helpers::aggregator_config("agg-1", &[&cluster.grpc], crate::helpers::AGG_SECRET);
-    config.heartbeat_interval_ms = 200;
-    let aggregator = Aggregator::spawn(config).await;
-    aggregator.wait_ready().await;
+    let aggregator =
+        Aggregator::start_with("agg-1", &cluster, |c| c.heartbeat_interval_ms = 200).await;
     let mut half_open = SilentConnector::connect(&aggregator, "half-open", "erp").await;
     // The aggregator's heartbeats arrive on the stream.
     let first = tokio::time::timeout(Duration::from_secs(2), half_open.inbound.message())
@@ -472,11 +466,8 @@ async fn a_half_open_connector_is_dropped_once_its_heartbeats_stop_and_heartbeat
 #[tokio::test]
 async fn a_connector_that_never_sends_heartbeats_is_not_held_to_them() {
     let cluster = Cluster::start(None).await;
-    let mut config =
-        crate::helpers::aggregator_config("agg-1", &[&cluster.grpc], crate::helpers::AGG_SECRET);
-    config.heartbeat_interval_ms = 100;
-    let aggregator = Aggregator::spawn(config).await;
-    aggregator.wait_ready().await;
+    let aggregator =
+        Aggregator::start_with("agg-1", &cluster, |c| c.heartbeat_interval_ms = 100).await;
     let _quiet = SilentConnector::connect(&aggregator, "quiet", "erp").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let connections = aggregator.connections().await;
@@ -514,11 +505,8 @@ async fn until_unlisted(aggregator: &Aggregator, name: &str, within: Duration) {
 #[tokio::test]
 async fn a_message_over_the_size_limit_ends_only_its_sender_s_stream() {
     let cluster = Cluster::start(None).await;
-    let mut config =
-        crate::helpers::aggregator_config("agg-1", &[&cluster.grpc], crate::helpers::AGG_SECRET);
-    config.max_message_bytes = 64 * 1024;
-    let aggregator = Aggregator::spawn(config).await;
-    aggregator.wait_ready().await;
+    let aggregator =
+        Aggregator::start_with("agg-1", &cluster, |c| c.max_message_bytes = 64 * 1024).await;
     let oversize = aggregator.connector("big", "erp").await;
     let sender = aggregator.connector("small", "erp").await;
     let receiver = aggregator.connector("reader", "crm").await;
