@@ -212,7 +212,7 @@ async fn serve_connector(
         match message {
             Ok(Some(received)) => {
                 watch.saw(&received.envelope);
-                router.handle(id, received).await
+                router.handle_from_connector(id, received).await
             }
             Ok(None) => break,
             Err(status) => {

@@ -180,7 +180,7 @@ async fn read(
         match message {
             Ok(Some(received)) => {
                 watch.saw(&received.envelope);
-                router.handle(id, received).await
+                router.handle_from_member(id, received).await
             }
             Ok(None) => return,
             Err(status) => {

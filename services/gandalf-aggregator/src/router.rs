@@ -297,12 +297,6 @@ impl Router {
         }
     }
 
-    fn is_cluster(&self, id: ConnId) -> bool {
-        read(&self.connections)
-            .get(&id)
-            .is_some_and(|c| matches!(c.peer, Peer::Cluster { .. }))
-    }
-
     /// Queues for one connection without waiting; false when it is gone, closed or its
     /// queue is full.
     pub fn send_to(&self, id: ConnId, envelope: Envelope) -> bool {
@@ -388,11 +382,21 @@ impl Router {
         answer
     }
 
-    /// Applies the routing rules to one envelope from connection `from`. It waits on no
-    /// other connection, but for room on a full link to a member (see `route_event`).
-    pub async fn handle(self: &Arc<Self>, from: ConnId, received: Received) {
+    /// Routes one envelope from connector connection `from` (see [`Router::handle`]).
+    pub async fn handle_from_connector(self: &Arc<Self>, from: ConnId, received: Received) {
+        self.handle(from, false, received).await
+    }
+
+    /// Routes one envelope from member connection `from` (see [`Router::handle`]).
+    pub async fn handle_from_member(self: &Arc<Self>, from: ConnId, received: Received) {
+        self.handle(from, true, received).await
+    }
+
+    /// Applies the routing rules to one envelope from connection `from`; the read loop
+    /// says which side it is, so no lookup per message. It waits on no other connection,
+    /// but for room on a full link to a member (see `route_event`).
+    async fn handle(self: &Arc<Self>, from: ConnId, from_cluster: bool, received: Received) {
         let Received { envelope, frame } = received;
-        let from_cluster = self.is_cluster(from);
         let (header, body) = match protocol::check(&envelope) {
             Ok(parts) => parts,
             Err(problem) => {
