@@ -483,31 +483,40 @@ impl Cluster {
                 .increment(1);
             return;
         }
-        // Queued to every other aggregator of the tenant under one read lock, without waiting.
+        // Queued to every other aggregator of the tenant under one read lock, without
+        // waiting; the origin's name for the log is read under the same lock.
         let mut refusals = Vec::new();
-        {
+        let origin = {
             let aggregators = read(&self.aggregators);
+            let mut origin = String::new();
             for (id, aggregator) in aggregators.iter() {
-                if *id != from
-                    && aggregator.tenant == tenant
+                if *id == from {
+                    origin.clone_from(&aggregator.logical_name);
+                } else if aggregator.tenant == tenant
                     && let Err(refused) = aggregator.outbox.push_frame(frame.clone())
                 {
                     refusals.push((*id, refused));
                 }
             }
-        }
+            origin
+        };
         for (id, refused) in refusals {
             self.refused(id, refused);
         }
-        self.log_event(tenant, from, envelope);
+        self.keep_event(tenant, origin, envelope);
     }
 
-    /// Keeps an event in the tenant's bounded log (moved there, not copied).
+    /// Keeps an event from aggregator `from` in the tenant's log.
     fn log_event(&self, tenant: &str, from: u64, envelope: Envelope) {
         let origin = read(&self.aggregators)
             .get(&from)
             .map(|a| a.logical_name.clone())
             .unwrap_or_default();
+        self.keep_event(tenant, origin, envelope);
+    }
+
+    /// Keeps an event in the tenant's bounded log (moved there, not copied).
+    fn keep_event(&self, tenant: &str, origin: String, envelope: Envelope) {
         let Envelope {
             header: Some(header),
             body: Some(Body::Event(event)),
