@@ -22,7 +22,7 @@ use std::{
 };
 
 use gandalf::{
-    dedup::{DedupKey, ExpiringMap, Seen},
+    dedup::{ExpiringMap, Seen},
     frame::{Frame, Received},
     legs::{Budget, Legs, Offer, Pacing, Tries},
     outbox::{Outbox, Refused},
@@ -90,7 +90,7 @@ pub struct Router {
     next_id: AtomicU64,
     connections: RwLock<BTreeMap<ConnId, Connection>>,
     /// (uuid, pass) -> until when it counts as seen.
-    seen: Mutex<Seen<(DedupKey, Pass)>>,
+    seen: Mutex<Seen>,
     /// The legs of the commands under way, and their limits.
     legs: Arc<Legs>,
     /// Request uuid -> a task waiting for the cluster's reply (validations, init steps).
@@ -511,7 +511,7 @@ impl Router {
             Duration::from_millis(u64::from(protocol::timeout_ms(header, self.max_timeout_ms)));
         let mut seen = lock(&self.seen);
         let before = seen.evicted();
-        let first = seen.first((DedupKey::of(&header.uuid), pass), now, now + ttl);
+        let first = seen.first((&header.uuid, pass), now, now + ttl);
         if seen.evicted() > before {
             metrics::counter!("gandalf_aggregator_dedup_evicted_total").increment(1);
         }

@@ -18,7 +18,7 @@ use std::{
 };
 
 use gandalf::{
-    dedup::{DedupKey, Seen},
+    dedup::Seen,
     frame::{Frame, Received},
     legs::{Budget, Legs, Offer, Pacing},
     outbox::{Outbox, Refused},
@@ -73,7 +73,7 @@ pub struct Cluster {
     round_robin: Mutex<HashMap<(String, String), usize>>,
     /// Event uuids seen lately: an event sent to several members by several ways is
     /// logged and passed on once.
-    seen: Mutex<Seen<DedupKey>>,
+    seen: Mutex<Seen>,
     /// The commands under way here.
     legs: Arc<Legs>,
 }
@@ -478,7 +478,7 @@ impl Cluster {
             header,
             self.config.max_timeout_ms,
         )));
-        if !lock(&self.seen).first(DedupKey::of(&header.uuid), now, now + ttl) {
+        if !lock(&self.seen).first(&header.uuid, now, now + ttl) {
             metrics::counter!("gandalf_cluster_dropped_total", "reason" => "duplicate")
                 .increment(1);
             return;
