@@ -103,7 +103,7 @@ async fn main() -> ExitCode {
         let name = name.clone();
         tokio::spawn(async move {
             while let Ok(envelope) = events.recv().await {
-                if let Some(Body::Event(event)) = envelope.body {
+                if let Some(Body::Event(event)) = &envelope.body {
                     if event.topic == protocol::ERROR_TOPIC {
                         println!(
                             "[{name}] error event {} about {}: {}",

@@ -107,7 +107,7 @@ pub struct Connector {
     logical_name: String,
     outbound: mpsc::Sender<Envelope>,
     pending: Pending,
-    events: broadcast::Sender<Envelope>,
+    events: broadcast::Sender<Arc<Envelope>>,
     commands: AsyncMutex<mpsc::Receiver<IncomingCommand>>,
     closed: Arc<Mutex<Option<String>>>,
 }
@@ -297,8 +297,8 @@ impl Connector {
     }
 
     /// Every envelope that is not a command for this connector (events, replies, errors),
-    /// from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Envelope> {
+    /// from now on; shared by every subscriber, not copied for each.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Envelope>> {
         self.events.subscribe()
     }
 
@@ -340,7 +340,7 @@ async fn read_loop(
     mut inbound: tonic::Streaming<Envelope>,
     mut watch: crate::heartbeat::Watch,
     pending: Pending,
-    events: broadcast::Sender<Envelope>,
+    events: broadcast::Sender<Arc<Envelope>>,
     commands: mpsc::Sender<IncomingCommand>,
     closed: Arc<Mutex<Option<String>>>,
 ) {
@@ -381,7 +381,7 @@ async fn read_loop(
                     _ => {}
                 }
                 // Nobody subscribed is fine: the send only fails then.
-                let _ = events.send(envelope);
+                let _ = events.send(Arc::new(envelope));
             }
             Ok(None) => break "the aggregator ended the stream".to_owned(),
             Err(status) => break status.to_string(),

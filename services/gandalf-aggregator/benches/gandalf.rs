@@ -295,11 +295,10 @@ async fn gandalf_events(stack: &GandalfStack, senders: usize) -> Result<EventsRu
     let mut received = 0;
     while received < total {
         let arrived = match tokio::time::timeout(ARRIVAL_WAIT, rx.recv()).await {
-            Ok(Ok(Envelope {
-                body: Some(Body::Event(e)),
-                ..
-            })) if e.event == "BENCH" => 1,
-            Ok(Ok(_)) => 0,
+            Ok(Ok(envelope)) => match &envelope.body {
+                Some(Body::Event(e)) if e.event == "BENCH" => 1,
+                _ => 0,
+            },
             // Arrived at the connector, but this subscriber fell behind its buffer.
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => n as usize,
             Ok(Err(_)) | Err(_) => break,

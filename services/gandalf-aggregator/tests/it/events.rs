@@ -50,12 +50,10 @@ async fn an_event_reaches_every_connection_but_its_origin() {
     cluster.stop().await;
 }
 
-async fn next_event_any(rx: &mut tokio::sync::broadcast::Receiver<Envelope>) {
+async fn next_event_any(rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<Envelope>>) {
     loop {
-        if let Ok(Envelope {
-            body: Some(Body::Event(_)),
-            ..
-        }) = rx.recv().await
+        if let Ok(envelope) = rx.recv().await
+            && let Some(Body::Event(_)) = envelope.body
         {
             return;
         }
@@ -88,7 +86,7 @@ async fn the_same_uuid_sent_twice_is_delivered_once() {
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while let Ok(Ok(envelope)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-        if let Some(Body::Event(e)) = envelope.body {
+        if let Some(Body::Event(e)) = &envelope.body {
             seen.push(e.event.clone());
             if e.event == "AFTER" {
                 break;
@@ -221,10 +219,8 @@ async fn configuration_and_config_from_a_connector_are_relayed_and_answered_to_i
     );
     let leaked = tokio::time::timeout(Duration::from_millis(200), async {
         loop {
-            if let Ok(Envelope {
-                body: Some(Body::Configuration(_)),
-                ..
-            }) = other.recv().await
+            if let Ok(envelope) = other.recv().await
+                && let Some(Body::Configuration(_)) = envelope.body
             {
                 return;
             }
@@ -253,16 +249,14 @@ async fn configuration_and_config_from_a_connector_are_relayed_and_answered_to_i
 
 /// A connector's configuration REPLY, within 5 s.
 async fn configuration_reply(
-    rx: &mut tokio::sync::broadcast::Receiver<Envelope>,
+    rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<Envelope>>,
 ) -> gandalf::wire::Configuration {
     tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            if let Ok(Envelope {
-                body: Some(Body::Configuration(c)),
-                ..
-            }) = rx.recv().await
+            if let Ok(envelope) = rx.recv().await
+                && let Some(Body::Configuration(c)) = &envelope.body
             {
-                return c;
+                return c.clone();
             }
         }
     })

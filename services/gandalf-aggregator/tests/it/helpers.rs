@@ -264,7 +264,7 @@ pub fn acknowledge_all(connector: std::sync::Arc<Connector>) -> JoinHandle<()> {
 
 /// The next envelope a subscription sees with the given event name, within 5 s.
 pub async fn next_event(
-    rx: &mut tokio::sync::broadcast::Receiver<gandalf::wire::Envelope>,
+    rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<gandalf::wire::Envelope>>,
     name: &str,
 ) -> gandalf::wire::Envelope {
     tokio::time::timeout(Duration::from_secs(5), async {
@@ -273,7 +273,7 @@ pub async fn next_event(
             if let Some(gandalf::wire::envelope::Body::Event(e)) = &envelope.body
                 && e.event == name
             {
-                return envelope;
+                return (*envelope).clone();
             }
         }
     })

@@ -332,7 +332,7 @@ async fn a_connector_cannot_ask_for_the_tenant_database() {
     })
     .await
     .expect("an answer");
-    match answer.body {
+    match &answer.body {
         Some(Body::Event(e)) => {
             assert_eq!(
                 (e.topic.as_str(), e.event.as_str()),
