@@ -2,9 +2,10 @@
 //! cloning and re-encoding a message for every target.
 //!
 //! A [`Frame`] is one encoded `Envelope` in shared [`Bytes`]: a fan-out to n targets is n
-//! reference counts on one buffer. [`FrameCodec`] writes frames as they are and decodes
-//! each received message both ways, the [`Envelope`] to route on and its [`Frame`] to
-//! pass on. The services serve `Connect` with [`FrameServer`] (tonic's generated server
+//! reference counts on one buffer. [`FrameCodec`] writes frames as they are and reads
+//! each received message as far as routing needs ([`Received`]) beside its [`Frame`] to
+//! pass on: a plain event, the bulk of the traffic, is read as its header, topic and
+//! reference only; its other strings are checked to be UTF-8 but not copied. The services serve `Connect` with [`FrameServer`] (tonic's generated server
 //! would re-encode every message) and open the member stream with [`connect_cluster`];
 //! on the wire nothing changes, so connectors keep using the generated client.
 
@@ -24,7 +25,7 @@ use tonic::{
     server::{Grpc, NamedService, StreamingService},
 };
 
-use crate::wire::Envelope;
+use crate::wire::{Envelope, Header};
 
 /// One encoded envelope; cloning shares the bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,12 @@ impl Frame {
         self.0.is_empty()
     }
 
+    /// A copy in a buffer of its own, for keeping: a received frame shares the buffer
+    /// it was read into, which a long-kept slice would hold on to whole.
+    pub fn detached(&self) -> Self {
+        Self(Bytes::copy_from_slice(&self.0))
+    }
+
     /// Decodes it again (tests, and the rare reader of a queued frame).
     pub fn decode(&self) -> Result<Envelope, prost::DecodeError> {
         Envelope::decode(self.0.clone())
@@ -57,16 +64,164 @@ impl From<&Envelope> for Frame {
     }
 }
 
-/// A message as received: decoded to route on, and as it came to pass on.
+/// A message as received: read as far as routing needs, and as it came to pass on.
 #[derive(Debug, Clone)]
 pub struct Received {
-    pub envelope: Envelope,
+    pub message: Inbound,
     pub frame: Frame,
 }
 
-impl From<Received> for Envelope {
+/// Why a received message cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unreadable {
+    #[error(transparent)]
+    Decode(#[from] prost::DecodeError),
+    #[error("the event's {0} is not UTF-8")]
+    NotUtf8(&'static str),
+}
+
+/// An envelope read whole, `None` when it does not decode (see
+/// [`crate::protocol::await_validation`]).
+impl From<Received> for Option<Envelope> {
     fn from(received: Received) -> Self {
-        received.envelope
+        received.into_envelope().ok().map(|(envelope, _)| envelope)
+    }
+}
+
+/// What was read of a received message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// An event with a header: its header, topic and reference (its `event` and
+    /// `payload` were checked to be UTF-8; [`Received::into_envelope`] reads them).
+    Event {
+        header: Header,
+        topic: String,
+        reference_uuid: String,
+    },
+    /// Any other message, decoded whole.
+    Whole(Envelope),
+}
+
+impl Inbound {
+    /// The header of a plain event of `tenant` (well-formed, answering no command): all
+    /// that routing it takes. `None` for anything else.
+    pub fn plain_event(&self, tenant: &str) -> Option<&Header> {
+        match self {
+            Inbound::Event {
+                header,
+                reference_uuid,
+                ..
+            } if reference_uuid.is_empty()
+                && header.tenant == tenant
+                && !header.uuid.trim().is_empty() =>
+            {
+                Some(header)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Received {
+    /// Reads a received message (what [`FrameDecoder`] does).
+    pub fn read(bytes: Bytes) -> Result<Self, Unreadable> {
+        let head = head::EnvelopeHead::decode(bytes.clone())?;
+        let message = match head {
+            head::EnvelopeHead {
+                header: Some(header),
+                body: Some(head::Kind::Event(event)),
+            } => {
+                for (field, text) in [("event", &event.event), ("payload", &event.payload)] {
+                    if std::str::from_utf8(text).is_err() {
+                        return Err(Unreadable::NotUtf8(field));
+                    }
+                }
+                Inbound::Event {
+                    header,
+                    topic: event.topic,
+                    reference_uuid: event.reference_uuid,
+                }
+            }
+            _ => Inbound::Whole(Envelope::decode(bytes.clone())?),
+        };
+        Ok(Self {
+            message,
+            frame: Frame(bytes),
+        })
+    }
+
+    /// A heartbeat (streams watch for them).
+    pub fn is_heartbeat(&self) -> bool {
+        matches!(
+            &self.message,
+            Inbound::Whole(Envelope {
+                body: Some(crate::wire::envelope::Body::Heartbeat(_)),
+                ..
+            })
+        )
+    }
+
+    /// The whole envelope, and the frame it came in: an event is decoded from its frame
+    /// now.
+    pub fn into_envelope(self) -> Result<(Envelope, Frame), prost::DecodeError> {
+        let envelope = match self.message {
+            Inbound::Whole(envelope) => envelope,
+            Inbound::Event { .. } => self.frame.decode()?,
+        };
+        Ok((envelope, self.frame))
+    }
+}
+
+/// The envelope as routing reads it first: the header, the body's kind and, of an
+/// event, what routing looks at. Prost skips what a message here does not declare, so
+/// the bodies of other kinds are walked over, not copied (they are decoded whole after).
+mod head {
+    use bytes::Bytes;
+
+    use crate::wire::Header;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct EnvelopeHead {
+        #[prost(message, optional, tag = "1")]
+        pub header: Option<Header>,
+        #[prost(oneof = "Kind", tags = "10, 11, 12, 13, 14, 15, 16")]
+        pub body: Option<Kind>,
+    }
+
+    /// The tags of `gandalf.v1.Envelope.body`.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        #[prost(message, tag = "10")]
+        Command(Skipped),
+        #[prost(message, tag = "11")]
+        Event(EventHead),
+        #[prost(message, tag = "12")]
+        Config(Skipped),
+        #[prost(message, tag = "13")]
+        Configuration(Skipped),
+        #[prost(message, tag = "14")]
+        ConfigurationDatabase(Skipped),
+        #[prost(message, tag = "15")]
+        Secret(Skipped),
+        #[prost(message, tag = "16")]
+        Heartbeat(Skipped),
+    }
+
+    /// A body read past.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Skipped {}
+
+    /// `gandalf.v1.Event`, its `event` and `payload` as slices of the received bytes.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct EventHead {
+        #[prost(string, tag = "1")]
+        pub topic: String,
+        #[prost(bytes = "bytes", tag = "2")]
+        pub event: Bytes,
+        #[prost(string, tag = "3")]
+        pub reference_uuid: String,
+        #[prost(bytes = "bytes", tag = "4")]
+        pub payload: Bytes,
     }
 }
 
@@ -111,12 +266,9 @@ impl Decoder for FrameDecoder {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Received>, Status> {
         let bytes = src.copy_to_bytes(src.remaining());
-        let envelope = Envelope::decode(bytes.clone())
-            .map_err(|e| Status::internal(format!("undecodable envelope: {e}")))?;
-        Ok(Some(Received {
-            envelope,
-            frame: Frame(bytes),
-        }))
+        Received::read(bytes)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("undecodable envelope: {e}")))
     }
 }
 
@@ -248,5 +400,85 @@ mod tests {
             frame.0.as_ptr(),
             "a clone shares the bytes"
         );
+    }
+
+    fn read(envelope: &Envelope) -> Received {
+        Received::read(Bytes::from(envelope.encode_to_vec())).expect("reads")
+    }
+
+    #[test]
+    fn a_plain_event_is_read_as_its_header_and_passed_on_whole() {
+        let envelope = protocol::event("acme", "orders", "CREATED", "", "{\"id\":1}");
+        let received = read(&envelope);
+        let Inbound::Event {
+            header,
+            topic,
+            reference_uuid,
+        } = &received.message
+        else {
+            panic!("read as {:?}", received.message);
+        };
+        assert_eq!(Some(header), envelope.header.as_ref());
+        assert_eq!((topic.as_str(), reference_uuid.as_str()), ("orders", ""));
+        assert_eq!(
+            received.message.plain_event("acme"),
+            envelope.header.as_ref()
+        );
+        assert_eq!(received.frame.decode().expect("decodes"), envelope);
+    }
+
+    #[test]
+    fn only_a_well_formed_unanswering_event_of_the_tenant_is_plain() {
+        let answer = protocol::event("acme", "t", protocol::ON_GOING, "cmd-1", "");
+        let mut blank = protocol::event("acme", "t", "E", "", "");
+        blank.header.as_mut().expect("header").uuid = " ".into();
+        for (envelope, tenant) in [
+            (protocol::event("acme", "t", "E", "", ""), "other"),
+            (answer, "acme"),
+            (blank, "acme"),
+            (
+                crate::heartbeat::heartbeat("acme", "connector", "c1"),
+                "acme",
+            ),
+        ] {
+            let received = read(&envelope);
+            assert_eq!(received.message.plain_event(tenant), None);
+            let (whole, _) = received.into_envelope().expect("decodes");
+            assert_eq!(whole, envelope, "comes back whole");
+        }
+    }
+
+    #[test]
+    fn other_kinds_are_decoded_whole_and_heartbeats_are_told() {
+        let heartbeat = crate::heartbeat::heartbeat("acme", "connector", "c1");
+        let received = read(&heartbeat);
+        assert!(received.is_heartbeat());
+        assert_eq!(received.message, Inbound::Whole(heartbeat));
+        assert!(!read(&protocol::event("acme", "t", "E", "", "")).is_heartbeat());
+    }
+
+    #[test]
+    fn an_event_whose_payload_is_not_utf8_is_refused_though_it_is_not_copied() {
+        // What a hostile sender could write: every connector's generated client would
+        // fail on it, so it must not be passed on.
+        let bad = head::EnvelopeHead {
+            header: protocol::event("acme", "t", "E", "", "").header,
+            body: Some(head::Kind::Event(head::EventHead {
+                topic: "t".into(),
+                event: Bytes::from_static(b"E"),
+                reference_uuid: String::new(),
+                payload: Bytes::from_static(&[0xff, 0xfe]),
+            })),
+        };
+        let error = Received::read(Bytes::from(bad.encode_to_vec())).expect_err("refused");
+        assert!(error.to_string().contains("UTF-8"), "{error}");
+    }
+
+    #[test]
+    fn a_detached_frame_has_a_buffer_of_its_own() {
+        let frame = Frame::encode(&protocol::event("acme", "t", "E", "", "p"));
+        let kept = frame.detached();
+        assert_eq!(kept, frame);
+        assert_ne!(kept.0.as_ptr(), frame.0.as_ptr());
     }
 }

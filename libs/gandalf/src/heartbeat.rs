@@ -48,8 +48,13 @@ impl Watch {
 
     /// Notes a message from the peer.
     pub fn saw(&mut self, envelope: &Envelope) {
+        self.heard(matches!(envelope.body, Some(Body::Heartbeat(_))));
+    }
+
+    /// Notes a message from the peer, `heartbeat` when it was one.
+    pub fn heard(&mut self, heartbeat: bool) {
         self.heard = true;
-        if !self.heartbeating && matches!(envelope.body, Some(Body::Heartbeat(_))) {
+        if !self.heartbeating && heartbeat {
             self.heartbeating = true;
             self.quiet_intervals = 0;
             self.timer

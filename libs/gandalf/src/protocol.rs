@@ -166,7 +166,9 @@ pub enum Validation {
 
 /// Reads the answer to the VALIDATION a client sent first: `VALIDATION_REPLY "true"`, or
 /// `"false"` followed by the server's PERMISSION_DENIED reason. Waits up to `wait`.
-pub async fn await_validation<T: Into<Envelope>>(
+/// `T` is what the stream yields: an `Envelope`, or a frame read that may not decode
+/// whole (`None`).
+pub async fn await_validation<T: Into<Option<Envelope>>>(
     inbound: &mut tonic::Streaming<T>,
     wait: std::time::Duration,
 ) -> Validation {
@@ -174,10 +176,12 @@ pub async fn await_validation<T: Into<Envelope>>(
         .await
         .map(|r| r.map(|m| m.map(Into::into)));
     match first {
-        Ok(Ok(Some(Envelope {
+        Ok(Ok(Some(Some(Envelope {
             body: Some(Body::Secret(reply)),
             ..
-        }))) if reply.command == VALIDATION_REPLY => {
+        }))))
+            if reply.command == VALIDATION_REPLY =>
+        {
             if reply.payload == "true" {
                 return Validation::Accepted;
             }
@@ -193,9 +197,10 @@ pub async fn await_validation<T: Into<Envelope>>(
         }
         Ok(Err(status)) => Validation::Failed(status.to_string()),
         Ok(Ok(None)) => Validation::Failed("the stream ended before the validation reply".into()),
-        Ok(Ok(Some(other))) => {
+        Ok(Ok(Some(Some(other)))) => {
             Validation::Failed(format!("expected VALIDATION_REPLY first, got {other:?}"))
         }
+        Ok(Ok(Some(None))) => Validation::Failed("the first reply does not decode".into()),
         Err(_) => Validation::Failed(format!(
             "no validation reply within {} ms",
             wait.as_millis()
@@ -255,6 +260,11 @@ impl KindCounters {
             ]
             .map(|kind| metrics::counter!(name, "type" => kind)),
         )
+    }
+
+    /// The events' counter.
+    pub fn event(&self) -> &metrics::Counter {
+        &self.0[1]
     }
 
     /// The counter of `body`'s kind.

@@ -28,7 +28,7 @@ use std::{
 
 use gandalf::{
     connector::{Connector, ConnectorOptions},
-    frame::{Connect, Frame, FrameServer, Received},
+    frame::{Connect, Frame, FrameServer, Inbound, Received},
     protocol::{self, ComponentType, Peer},
     wire::{Envelope, aggregator_client::AggregatorClient, envelope::Body},
 };
@@ -414,7 +414,25 @@ impl Connect for Relay {
             };
             let Some(table) = table else { return };
             let me = table.names.get(&name).copied();
-            while let Ok(Some(Received { envelope, frame })) = inbound.message().await {
+            while let Ok(Some(received)) = inbound.message().await {
+                // Read as Gandalf reads it: a plain event on its header alone.
+                let (envelope, frame) = match received {
+                    Received {
+                        message: Inbound::Event { reference_uuid, .. },
+                        frame,
+                    } if reference_uuid.is_empty() => {
+                        for (i, stream) in table.streams.iter().enumerate() {
+                            if Some(i) != me {
+                                let _ = stream.try_send(Ok(frame.clone()));
+                            }
+                        }
+                        continue;
+                    }
+                    received => match received.into_envelope() {
+                        Ok(parts) => parts,
+                        Err(_) => continue,
+                    },
+                };
                 match &envelope.body {
                     Some(Body::Command(c)) => {
                         if let (Some(target), Some(me)) = (table.names.get(&c.target), me) {

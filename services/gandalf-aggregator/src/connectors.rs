@@ -83,7 +83,10 @@ async fn handshake(
     let tenant = router.tenant().to_owned();
     let name = peer.logical_name.clone();
     let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.message()).await {
-        Ok(Ok(Some(received))) => received.envelope,
+        Ok(Ok(Some(received))) => match received.into_envelope() {
+            Ok((envelope, _)) => envelope,
+            Err(_) => return None,
+        },
         Ok(_) => return None,
         Err(_) => {
             outbound.close_with(Status::deadline_exceeded(
@@ -211,7 +214,7 @@ async fn serve_connector(
         };
         match message {
             Ok(Some(received)) => {
-                watch.saw(&received.envelope);
+                watch.heard(received.is_heartbeat());
                 router.handle_from_connector(id, received).await
             }
             Ok(None) => break,

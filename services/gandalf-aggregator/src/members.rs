@@ -179,7 +179,7 @@ async fn read(
         };
         match message {
             Ok(Some(received)) => {
-                watch.saw(&received.envelope);
+                watch.heard(received.is_heartbeat());
                 router.handle_from_member(id, received).await
             }
             Ok(None) => return,

@@ -396,7 +396,27 @@ impl Router {
     /// says which side it is, so no lookup per message. It waits on no other connection,
     /// but for room on a full link to a member (see `route_event`).
     async fn handle(self: &Arc<Self>, from: ConnId, from_cluster: bool, received: Received) {
-        let Received { envelope, frame } = received;
+        // A plain event, the bulk of the traffic, is routed on its header and passed on
+        // as received, its body never decoded; the rules below give it the same route.
+        let Received { message, frame } = received;
+        if let Some(header) = message.plain_event(&self.tenant) {
+            if !self.first_sighting(header, Pass::Once) {
+                return dropped("duplicate");
+            }
+            routed_event().increment(1);
+            return self.route_event(from, from_cluster, frame).await;
+        }
+        let received = Received { message, frame };
+        let (envelope, frame) = match received.into_envelope() {
+            Ok(parts) => parts,
+            Err(problem) => {
+                // Cannot happen for what the decoder let through (it checked every
+                // string); kept an error rather than a panic.
+                dropped("malformed");
+                tracing::warn!(from = %self.name_of(from), %problem, "undecodable envelope");
+                return;
+            }
+        };
         let (header, body) = match protocol::check(&envelope) {
             Ok(parts) => parts,
             Err(problem) => {
@@ -790,11 +810,16 @@ impl Router {
 
 /// The routed-messages counter of a body's kind.
 fn routed(body: &Body) -> &'static metrics::Counter {
-    static COUNTERS: std::sync::LazyLock<protocol::KindCounters> = std::sync::LazyLock::new(|| {
-        protocol::KindCounters::new("gandalf_aggregator_messages_routed_total")
-    });
-    COUNTERS.of(body)
+    ROUTED.of(body)
 }
+
+fn routed_event() -> &'static metrics::Counter {
+    ROUTED.event()
+}
+
+static ROUTED: std::sync::LazyLock<protocol::KindCounters> = std::sync::LazyLock::new(|| {
+    protocol::KindCounters::new("gandalf_aggregator_messages_routed_total")
+});
 
 fn dropped(reason: &'static str) {
     metrics::counter!("gandalf_aggregator_messages_dropped_total", "reason" => reason).increment(1);

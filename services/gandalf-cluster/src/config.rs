@@ -22,6 +22,8 @@ pub struct Config {
     pub tenants: BTreeMap<String, TenantConfig>,
     /// Events kept per tenant for `GET /v1/events` (oldest dropped first).
     pub event_log_capacity: usize,
+    /// The same bound in encoded bytes (the newest event is kept whatever its size).
+    pub event_log_bytes: usize,
     /// How long in-flight streams get to finish on SIGTERM, in seconds.
     pub shutdown_grace_secs: u64,
     /// Messages queued for one aggregator stream at most; beyond, messages for it are
@@ -71,6 +73,7 @@ impl Default for Config {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
             tenants: BTreeMap::new(),
             event_log_capacity: 1000,
+            event_log_bytes: 16 * 1024 * 1024,
             shutdown_grace_secs: 10,
             queue_messages: stream.queue.messages,
             queue_bytes: stream.queue.bytes,

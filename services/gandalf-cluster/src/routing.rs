@@ -19,7 +19,7 @@ use std::{
 
 use gandalf::{
     dedup::Seen,
-    frame::{Frame, Received},
+    frame::Frame,
     legs::{Budget, Legs, Offer, Pacing},
     outbox::{Outbox, Refused},
     protocol::{self, REPLY, REQUEST, SAVE},
@@ -34,7 +34,8 @@ use crate::{config::Config, storage::Storage};
 #[derive(Debug, Clone)]
 struct AggregatorConn {
     tenant: String,
-    logical_name: String,
+    /// Shared with every event it sends, in the log.
+    logical_name: Arc<str>,
     outbox: Outbox,
 }
 
@@ -59,6 +60,42 @@ pub struct LoggedEvent {
     pub received_at_ms: i64,
 }
 
+/// A tenant's kept events, and their size.
+#[derive(Debug, Default)]
+struct EventLog {
+    entries: VecDeque<Kept>,
+    bytes: usize,
+}
+
+/// An event in the log: as received, in a buffer of its own.
+#[derive(Debug, Clone)]
+struct Kept {
+    frame: Frame,
+    origin: Option<Arc<str>>,
+    received_at_ms: i64,
+}
+
+impl Kept {
+    fn decode(self) -> Option<LoggedEvent> {
+        let Ok(Envelope {
+            header: Some(header),
+            body: Some(Body::Event(event)),
+        }) = self.frame.decode()
+        else {
+            return None;
+        };
+        Some(LoggedEvent {
+            uuid: header.uuid,
+            topic: event.topic,
+            event: event.event,
+            reference_uuid: event.reference_uuid,
+            payload: event.payload,
+            origin: self.origin.as_deref().unwrap_or_default().to_owned(),
+            received_at_ms: self.received_at_ms,
+        })
+    }
+}
+
 /// Everything the cluster knows.
 pub struct Cluster {
     config: Config,
@@ -68,7 +105,7 @@ pub struct Cluster {
     connectors: RwLock<HashMap<(String, String), ConnectorEntry>>,
     /// Configuration requests, handled in order by one task over the storage.
     configurations: mpsc::Sender<ConfigurationJob>,
-    events: Mutex<HashMap<String, VecDeque<LoggedEvent>>>,
+    events: Mutex<HashMap<String, EventLog>>,
     /// Round-robin position per (tenant, connector type).
     round_robin: Mutex<HashMap<(String, String), usize>>,
     /// Event uuids seen lately: an event sent to several members by several ways is
@@ -204,7 +241,7 @@ impl Cluster {
     pub fn aggregators(&self) -> Vec<(String, String)> {
         let mut list: Vec<_> = read(&self.aggregators)
             .values()
-            .map(|a| (a.tenant.clone(), a.logical_name.clone()))
+            .map(|a| (a.tenant.clone(), a.logical_name.to_string()))
             .collect();
         list.sort();
         list
@@ -212,17 +249,17 @@ impl Cluster {
 
     /// The events logged for `tenant`, oldest first.
     pub fn events(&self, tenant: &str) -> Vec<LoggedEvent> {
-        lock(&self.events)
+        let kept: Vec<Kept> = lock(&self.events)
             .get(tenant)
-            .map(|log| log.iter().cloned().collect())
-            .unwrap_or_default()
+            .map(|log| log.entries.iter().cloned().collect())
+            .unwrap_or_default();
+        // Decoded outside the lock; every kept frame was read whole on arrival.
+        kept.into_iter().filter_map(Kept::decode).collect()
     }
 
-    /// Handles one well-formed envelope (checked by the caller) from aggregator `from`.
-    pub fn route(self: &Arc<Self>, from: u64, tenant: &str, received: Received) {
-        let Received { envelope, frame } = received;
-        // Events move on as received (shared bytes) and into the log by value; the rest
-        // is answered from references.
+    /// Handles one well-formed envelope (checked by the caller) from aggregator `from`,
+    /// `frame` as it came (plain events take [`Cluster::spread_event`] straight).
+    pub fn route(self: &Arc<Self>, from: u64, tenant: &str, envelope: &Envelope, frame: Frame) {
         if matches!(envelope.body, Some(Body::Event(_))) {
             return self.route_event(from, tenant, envelope, frame);
         }
@@ -437,8 +474,9 @@ impl Cluster {
             )
             .await;
         if let Some((via, answer)) = tries.answer {
-            self.send_to(from, answer.clone());
-            self.log_event(tenant, via, answer);
+            let answer = Frame::encode(&answer);
+            self.send_frame(from, answer.clone());
+            self.log_event(tenant, via, &answer);
             return;
         }
         undeliverable(&match tries.refusal {
@@ -453,12 +491,12 @@ impl Cluster {
 
     /// An event: to every other aggregator of the tenant, then into the log (moved
     /// there, not copied).
-    fn route_event(&self, from: u64, tenant: &str, envelope: Envelope, frame: Frame) {
+    fn route_event(&self, from: u64, tenant: &str, envelope: &Envelope, frame: Frame) {
         let (Some(header), Some(Body::Event(event))) = (&envelope.header, &envelope.body) else {
             return;
         };
         if !event.reference_uuid.is_empty() {
-            match self.legs.offer(&event.reference_uuid, from, &envelope) {
+            match self.legs.offer(&event.reference_uuid, from, envelope) {
                 Offer::Taken => return,
                 Offer::Unsolicited => {
                     metrics::counter!("gandalf_cluster_dropped_total", "reason" => "unsolicited_answer").increment(1);
@@ -468,11 +506,17 @@ impl Cluster {
                 // An error about nothing under way here (e.g. a WRONG_TENANT report):
                 // for the log, not for the other aggregators.
                 Offer::NoLeg if event.topic == protocol::ERROR_TOPIC => {
-                    return self.log_event(tenant, from, envelope);
+                    return self.log_event(tenant, from, &frame);
                 }
                 Offer::NoLeg => {}
             }
         }
+        self.spread_event(from, tenant, header, frame)
+    }
+
+    /// An event answering nothing, from aggregator `from`: once per uuid, queued as
+    /// received to every other aggregator of the tenant and kept in its log.
+    pub fn spread_event(&self, from: u64, tenant: &str, header: &Header, frame: Frame) {
         let now = std::time::Instant::now();
         let ttl = std::time::Duration::from_millis(u64::from(protocol::timeout_ms(
             header,
@@ -484,14 +528,14 @@ impl Cluster {
             return;
         }
         // Queued to every other aggregator of the tenant under one read lock, without
-        // waiting; the origin's name for the log is read under the same lock.
+        // waiting; the origin's name for the log is taken under the same lock.
         let mut refusals = Vec::new();
         let origin = {
             let aggregators = read(&self.aggregators);
-            let mut origin = String::new();
+            let mut origin = None;
             for (id, aggregator) in aggregators.iter() {
                 if *id == from {
-                    origin.clone_from(&aggregator.logical_name);
+                    origin = Some(aggregator.logical_name.clone());
                 } else if aggregator.tenant == tenant
                     && let Err(refused) = aggregator.outbox.push_frame(frame.clone())
                 {
@@ -503,33 +547,22 @@ impl Cluster {
         for (id, refused) in refusals {
             self.refused(id, refused);
         }
-        self.keep_event(tenant, origin, envelope);
+        self.keep_event(tenant, origin, &frame);
     }
 
     /// Keeps an event from aggregator `from` in the tenant's log.
-    fn log_event(&self, tenant: &str, from: u64, envelope: Envelope) {
+    fn log_event(&self, tenant: &str, from: u64, frame: &Frame) {
         let origin = read(&self.aggregators)
             .get(&from)
-            .map(|a| a.logical_name.clone())
-            .unwrap_or_default();
-        self.keep_event(tenant, origin, envelope);
+            .map(|a| a.logical_name.clone());
+        self.keep_event(tenant, origin, frame);
     }
 
-    /// Keeps an event in the tenant's bounded log (moved there, not copied).
-    fn keep_event(&self, tenant: &str, origin: String, envelope: Envelope) {
-        let Envelope {
-            header: Some(header),
-            body: Some(Body::Event(event)),
-        } = envelope
-        else {
-            return;
-        };
-        let entry = LoggedEvent {
-            uuid: header.uuid,
-            topic: event.topic,
-            event: event.event,
-            reference_uuid: event.reference_uuid,
-            payload: event.payload,
+    /// Keeps an event in the tenant's log as its bytes (decoded when the log is read),
+    /// dropping the oldest past `event_log_capacity` events or `event_log_bytes`.
+    fn keep_event(&self, tenant: &str, origin: Option<Arc<str>>, frame: &Frame) {
+        let entry = Kept {
+            frame: frame.detached(),
             origin,
             received_at_ms: protocol::now_ms(),
         };
@@ -538,10 +571,16 @@ impl Cluster {
             Some(log) => log,
             None => logs.entry(tenant.to_owned()).or_default(),
         };
-        if log.len() >= self.config.event_log_capacity {
-            log.pop_front();
+        log.bytes += entry.frame.len();
+        log.entries.push_back(entry);
+        while log.entries.len() > self.config.event_log_capacity
+            || (log.bytes > self.config.event_log_bytes && log.entries.len() > 1)
+        {
+            match log.entries.pop_front() {
+                Some(oldest) => log.bytes -= oldest.frame.len(),
+                None => break,
+            }
         }
-        log.push_back(entry);
     }
 
     /// Queues for one aggregator without waiting; a full queue drops the message for it

@@ -73,7 +73,10 @@ async fn handshake(
 ) -> Option<String> {
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.message()).await;
     let envelope = match first {
-        Ok(Ok(Some(received))) => received.envelope,
+        Ok(Ok(Some(received))) => match received.into_envelope() {
+            Ok((envelope, _)) => envelope,
+            Err(_) => return None,
+        },
         Ok(Ok(None)) | Ok(Err(_)) => return None,
         Err(_) => {
             outbound.close_with(Status::deadline_exceeded(
@@ -153,7 +156,7 @@ async fn serve_stream(
         };
         let received = match message {
             Ok(Some(received)) => {
-                watch.saw(&received.envelope);
+                watch.heard(received.is_heartbeat());
                 received
             }
             Ok(None) => break,
@@ -162,8 +165,27 @@ async fn serve_stream(
                 break;
             }
         };
-        let envelope = &received.envelope;
-        match protocol::check(envelope) {
+        // A plain event, the bulk of the traffic, is routed on its header and passed on
+        // as received, its body never decoded.
+        let Received { message, frame } = received;
+        if let Some(header) = message.plain_event(&tenant) {
+            routed_event().increment(1);
+            cluster.spread_event(registration.id, &tenant, header, frame);
+            continue;
+        }
+        let received = Received { message, frame };
+        let (envelope, frame) = match received.into_envelope() {
+            Ok(parts) => parts,
+            Err(problem) => {
+                // Cannot happen for what the decoder let through (it checked every
+                // string); kept an error rather than a panic.
+                metrics::counter!("gandalf_cluster_dropped_total", "reason" => "malformed")
+                    .increment(1);
+                tracing::warn!(aggregator = %peer.logical_name, %problem, "undecodable envelope");
+                continue;
+            }
+        };
+        match protocol::check(&envelope) {
             Err(problem) => {
                 metrics::counter!("gandalf_cluster_dropped_total", "reason" => "malformed")
                     .increment(1);
@@ -201,7 +223,7 @@ async fn serve_stream(
             }
             Ok((_, body)) => {
                 routed(body).increment(1);
-                cluster.route(registration.id, &tenant, received);
+                cluster.route(registration.id, &tenant, &envelope, frame);
             }
         }
     }
@@ -211,7 +233,12 @@ async fn serve_stream(
 
 /// The routed-messages counter of a body's kind.
 fn routed(body: &Body) -> &'static metrics::Counter {
-    static COUNTERS: std::sync::LazyLock<protocol::KindCounters> =
-        std::sync::LazyLock::new(|| protocol::KindCounters::new("gandalf_cluster_messages_total"));
-    COUNTERS.of(body)
+    ROUTED.of(body)
 }
+
+fn routed_event() -> &'static metrics::Counter {
+    ROUTED.event()
+}
+
+static ROUTED: std::sync::LazyLock<protocol::KindCounters> =
+    std::sync::LazyLock::new(|| protocol::KindCounters::new("gandalf_cluster_messages_total"));

@@ -26,6 +26,11 @@ pub struct TestCluster {
 impl TestCluster {
     /// Tenants: acme (secrets s1, s2; a database) and globex (g1; no database).
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`TestCluster::start`] with `adjust` applied to the test configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let mut tenants = BTreeMap::new();
         tenants.insert(
             "acme".to_owned(),
@@ -45,7 +50,7 @@ impl TestCluster {
                 database: None,
             },
         );
-        let config = Config {
+        let mut config = Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
             admin_listen: "127.0.0.1:0".parse().expect("addr"),
             tenants,
@@ -53,6 +58,7 @@ impl TestCluster {
             shutdown_grace_secs: 2,
             ..Config::default()
         };
+        adjust(&mut config);
         let app = App::build(config).await.expect("bind");
         let grpc = format!("http://{}", app.grpc_addr().expect("addr"));
         let admin = format!("http://{}", app.admin_addr().expect("addr"));

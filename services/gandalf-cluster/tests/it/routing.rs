@@ -128,6 +128,71 @@ async fn database_configuration_is_returned_per_tenant() {
 }
 
 #[tokio::test]
+async fn the_event_log_is_bounded_in_bytes_as_well_as_in_count() {
+    // Room for two of these events (~470 bytes each), not three.
+    let cluster = TestCluster::start_with(|c| {
+        c.event_log_capacity = 100;
+        c.event_log_bytes = 1000;
+    })
+    .await;
+    let a1 = Aggregator::connected(&cluster, "agg-1", "acme", "s1").await;
+    let mut a2 = Aggregator::connected(&cluster, "agg-2", "acme", "s2").await;
+    let logged = || async {
+        let log: serde_json::Value =
+            reqwest::get(format!("{}/v1/events?tenant=acme", cluster.admin))
+                .await
+                .expect("get")
+                .json()
+                .await
+                .expect("json");
+        log["events"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|e| {
+                (
+                    e["event"].as_str().unwrap_or_default().to_owned(),
+                    e["payload"].as_str().unwrap_or_default().len(),
+                    e["origin"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let payload = "x".repeat(400);
+    for i in 0..3 {
+        a1.send(protocol::event(
+            "acme",
+            "orders",
+            &format!("E{i}"),
+            "",
+            &payload,
+        ))
+        .await;
+        a2.next().await;
+    }
+    let origin = || "agg-1".to_owned();
+    assert_eq!(
+        logged().await,
+        [
+            ("E1".to_owned(), 400, origin()),
+            ("E2".to_owned(), 400, origin())
+        ]
+    );
+    // One larger than the whole bound is kept alone: the newest is never dropped.
+    a1.send(protocol::event(
+        "acme",
+        "orders",
+        "BIG",
+        "",
+        &"y".repeat(2000),
+    ))
+    .await;
+    a2.next().await;
+    assert_eq!(logged().await, [("BIG".to_owned(), 2000, origin())]);
+    cluster.stop().await;
+}
+
+#[tokio::test]
 async fn events_fan_out_to_the_other_aggregators_of_the_tenant_and_are_logged() {
     let cluster = TestCluster::start().await;
     let mut a1 = Aggregator::connected(&cluster, "agg-1", "acme", "s1").await;
