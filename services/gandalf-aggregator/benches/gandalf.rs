@@ -87,12 +87,12 @@ async fn measure() -> Result<(), BenchError> {
     // One unmeasured run of each first: what is measured is the steady state (the dedup
     // maps grown to the rate's window, the allocator's pages faulted in), not start-up.
     gandalf_events(&gandalf, 1).await?;
-    bare_events(&start_relay(2).await?, 1).await?;
+    bare_events(&start_relay(2).await?, 1, 0).await?;
     let mut verdicts = Vec::new();
     for senders in [1, 16] {
         let g = gandalf_events(&gandalf, senders).await?;
         let bare = start_relay(senders + 1).await?;
-        let b = bare_events(&bare, senders).await?;
+        let b = bare_events(&bare, senders, 0).await?;
         let ratio = g.per_second / b.per_second;
         println!(
             "  {:<34} {:>10.0}/s {:>10.0}/s {:>6.2}x",
@@ -101,7 +101,18 @@ async fn measure() -> Result<(), BenchError> {
             b.per_second,
             ratio
         );
-        for (side, run) in [("gandalf", &g), ("bare", &b)] {
+        // The same job done bare: the aggregator also writes every event to its member,
+        // so this ceiling also copies each one to a stream that only reads.
+        let copying = start_relay(senders + 2).await?;
+        let c = bare_events(&copying, senders, 1).await?;
+        println!(
+            "  {:<34} {:>10.0}/s {:>10.0}/s {:>6.2}x",
+            "  vs a ceiling also copying to 1",
+            g.per_second,
+            c.per_second,
+            g.per_second / c.per_second
+        );
+        for (side, run) in [("gandalf", &g), ("bare", &b), ("bare copying", &c)] {
             if run.received != run.sent {
                 println!(
                     "  {:<34} {side}: {} of {} sent not received",
@@ -507,9 +518,16 @@ async fn raw(
     Ok((tx, inbound))
 }
 
-async fn bare_events(url: &str, senders: usize) -> Result<EventsRun, BenchError> {
+/// `senders` publish, one receiver counts, `sinks` more streams read every event too.
+async fn bare_events(url: &str, senders: usize, sinks: usize) -> Result<EventsRun, BenchError> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let (_rx_tx, mut receiver) = raw(url, &format!("rx-{run}")).await?;
+    let mut keep = Vec::new();
+    for i in 0..sinks {
+        let (tx, mut inbound) = raw(url, &format!("sink-{run}-{i}")).await?;
+        tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+        keep.push(tx);
+    }
     let mut streams = Vec::new();
     for i in 0..senders {
         let (tx, mut inbound) = raw(url, &format!("tx-{run}-{i}")).await?;
