@@ -398,15 +398,13 @@ impl Router {
     async fn handle(self: &Arc<Self>, from: ConnId, from_cluster: bool, received: Received) {
         // A plain event, the bulk of the traffic, is routed on its header and passed on
         // as received, its body never decoded; the rules below give it the same route.
-        let Received { message, frame } = received;
-        if let Some(header) = message.plain_event(&self.tenant) {
+        if let Some(header) = received.message.plain_event(&self.tenant) {
             if !self.first_sighting(header, Pass::Once) {
                 return dropped("duplicate");
             }
             routed_event().increment(1);
-            return self.route_event(from, from_cluster, frame).await;
+            return self.route_event(from, from_cluster, received.frame).await;
         }
-        let received = Received { message, frame };
         let (envelope, frame) = match received.into_envelope() {
             Ok(parts) => parts,
             Err(problem) => {

@@ -489,8 +489,8 @@ impl Cluster {
         });
     }
 
-    /// An event: to every other aggregator of the tenant, then into the log (moved
-    /// there, not copied).
+    /// An event read whole: an answer goes along its command's leg; anything else
+    /// takes [`Cluster::spread_event`].
     fn route_event(&self, from: u64, tenant: &str, envelope: &Envelope, frame: Frame) {
         let (Some(header), Some(Body::Event(event))) = (&envelope.header, &envelope.body) else {
             return;

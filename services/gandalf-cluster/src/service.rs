@@ -167,13 +167,11 @@ async fn serve_stream(
         };
         // A plain event, the bulk of the traffic, is routed on its header and passed on
         // as received, its body never decoded.
-        let Received { message, frame } = received;
-        if let Some(header) = message.plain_event(&tenant) {
+        if let Some(header) = received.message.plain_event(&tenant) {
             routed_event().increment(1);
-            cluster.spread_event(registration.id, &tenant, header, frame);
+            cluster.spread_event(registration.id, &tenant, header, received.frame);
             continue;
         }
-        let received = Received { message, frame };
         let (envelope, frame) = match received.into_envelope() {
             Ok(parts) => parts,
             Err(problem) => {
