@@ -8,10 +8,14 @@ CARGO ?= cargo
 NEXTEST_PROFILE ?= $(if $(CI),ci,default)
 # The Kafka-protocol broker the consumer's end-to-end tests, demo and benchmark start.
 TANSU_VERSION := 0.6.0
+# The six binaries, one image each (Dockerfile, --build-arg SERVICE=...).
+SERVICES := provisioner-job oc-sync-job generic-consumer devops-api gandalf-aggregator gandalf-cluster
+IMAGE_REGISTRY ?= registry.example.com/platform
+IMAGE_TAG ?= $(shell git rev-parse HEAD 2>/dev/null || echo dev)
 export TANSU ?= $(or $(shell command -v tansu 2>/dev/null),$(HOME)/.cargo/bin/tansu)
 
 .DEFAULT_GOAL := help
-.PHONY: help tools build fmt lint proto-lint test test-only charts-test demo bench clean
+.PHONY: help tools build fmt lint proto-lint deploy-lint test test-only charts-test images demo bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,7 +43,10 @@ lint: proto-lint ## rustfmt check, clippy with warnings as errors, buf lint
 proto-lint: ## buf lint over proto/ (buf from the npm registry)
 	scripts/buf-lint.sh
 
-test: tools lint ## Everything CI checks: lint, all tests against a throwaway PostgreSQL, chart checks
+deploy-lint: ## hadolint on the Dockerfile, the workflow linters on .github/workflows (offline)
+	scripts/lint-deploy.sh
+
+test: tools lint deploy-lint ## Everything CI checks: lint, all tests against a throwaway PostgreSQL, chart checks
 	$(CARGO) build --workspace --all-targets --locked
 	scripts/with-postgres.sh $(CARGO) nextest run --workspace --locked --profile $(NEXTEST_PROFILE)
 	$$(scripts/python-venv.sh) scripts/check_charts.py $(CARGO_TARGET_DIR)/debug
@@ -50,6 +57,15 @@ test-only: tools ## All tests, without the lint step
 charts-test: ## Lint, render and check the Helm charts (Helm's engine, no cluster needed)
 	$(CARGO) build --workspace --bins
 	$$(scripts/python-venv.sh) scripts/check_charts.py $(CARGO_TARGET_DIR)/debug
+
+images: ## Build the six images (needs a Docker engine): IMAGE_REGISTRY, IMAGE_TAG
+	@command -v docker >/dev/null || { echo "make images: no docker here; the images build where a Docker engine exists" >&2; exit 1; }
+	@for s in $(SERVICES); do \
+		echo "== $(IMAGE_REGISTRY)/$$s:$(IMAGE_TAG)"; \
+		docker build --build-arg SERVICE=$$s --build-arg REVISION=$(IMAGE_TAG) \
+			--build-arg VERSION=$$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1) \
+			-t $(IMAGE_REGISTRY)/$$s:$(IMAGE_TAG) . || exit 1; \
+	done
 
 demo: tools ## Run each service's main flow locally on embedded defaults
 	$(CARGO) build --workspace --bins --examples
