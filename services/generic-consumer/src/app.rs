@@ -1,5 +1,5 @@
 //! The binary, as a library function: parse the command line, resolve the domain's context
-//! and contract (every problem to stderr, exit 1), `--check`, or consume with the chosen
+//! and contract (every problem to stderr, exit 1), `--print-config`, `--check`, or consume with the chosen
 //! sink until SIGTERM/SIGINT, flush, commit, exit 0 — or exit 1 when the instance stops
 //! on its own (a sink or dead-letter topic that refuses for good, a failed pipeline).
 
@@ -40,6 +40,11 @@ pub struct Cli {
     /// topic and the dead-letter topic exist, then exit: 0 when all holds, 1 otherwise.
     #[arg(long)]
     check: bool,
+    /// Resolve and print the context (secrets redacted) and the contract, then exit: 0
+    /// when they resolve, 1 with every problem otherwise. Offline: no broker is asked and
+    /// the credentials are not loaded (what a rendered chart is checked with).
+    #[arg(long, conflicts_with = "check")]
+    print_config: bool,
 }
 
 /// The whole program; `main.rs` calls it.
@@ -57,6 +62,19 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if cli.print_config {
+        let dlq = kafka::dlq_topic(&context, &contract.topic);
+        return match check_text(&context, &contract, &dlq) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if cli.check {
         return check(&context, &contract);
     }

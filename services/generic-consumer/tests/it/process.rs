@@ -128,6 +128,60 @@ fn check_prints_the_context_with_secrets_redacted_and_the_contract() {
 }
 
 #[test]
+fn print_config_resolves_offline_and_reports_every_problem() {
+    // What a chart renders is checked with this before it ships: no broker asked, the
+    // credentials not loaded (a file that is not a key), yet the context and the contract
+    // resolved as in a real start.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let credentials = dir.path().join("not-a-key.json");
+    std::fs::write(&credentials, "{}").expect("write");
+    let vars = domain_vars(
+        DELIVERY,
+        "prod1:9092",
+        &[
+            ("KAFKA_SASL_PASSWORD_LOCAL", "hunter2-not-for-logs"),
+            ("SINK", "bigquery"),
+            (
+                "GOOGLE_APPLICATION_CREDENTIALS",
+                credentials.to_str().expect("utf-8"),
+            ),
+            ("BQ_PROJECT_LOCAL", "analytics"),
+            ("BQ_DATASET_LOCAL", "events"),
+        ],
+    );
+    let output = run(dir.path(), &vars, &["DELIVERY", "--print-config"]);
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    for expected in [
+        "topic: delivery.events.v10",
+        "prod1:9092",
+        "format: protobuf",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} in\n{stdout}");
+    }
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+
+    let vars = domain_vars(
+        DELIVERY,
+        "prod1:9092",
+        &[("IGNORE_EVENTS_DELIVERY", r#"["NoSuchEvent"]"#)],
+    );
+    let output = run(dir.path(), &vars, &["DELIVERY", "--print-config"]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("NoSuchEvent"), "{stderr}");
+
+    let output = run(
+        dir.path(),
+        &vars,
+        &["DELIVERY", "--print-config", "--check"],
+    );
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}
+
+#[test]
 fn check_asks_the_brokers_for_the_topic_and_the_dead_letter_topic() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = Cluster::new(&[(DELIVERY_TOPIC, 1)]);
