@@ -160,11 +160,107 @@ def check_provisioner_job(bin_dir: Path) -> None:
         pass
 
 
+DELIVERY = {"domain": "DELIVERY", "replicas": 2, "table": "delivery_events",
+            "importPath": "contracts.delivery.delivery_events_v10", "importObject": "DeliveryEventsV10Topic",
+            "consumeEnv": "prod", "groupId": "bq-delivery", "ignoreEvents": ["ShippingPricesEstimatedEvent"]}
+PAYMENTS = {"domain": "PAYMENTS", "table": "payment_events",
+            "importPath": "contracts.payments.payment_events_v2", "importObject": "PaymentEventsV2Topic",
+            "consumeEnv": "uat", "groupId": "bq-payments", "imageTag": "contracts-2",
+            "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}}}
+
+
+def dotenv_of(docs: list[dict]) -> str:
+    (configmap,) = by_kind(docs, "ConfigMap")
+    return configmap["data"][".env"]
+
+
+def check_generic_consumer(bin_dir: Path) -> None:
+    chart_dir = ROOT / "charts" / "generic-consumer"
+    lint(chart_dir)
+    check(not by_kind(render(chart_dir), "Deployment"), "generic-consumer: Deployments without consumers")
+
+    values = {"image": {"registry": "registry.example.com/platform", "name": "generic-consumer", "tag": "shared-1"},
+              "consumers": [DELIVERY, PAYMENTS], "metrics": {"serviceMonitor": {"enabled": True}}}
+    docs = render(chart_dir, values)
+    deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
+    check(sorted(deployments) == ["release-generic-consumer-delivery", "release-generic-consumer-payments"],
+          f"generic-consumer: one Deployment per consumer expected: {sorted(deployments)}")
+    (configmap,) = by_kind(docs, "ConfigMap")
+    for name, consumer in (("delivery", DELIVERY), ("payments", PAYMENTS)):
+        deployment = deployments.get(f"release-generic-consumer-{name}")
+        if deployment is None:
+            continue
+        pod = deployment["spec"]["template"]["spec"]
+        check_pod_security(f"generic-consumer {name}", pod)
+        (container,) = pod["containers"]
+        check(container["args"] == [consumer["domain"]], f"generic-consumer {name}: args {container['args']}")
+        check(container["image"] == f"registry.example.com/platform/generic-consumer:{consumer.get('imageTag', 'shared-1')}",
+              f"generic-consumer {name}: image {container['image']}")
+        check(deployment["spec"]["replicas"] == consumer.get("replicas", 1), f"generic-consumer {name}: replicas")
+        check(sorted(a["hostnames"][0] for a in pod["hostAliases"]) == ["prod1", "prod2", "prod3", "uat"],
+              f"generic-consumer {name}: hostAliases {pod.get('hostAliases')}")
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        check(env["GOOGLE_APPLICATION_CREDENTIALS"] == "/var/run/secrets/gcp/credentials.json"
+              and mounts["gcp"] == "/var/run/secrets/gcp"
+              and volumes["gcp"]["secret"]["secretName"] == "gcp-credentials",
+              f"generic-consumer {name}: the GCP credentials are not mounted where the variable points")
+        check(mounts["env"] == container["workingDir"]
+              and volumes["env"]["configMap"]["name"] == configmap["metadata"]["name"],
+              f"generic-consumer {name}: the shared .env is not mounted into the working directory")
+        if "resources" in consumer:
+            check(container["resources"] == consumer["resources"], f"generic-consumer {name}: own resources not used")
+    pdbs = sorted(p["metadata"]["name"] for p in by_kind(docs, "PodDisruptionBudget"))
+    check(pdbs == sorted(deployments), f"generic-consumer: a PodDisruptionBudget per consumer expected: {pdbs}")
+    check(len(by_kind(docs, "ServiceMonitor")) == 1, "generic-consumer: no ServiceMonitor when enabled")
+    check(len(by_kind(docs, "NetworkPolicy")) == 1, "generic-consumer: no NetworkPolicy")
+
+    # Removing one consumer leaves the others, untouched.
+    fewer = render(chart_dir, {**values, "consumers": [DELIVERY]})
+    check([d["metadata"]["name"] for d in by_kind(fewer, "Deployment")] == ["release-generic-consumer-delivery"],
+          "generic-consumer: removing a consumer does not leave exactly the others")
+    # A per-consumer tag rolls only that consumer; the .env is the same for both renders
+    # of the same list, so the checksum does not roll the rest.
+    pinned = render(chart_dir, {**values, "consumers": [DELIVERY, {**PAYMENTS, "imageTag": "contracts-3"}]})
+    before = {d["metadata"]["name"]: d["spec"]["template"] for d in by_kind(docs, "Deployment")}
+    after = {d["metadata"]["name"]: d["spec"]["template"] for d in by_kind(pinned, "Deployment")}
+    check(before["release-generic-consumer-delivery"] == after["release-generic-consumer-delivery"]
+          and before["release-generic-consumer-payments"] != after["release-generic-consumer-payments"],
+          "generic-consumer: a per-consumer tag must roll that consumer only")
+    for bad, what in (({"consumers": [DELIVERY, DELIVERY]}, "a domain listed twice"),
+                      ({"consumers": [{**DELIVERY, "domain": "delivery"}]}, "a lower-case domain"),
+                      ({"consumers": [{**DELIVERY, "colour": "red"}]}, "an unknown key")):
+        try:
+            render(chart_dir, bad)
+            FAILURES.append(f"generic-consumer: {what} was accepted")
+        except helm.HelmError:
+            pass
+
+    # The binary accepts the rendered .env for every domain, offline.
+    binary = bin_dir / "generic-consumer"
+    with tempfile.TemporaryDirectory() as tmp:
+        env_file = Path(tmp) / ".env"
+        env_file.write_text(dotenv_of(docs))
+        credentials = Path(tmp) / "credentials.json"
+        credentials.write_text("{}")
+        for consumer in (DELIVERY, PAYMENTS):
+            out = subprocess.run([str(binary), consumer["domain"], "--print-config", "--env-file", str(env_file)],
+                                 capture_output=True, text=True, cwd=tmp,
+                                 env={"GOOGLE_APPLICATION_CREDENTIALS": str(credentials)})
+            check(out.returncode == 0,
+                  f"generic-consumer rejects the rendered .env for {consumer['domain']}: {out.stderr.strip()}")
+            if consumer.get("ignoreEvents"):
+                check(f"{consumer['ignoreEvents'][0]}: ignored" in out.stdout,
+                      f"generic-consumer: the ignore list of {consumer['domain']} did not arrive: {out.stdout}")
+
+
 def main() -> int:
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
     check_provisioner_job(Path(sys.argv[1]))
+    check_generic_consumer(Path(sys.argv[1]))
     charts = sorted(p.parent.name for p in (ROOT / "charts").glob("*/Chart.yaml"))
     if FAILURES:
         print(f"chart checks: {len(FAILURES)} failed", file=sys.stderr)
