@@ -66,7 +66,7 @@ def lint(chart_dir: Path) -> None:
 
 def check_provisioner_job(bin_dir: Path) -> None:
     chart_dir = ROOT / "charts" / "provisioner-job"
-    lint(chart_dir)
+    check_common("provisioner-job", {}, {"clients": {"a-client": {"aggregatorIdentifier": "A"}}})
 
     default = render(chart_dir)
     (cronjob,) = by_kind(default, "CronJob")
@@ -176,7 +176,7 @@ def dotenv_of(docs: list[dict]) -> str:
 
 def check_generic_consumer(bin_dir: Path) -> None:
     chart_dir = ROOT / "charts" / "generic-consumer"
-    lint(chart_dir)
+    check_common("generic-consumer", {"consumers": [DELIVERY]}, {"consumers": [DELIVERY], "writeEnv": "uat"})
     check(not by_kind(render(chart_dir), "Deployment"), "generic-consumer: Deployments without consumers")
 
     values = {"image": {"registry": "registry.example.com/platform", "name": "generic-consumer", "tag": "shared-1"},
@@ -255,12 +255,113 @@ def check_generic_consumer(bin_dir: Path) -> None:
                       f"generic-consumer: the ignore list of {consumer['domain']} did not arrive: {out.stdout}")
 
 
+RECOMMENDED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                      "app.kubernetes.io/component", "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by",
+                      "helm.sh/chart")
+
+
+def pods_of(docs: list[dict]) -> list[tuple[str, dict, dict]]:
+    """(name, pod template metadata, pod spec) of every workload."""
+    pods = []
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            template = doc["spec"]["template"]
+        elif doc["kind"] == "CronJob":
+            template = doc["spec"]["jobTemplate"]["spec"]["template"]
+        else:
+            continue
+        pods.append((f"{doc['kind']}/{doc['metadata']['name']}", template.get("metadata", {}), template["spec"]))
+    return pods
+
+
+def check_common(chart: str, values: dict, changed: dict, grpc_probes: bool = False) -> list[dict]:
+    """What every chart owes an operator, checked on a render with `values`; `changed` is
+    a variant whose configuration differs (its pods must roll). Returns the render."""
+    chart_dir = ROOT / "charts" / chart
+    lint(chart_dir)
+    docs = render(chart_dir, values)
+    for doc in docs:
+        labels = doc["metadata"].get("labels", {})
+        missing = [label for label in RECOMMENDED_LABELS if label not in labels]
+        check(not missing, f"{chart}: {doc['kind']}/{doc['metadata']['name']} lacks labels {missing}")
+    pods = pods_of(docs)
+    check(bool(pods), f"{chart}: no workload rendered")
+    for name, _, pod in pods:
+        check_pod_security(f"{chart} {name}", pod)
+        check(pod.get("automountServiceAccountToken") is not None, f"{chart} {name}: token mount not explicit")
+        if not name.startswith("Deployment/"):
+            continue
+        for container in pod["containers"]:
+            for probe in ("livenessProbe", "readinessProbe"):
+                check(probe in container, f"{chart} {name}: no {probe}")
+            if grpc_probes:
+                check("grpc" in container.get("livenessProbe", {}), f"{chart} {name}: liveness is not a gRPC probe")
+    check(len(by_kind(docs, "NetworkPolicy")) >= 1, f"{chart}: no NetworkPolicy")
+    if any(name.startswith("Deployment/") for name, _, _ in pods):
+        check(not by_kind(docs, "ServiceMonitor"), f"{chart}: a ServiceMonitor without metrics.serviceMonitor.enabled")
+        monitored = render(chart_dir, {**values, "metrics": {"serviceMonitor": {"enabled": True}}})
+        check(len(by_kind(monitored, "ServiceMonitor")) == 1, f"{chart}: no ServiceMonitor when enabled")
+    rolled = {name: meta.get("annotations", {}) for name, meta, _ in pods_of(render(chart_dir, changed))}
+    for name, meta, _ in pods:
+        checksums = {k: v for k, v in meta.get("annotations", {}).items() if k.startswith("checksum/")}
+        check(bool(checksums), f"{chart} {name}: no checksum annotation")
+        check(any(rolled.get(name, {}).get(k) != v for k, v in checksums.items()),
+              f"{chart} {name}: a configuration change does not roll the pods")
+    try:
+        render(chart_dir, {**values, "noSuchKey": True})
+        FAILURES.append(f"{chart}: values.schema.json accepts an unknown key")
+    except helm.HelmError:
+        pass
+    return docs
+
+
+def print_config(binary: Path, config: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Runs `binary --print-config` on the rendered `config`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(config)
+        return subprocess.run([str(binary), "--print-config", "--config", str(path)],
+                              capture_output=True, text=True, env=env)
+
+
+def check_gandalf(bin_dir: Path) -> None:
+    values = {"logicalName": "aggregator-7", "tenant": "tenant-b",
+              "cluster": ["http://gandalf-cluster-a:9100", "http://gandalf-cluster-b:9100"]}
+    docs = check_common("gandalf-aggregator", values, {**values, "tenant": "tenant-c"}, grpc_probes=True)
+    (configmap,) = by_kind(docs, "ConfigMap")
+    config = configmap["data"]["config.yaml"]
+    out = print_config(bin_dir / "gandalf-aggregator", config, {"GANDALF_AGGREGATOR__SECRET": "s3cret-not-shown"})
+    check(out.returncode == 0, f"gandalf-aggregator rejects the rendered config: {out.stderr.strip()}")
+    check("aggregator-7" in out.stdout and "gandalf-cluster-b" in out.stdout and "s3cret" not in out.stdout,
+          f"gandalf-aggregator: the rendered config did not arrive as given: {out.stdout}")
+    (service,) = by_kind(docs, "Service")
+    check(sorted(p["name"] for p in service["spec"]["ports"]) == ["grpc", "ops"], "gandalf-aggregator: Service ports")
+
+    tenants = {"tenant-b": {"secrets": ["connector-secret"], "aggregator_secrets": ["aggregator-secret"],
+                            "database": {"url": "postgres://gandalf:pw@postgres:5432/tenant_b"}}}
+    values = {"config": {"existingSecret": ""}, "tenants": tenants}
+    docs = check_common("gandalf-cluster", values,
+                        {**values, "tenants": {**tenants, "tenant-c": {"secrets": ["other"]}}}, grpc_probes=True)
+    (secret,) = by_kind(docs, "Secret")
+    out = print_config(bin_dir / "gandalf-cluster", secret["stringData"]["config.yaml"], {})
+    check(out.returncode == 0, f"gandalf-cluster rejects the rendered config: {out.stderr.strip()}")
+    check("tenant-b" in out.stdout and "connector-secret" not in out.stdout and "pw@" not in out.stdout,
+          f"gandalf-cluster: the rendered config did not arrive as given, or shows a secret: {out.stdout}")
+    production = render(ROOT / "charts" / "gandalf-cluster")
+    check(not by_kind(production, "Secret"), "gandalf-cluster: a Secret rendered though an existing one is named")
+    (deployment,) = by_kind(production, "Deployment")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    check(volumes["config"]["secret"]["secretName"] == "gandalf-cluster-config",
+          "gandalf-cluster: the existing config Secret is not mounted")
+
+
 def main() -> int:
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
     check_provisioner_job(Path(sys.argv[1]))
     check_generic_consumer(Path(sys.argv[1]))
+    check_gandalf(Path(sys.argv[1]))
     charts = sorted(p.parent.name for p in (ROOT / "charts").glob("*/Chart.yaml"))
     if FAILURES:
         print(f"chart checks: {len(FAILURES)} failed", file=sys.stderr)
