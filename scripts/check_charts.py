@@ -9,6 +9,7 @@ provisioner-job config is parsed by the real binary (`--print-config`).
 Usage: check_charts.py BIN_DIR
 """
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -144,6 +145,29 @@ def check_provisioner_job(bin_dir: Path) -> None:
                                  env={"PROVISIONER__DATABASE__URL": "postgres://u:pw@db/agg"})
             check(out.returncode == 0, f"provisioner-job rejects the rendered {name} config: {out.stderr.strip()}")
             check("pw@" not in out.stdout, "provisioner-job: --print-config shows the password")
+
+    # The aggregation service's own ConfigMap as the source of the client list.
+    shared = render(chart_dir, {"config": {"existingConfigMap": "aggregation-service", "key": "application.yaml"}})
+    check(not by_kind(shared, "ConfigMap"), "provisioner-job: a ConfigMap rendered though the service's is named")
+    (cj_shared,) = by_kind(shared, "CronJob")
+    pod_shared = cj_shared["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod_shared["volumes"] if v["name"] == "config"]
+    check(volume["configMap"] == {"name": "aggregation-service", "items": [{"key": "application.yaml", "path": "config.yaml"}]},
+          f"provisioner-job: the service's ConfigMap is not mounted as the job's config: {volume}")
+    shared_env = {e["name"]: e.get("value") for e in pod_shared["containers"][0]["env"]}
+    service_file = yaml.safe_dump({
+        "server": {"port": 8080}, "kafka": {"brokers": "kafka:9092"},
+        "provisionClientsConfig": {"enabled": True, "clusterId": "oxford-production",
+                                   "clients": {"company-inc-testing": {"aggregatorIdentifier": "Company Inc AB"}}}})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "application.yaml"
+        path.write_text(service_file)
+        env = {k: v for k, v in shared_env.items() if k.startswith("PROVISIONER__") and v is not None}
+        out = subprocess.run([str(bin_dir / "provisioner-job"), "--print-config", "--config", str(path)],
+                             capture_output=True, text=True,
+                             env={**env, "PROVISIONER__DATABASE__URL": "postgres://u:pw@db/agg"})
+        check(out.returncode == 0 and "company-inc-testing" in out.stdout and "lock_wait_secs: 60" in out.stdout,
+              f"provisioner-job rejects the service's own file with the chart's settings: {out.stderr.strip()} {out.stdout}")
 
     # Per-environment values (what Argo CD deploys): staging opts out of provisioning.
     for env, enabled in (("staging", False), ("production", True)):
@@ -355,6 +379,68 @@ def check_gandalf(bin_dir: Path) -> None:
           "gandalf-cluster: the existing config Secret is not mounted")
 
 
+def check_devops_api(bin_dir: Path) -> None:
+    values = {"auth": {"trustedProxies": ["10.42.0.0/16"], "tokensSecret": "devops-api-tokens", "tokensKey": "tokens"}}
+    docs = check_common("devops-api", values, {**values, "maxBodyBytes": 131072})
+    (ingress,) = by_kind(docs, "Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    check(ingress["spec"]["ingressClassName"] == "nginx"
+          and annotations.get("nginx.ingress.kubernetes.io/auth-url", "").startswith("https://")
+          and annotations.get("nginx.ingress.kubernetes.io/auth-response-headers") == "X-Auth-Request-User",
+          f"devops-api: the Ingress lacks the nginx auth_request annotations: {annotations}")
+    check(len(by_kind(docs, "PodDisruptionBudget")) == 1, "devops-api: no PodDisruptionBudget")
+    (deployment,) = by_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    check(env["DEVOPS_API__DATABASE__URL"]["valueFrom"]["secretKeyRef"]["name"] == "devops-api-database",
+          "devops-api: the admin database URL does not come from its Secret")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    check(volumes["tokens"]["secret"]["secretName"] == "devops-api-tokens", "devops-api: the tokens Secret is not mounted")
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    http_rule = next(r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == "http")
+    check(bool(http_rule.get("from")), "devops-api: the HTTP port is open to every pod, around the ingress")
+    (configmap,) = by_kind(docs, "ConfigMap")
+    out = print_config(bin_dir / "devops-api", configmap["data"]["config.yaml"],
+                       {"DEVOPS_API__DATABASE__URL": "postgres://devops_admin:pw@db:5432/postgres"})
+    check(out.returncode == 0, f"devops-api rejects the rendered config: {out.stderr.strip()}")
+    check("10.42.0.0/16" in out.stdout and "pw@" not in out.stdout,
+          f"devops-api: the rendered config did not arrive as given, or shows the password: {out.stdout}")
+
+
+OC_CONFIG = {
+    "compass": {"directorURL": "https://compass.example.com/director/graphql",
+                "tenantId": "3e64ebae-38b5-46a0-b1ed-9ccee153a0ae",
+                "tokenUrl": "https://oauth2.example.com/oauth2/token", "clientID": "clientid",
+                "clientSecret": "client-secret-not-shown", "applicationPrefix": "crm"},
+    "openConnectors": {"hostname": "api.openconnectors.example.com", "organizationSecret": "org-not-shown",
+                       "userSecret": "user-not-shown", "tags": ["crm"]},
+}
+
+
+def check_oc_sync_job(bin_dir: Path) -> None:
+    values = {"configSecret": {"existingSecret": ""}, "config": OC_CONFIG, "schedule": "*/5 * * * *"}
+    changed = {**values, "config": {**OC_CONFIG, "maxDeletes": 3}}
+    docs = check_common("oc-sync-job", values, changed)
+    (cronjob,) = by_kind(docs, "CronJob")
+    check(cronjob["spec"]["concurrencyPolicy"] == "Forbid", "oc-sync-job: concurrencyPolicy is not Forbid")
+    check(cronjob["spec"]["schedule"] == "*/5 * * * *", "oc-sync-job: schedule not taken from values")
+    (secret,) = by_kind(docs, "Secret")
+    config = secret["stringData"]["config.json"]
+    check(json.loads(config) == OC_CONFIG, "oc-sync-job: config.json not rendered as given")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.json"
+        path.write_text(config)
+        out = subprocess.run([str(bin_dir / "oc-sync-job"), "--print-config", "--config", str(path)],
+                             capture_output=True, text=True, env={})
+    check(out.returncode == 0, f"oc-sync-job rejects the rendered config.json: {out.stderr.strip()}")
+    check("not-shown" not in out.stdout, f"oc-sync-job: --print-config shows a secret: {out.stdout}")
+    production = render(ROOT / "charts" / "oc-sync-job")
+    check(not by_kind(production, "Secret"), "oc-sync-job: a Secret rendered though an existing one is named")
+    (cj,) = by_kind(production, "CronJob")
+    volumes = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]
+    check(volumes[0]["secret"]["secretName"] == "oc-sync-job-config", "oc-sync-job: the existing Secret is not mounted")
+
+
 def main() -> int:
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
@@ -362,6 +448,8 @@ def main() -> int:
     check_provisioner_job(Path(sys.argv[1]))
     check_generic_consumer(Path(sys.argv[1]))
     check_gandalf(Path(sys.argv[1]))
+    check_devops_api(Path(sys.argv[1]))
+    check_oc_sync_job(Path(sys.argv[1]))
     charts = sorted(p.parent.name for p in (ROOT / "charts").glob("*/Chart.yaml"))
     if FAILURES:
         print(f"chart checks: {len(FAILURES)} failed", file=sys.stderr)

@@ -22,7 +22,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "provisioner-job.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{ include "provisioner-job.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/version: {{ include "provisioner-job.tag" . | quote }}
 app.kubernetes.io/component: provisioner
 app.kubernetes.io/part-of: platform
 app.kubernetes.io/managed-by: {{ .Release.Service }}
@@ -60,4 +60,12 @@ provisionClientsConfig:
 {{/* Whether keys are delivered into a Secret through the API server. */}}
 {{- define "provisioner-job.secretDelivery" -}}
 {{- if eq .Values.apiKeys.delivery "secret" }}true{{ end }}
+{{- end }}
+
+{{- define "provisioner-job.tag" -}}
+{{- .Values.image.tag | default .Values.global.imageTag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- define "provisioner-job.image" -}}
+{{- printf "%s/%s:%s" (.Values.global.imageRegistry | default .Values.image.registry) .Values.image.name (include "provisioner-job.tag" .) }}
 {{- end }}
