@@ -10,12 +10,14 @@ Usage: check_charts.py BIN_DIR
 """
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import helm_python as helm
+import kubernetes_validate
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,14 +29,43 @@ def check(condition: bool, message: str) -> None:
         FAILURES.append(message)
 
 
-def render(chart_dir: Path, values: dict | None = None) -> list[dict]:
+# The Kubernetes version the manifests are validated against.
+KUBERNETES_VERSION = "1.33.0"
+# Custom resources kubernetes-validate has no schema for: checked for their shape here, and
+# by the assertions on their content.
+CUSTOM_KINDS = {"monitoring.coreos.com/v1": {"ServiceMonitor"}, "argoproj.io/v1alpha1": {"Application", "ApplicationSet"}}
+VALIDATED = 0
+
+
+def validate(doc: dict, origin: str) -> None:
+    """Every rendered object against the Kubernetes schemas, strictly (unknown fields fail)."""
+    global VALIDATED
+    VALIDATED += 1
+    kind, api = doc.get("kind"), doc.get("apiVersion")
+    if kind in CUSTOM_KINDS.get(api, set()):
+        check(isinstance(doc.get("metadata", {}).get("name"), str) and isinstance(doc.get("spec"), dict),
+              f"{origin}: {kind} without a name or a spec")
+        return
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as err:
+        FAILURES.append(f"{origin}: {kind}/{doc.get('metadata', {}).get('name')}: {err.message} at {list(err.path)}")
+    except kubernetes_validate.utils.SchemaNotFoundError:
+        FAILURES.append(f"{origin}: no schema for {api} {kind}")
+
+
+def render(chart_dir: Path, values: dict | None = None, namespace: str = "aggregation") -> list[dict]:
+    """Renders with Helm's engine (the chart reloaded for each render) and validates."""
     chart = helm.Chart.load(chart_dir)
-    manifests = chart.render(values or {}, name="release", namespace="aggregation")
+    manifests = chart.render(values or {}, name="release", namespace=namespace)
     docs = []
     for path, text in sorted(manifests.items()):
         if not path.endswith((".yaml", ".yml")):
             continue
-        docs.extend(d for d in yaml.safe_load_all(text) if d)
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                validate(doc, path)
+                docs.append(doc)
     return docs
 
 
@@ -441,6 +472,88 @@ def check_oc_sync_job(bin_dir: Path) -> None:
     check(volumes[0]["secret"]["secretName"] == "oc-sync-job-config", "oc-sync-job: the existing Secret is not mounted")
 
 
+SERVICES = ("provisioner-job", "oc-sync-job", "generic-consumer", "devops-api", "gandalf-aggregator", "gandalf-cluster")
+
+
+def check_umbrella(bin_dir: Path) -> None:
+    """The umbrella with each environment's values, as Argo CD renders it: dependencies
+    built from ../<service> into a scratch copy (nothing vendored in the checkout)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        charts = Path(tmp) / "charts"
+        shutil.copytree(ROOT / "charts", charts, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
+        umbrella = charts / "platform"
+        helm.dependency_update(umbrella)
+        lint(umbrella)
+        chart = yaml.safe_load((umbrella / "Chart.yaml").read_text())
+        check(sorted(d["name"] for d in chart["dependencies"]) == sorted(SERVICES),
+              "platform: not every service is a dependency")
+        for dep in chart["dependencies"]:
+            check(dep["repository"] == f"file://../{dep['name']}" and dep["condition"] == f"{dep['name']}.enabled",
+                  f"platform: dependency {dep['name']} is not file:// with condition {dep['name']}.enabled")
+        envs = sorted(p.stem.removeprefix("values-") for p in umbrella.glob("values-*.yaml"))
+        check({"staging", "production"} <= set(envs), f"platform: environments {envs}")
+        for env in envs:
+            values = yaml.safe_load((umbrella / f"values-{env}.yaml").read_text()) or {}
+            docs = render(umbrella, values, namespace=f"platform-{env}")
+            where = f"platform {env}"
+            for name, _, pod in pods_of(docs):
+                check_pod_security(f"{where} {name}", pod)
+                for container in pod["containers"]:
+                    check(container["image"].startswith("registry.example.com/platform/"),
+                          f"{where} {name}: image {container['image']} not from global.imageRegistry")
+            for cronjob in by_kind(docs, "CronJob"):
+                check(cronjob["spec"]["concurrencyPolicy"] == "Forbid", f"{where}: {cronjob['metadata']['name']} not Forbid")
+            consumers = values.get("generic-consumer", {}).get("consumers", [])
+            deployments = [d for d in by_kind(docs, "Deployment")
+                           if d["metadata"]["labels"]["app.kubernetes.io/name"] == "generic-consumer"]
+            check(sorted(d["spec"]["template"]["spec"]["containers"][0]["args"][0] for d in deployments)
+                  == sorted(c["domain"] for c in consumers),
+                  f"{where}: {len(consumers)} consumers in values, Deployments for "
+                  f"{[d['metadata']['name'] for d in deployments]}")
+            for deployment in deployments:
+                (container,) = deployment["spec"]["template"]["spec"]["containers"]
+                env_vars = {e["name"]: e.get("value") for e in container["env"]}
+                check(env_vars["GOOGLE_APPLICATION_CREDENTIALS"] == "/var/run/secrets/gcp/credentials.json",
+                      f"{where}: {deployment['metadata']['name']} credentials from global.gcp not used")
+            cms = [c for c in by_kind(docs, "ConfigMap") if ".env" in c.get("data", {})]
+            if consumers:
+                (cm,) = cms
+                with tempfile.TemporaryDirectory() as work:
+                    env_file = Path(work) / ".env"
+                    env_file.write_text(cm["data"][".env"])
+                    key = Path(work) / "credentials.json"
+                    key.write_text("{}")
+                    for consumer in consumers:
+                        out = subprocess.run([str(bin_dir / "generic-consumer"), consumer["domain"], "--print-config",
+                                              "--env-file", str(env_file)], capture_output=True, text=True, cwd=work,
+                                             env={"GOOGLE_APPLICATION_CREDENTIALS": str(key)})
+                        check(out.returncode == 0, f"{where}: generic-consumer rejects {consumer['domain']}: {out.stderr.strip()}")
+            provisioning = [yaml.safe_load(c["data"]["config.yaml"]) for c in by_kind(docs, "ConfigMap")
+                            if "provisionClientsConfig" in c.get("data", {}).get("config.yaml", "")]
+            if provisioning:
+                enabled = provisioning[0]["provisionClientsConfig"]["enabled"]
+                check(enabled is (env != "staging"), f"{where}: provisioning enabled is {enabled}")
+
+
+def check_argocd() -> None:
+    """The ApplicationSet deploys the umbrella to every environment it has values for."""
+    umbrella_envs = sorted(p.stem.removeprefix("values-") for p in (ROOT / "charts" / "platform").glob("values-*.yaml"))
+    docs = [d for p in sorted((ROOT / "argocd").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+    for doc in docs:
+        validate(doc, "argocd")
+    (appset,) = [d for d in docs if d["kind"] == "ApplicationSet"]
+    elements = appset["spec"]["generators"][0]["list"]["elements"]
+    check(sorted(e["env"] for e in elements) == umbrella_envs,
+          f"argocd: environments {[e['env'] for e in elements]} != values files {umbrella_envs}")
+    spec = appset["spec"]["template"]["spec"]
+    check(spec["source"]["path"] == "charts/platform", "argocd: does not deploy the umbrella chart")
+    check(spec["source"]["helm"]["valueFiles"] == ["values.yaml", "values-{{ .env }}.yaml"],
+          "argocd: value files are not values.yaml + values-<env>.yaml")
+    policy = spec["syncPolicy"]
+    check(policy["automated"] == {"prune": True, "selfHeal": True}, "argocd: sync is not automated with prune and self-heal")
+    check("CreateNamespace=true" in policy["syncOptions"], "argocd: namespace not created")
+
+
 def main() -> int:
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
@@ -450,13 +563,16 @@ def main() -> int:
     check_gandalf(Path(sys.argv[1]))
     check_devops_api(Path(sys.argv[1]))
     check_oc_sync_job(Path(sys.argv[1]))
+    check_umbrella(Path(sys.argv[1]))
+    check_argocd()
     charts = sorted(p.parent.name for p in (ROOT / "charts").glob("*/Chart.yaml"))
     if FAILURES:
         print(f"chart checks: {len(FAILURES)} failed", file=sys.stderr)
         for failure in FAILURES:
             print(f"  - {failure}", file=sys.stderr)
         return 1
-    print(f"chart checks: {', '.join(charts)}: lint, render and content checks passed")
+    print(f"chart checks: {', '.join(charts)}: lint, render and content checks passed; "
+          f"{VALIDATED} rendered objects valid for Kubernetes {KUBERNETES_VERSION} (strict)")
     return 0
 
 
