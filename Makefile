@@ -50,6 +50,7 @@ test: tools lint deploy-lint ## Everything CI checks: lint, all tests against a 
 	$(CARGO) build --workspace --all-targets --locked
 	scripts/with-postgres.sh $(CARGO) nextest run --workspace --locked --profile $(NEXTEST_PROFILE)
 	$$(scripts/python-venv.sh) scripts/check_charts.py $(CARGO_TARGET_DIR)/debug
+	$$(scripts/python-venv.sh) -m unittest discover -s scripts/tests
 
 test-only: tools ## All tests, without the lint step
 	scripts/with-postgres.sh $(CARGO) nextest run --workspace --profile $(NEXTEST_PROFILE)
