@@ -55,9 +55,10 @@ test: tools lint deploy-lint ## Everything CI checks: lint, all tests against a 
 test-only: tools ## All tests, without the lint step
 	scripts/with-postgres.sh $(CARGO) nextest run --workspace --profile $(NEXTEST_PROFILE)
 
-charts-test: ## Lint, render and check the Helm charts (Helm's engine, no cluster needed)
+charts-test: ## Lint, render and check the Helm charts (Helm's engine, no cluster needed), and the GitOps script's tests
 	$(CARGO) build --workspace --bins
 	$$(scripts/python-venv.sh) scripts/check_charts.py $(CARGO_TARGET_DIR)/debug
+	$$(scripts/python-venv.sh) -m unittest discover -s scripts/tests
 
 images: ## Build the six images (needs a Docker engine): IMAGE_REGISTRY, IMAGE_TAG
 	@command -v docker >/dev/null || { echo "make images: no docker here; the images build where a Docker engine exists" >&2; exit 1; }
