@@ -15,6 +15,7 @@ For generic-consumer it also says which of the seed's two cases the change is:
 
   changed_services.py --before SHA --after SHA     (git diff between them)
   changed_services.py --files a b c                 (paths given)
+  changed_services.py --requested devops-api,...    (by name, validated)
 Prints GitHub output lines: services=<JSON list>, consumer_domains=<list>.
 """
 
@@ -110,10 +111,21 @@ def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--before", help="the commit before the push")
     group.add_argument("--files", nargs="*", help="changed paths, relative to the repository")
+    group.add_argument("--requested", help="services asked for by name, comma-separated (validated)")
     parser.add_argument("--after", default="HEAD")
     args = parser.parse_args(argv)
-    files = args.files if args.files is not None else changed_files(args.before, args.after)
-    rebuilt, domains = affected(root, files)
+    if args.requested is not None:
+        known = services(root)
+        rebuilt = sorted({s.strip() for s in args.requested.split(",") if s.strip()})
+        unknown = [s for s in rebuilt if s not in known]
+        if unknown or not rebuilt:
+            print(f"changed_services: error: unknown services {unknown or args.requested!r} (known: {', '.join(known)})",
+                  file=sys.stderr)
+            return 1
+        domains: list[str] = []
+    else:
+        files = args.files if args.files is not None else changed_files(args.before, args.after)
+        rebuilt, domains = affected(root, files)
     print(f"services={json.dumps(rebuilt)}")
     print(f"consumer_domains={','.join(domains)}")
     return 0

@@ -54,6 +54,16 @@ class ChangedServices(unittest.TestCase):
         self.assertEqual(cs.affected(ROOT, None), (ALL, []))
         self.assertIsNone(cs.changed_files("0" * 40, "HEAD"))
 
+    def test_requested_services_are_validated(self):
+        import contextlib
+        import io
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            self.assertEqual(cs.main(["--requested", "devops-api, gandalf-cluster"], root=ROOT), 0)
+            self.assertEqual(cs.main(["--requested", "devops-api,nope"], root=ROOT), 1)
+        self.assertIn('services=["devops-api", "gandalf-cluster"]', out.getvalue())
+        self.assertIn("unknown services ['nope']", err.getvalue())
+
 
 if __name__ == "__main__":
     unittest.main()
