@@ -61,7 +61,7 @@ charts-test: ## Lint, render and check the Helm charts (Helm's engine, no cluste
 	$$(scripts/python-venv.sh) -m unittest discover -s scripts/tests
 
 images: ## Build the six images (needs a Docker engine): IMAGE_REGISTRY, IMAGE_TAG
-	@command -v docker >/dev/null || { echo "make images: no docker here; the images build where a Docker engine exists" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine reachable (docker info failed); the images build where one runs" >&2; exit 1; }
 	@for s in $(SERVICES); do \
 		echo "== $(IMAGE_REGISTRY)/$$s:$(IMAGE_TAG)"; \
 		docker build --build-arg SERVICE=$$s --build-arg REVISION=$(IMAGE_TAG) \
