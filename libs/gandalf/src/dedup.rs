@@ -138,34 +138,38 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
     }
 }
 
-/// A [`Seen`] key: 128 bits of two seeded hashes of what was offered, so that it serves
-/// as its own hash in the map and a peer cannot aim its uuids at one bucket (nor, without
-/// the seeds, make two keys collide).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Key(u64, u64);
+/// How many ways a [`Seen`] bucket has: four tags and four expiries fill one cache line.
+const WAYS: usize = 4;
+/// The `u64`s of one bucket: its tags, then their expiries.
+const BUCKET: usize = 2 * WAYS;
 
-impl Hash for Key {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // The first half is a seeded hash already; the second only tells keys apart.
-        state.write_u64(self.0);
-    }
-}
-
-/// Keys seen recently, each until its own expiry: the per-message dedup. Compact (a key
-/// and its expiry in 24 bytes, in the map and again in the queue; ~3x smaller than an
-/// [`ExpiringMap`] of uuids), because at a high message rate it holds every message of
-/// the last timeout and its lookups are the cache misses of the routing path.
+/// Keys seen recently, each until its own expiry: the per-message dedup. A
+/// set-associative table of fixed size, so that an offer is one cache line read and
+/// written, with no expiry queue and nothing to grow: at a high message rate the set holds
+/// every message of the last timeout, and its lookups are the cache misses of the routing
+/// path. A key is 128 bits of two seeded hashes of what was offered (the first picks the
+/// bucket, the second is the tag), so a peer cannot aim its uuids at one bucket nor, without
+/// the seeds, make two keys collide.
+///
+/// Bounded in bytes: the table holds twice `capacity` slots (`capacity` × 32 bytes,
+/// allocated zeroed, so the pages an idle set never touches cost nothing). When all the
+/// slots of a key's bucket are live, the one that expires first is forgotten (counted by
+/// [`Seen::evicted`]); with `capacity` live keys that is at most about 4% of them (2% at
+/// the usual load), and what is forgotten is the key closest to leaving anyway.
 #[derive(Debug)]
 pub struct Seen {
-    capacity: usize,
     evicted: u64,
     seeds: [foldhash::fast::RandomState; 2],
-    /// Expiries are kept as milliseconds after this.
+    /// Expiries are kept as milliseconds after this, plus one: zero means a free slot.
     epoch: Instant,
-    /// Key -> expiry.
-    entries: HashMap<Key, u64, std::hash::BuildHasherDefault<KeyHasher>>,
-    /// Insertions in order with their expiry (not strictly ordered; see [`ExpiringMap`]).
-    order: VecDeque<(u64, Key)>,
+    /// The buckets, each [`BUCKET`] words: `[tag; WAYS]` then `[expiry; WAYS]`. A few
+    /// words more than needed, so that the buckets can start on a cache line.
+    words: Vec<u64>,
+    /// Where the first bucket starts in `words`: the first word on a 64-byte boundary.
+    start: usize,
+    /// 64 minus log2 of the number of buckets (a power of two): a bucket is the top bits
+    /// of the first hash times an odd constant, which mixes every bit of it into them.
+    shift: u32,
 }
 
 impl Default for Seen {
@@ -175,19 +179,25 @@ impl Default for Seen {
 }
 
 impl Seen {
-    /// At most `capacity` keys (at least one); when full the oldest is forgotten first.
+    /// Room for about `capacity` live keys (at least one bucket).
     pub fn with_capacity(capacity: usize) -> Self {
+        let buckets = (capacity.saturating_mul(2) / WAYS)
+            .max(1)
+            .next_power_of_two();
+        // Zeroed words come from a zeroed allocation: untouched pages stay unmapped.
+        let words = vec![0u64; buckets * BUCKET + BUCKET - 1];
+        let start = words.as_ptr().align_offset(64).min(BUCKET - 1);
         Self {
-            capacity: capacity.max(1),
             evicted: 0,
             seeds: Default::default(),
             epoch: Instant::now(),
-            entries: HashMap::default(),
-            order: VecDeque::new(),
+            words,
+            start,
+            shift: 64 - buckets.trailing_zeros(),
         }
     }
 
-    /// How many keys were forgotten early because the set was full.
+    /// How many live keys were forgotten early because their bucket was full.
     pub fn evicted(&self) -> u64 {
         self.evicted
     }
@@ -195,76 +205,46 @@ impl Seen {
     /// True the first time `key` is offered within its window; records it until `until`.
     pub fn first(&mut self, key: impl Hash, now: Instant, until: Instant) -> bool {
         use std::hash::BuildHasher;
-        let key = Key(self.seeds[0].hash_one(&key), self.seeds[1].hash_one(&key));
+        let (index, tag) = (self.seeds[0].hash_one(&key), self.seeds[1].hash_one(&key));
         let (now, until) = (self.ms(now), self.ms(until));
-        // Expired entries leave from the front; a full set, or a queue grown long with
-        // stale entries, drops its oldest.
-        while self.order.front().is_some_and(|(expiry, _)| *expiry <= now) {
-            self.pop_oldest(now);
-        }
-        while self.entries.len() >= self.capacity || self.order.len() >= self.capacity * 2 {
-            match self.pop_oldest(now) {
-                Some(true) => self.evicted += 1,
-                Some(false) => {}
-                None => break,
+        let index = index
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .checked_shr(self.shift)
+            .unwrap_or(0);
+        let index = usize::try_from(index).unwrap_or(0);
+        let at = self.start + index * BUCKET;
+        let (tags, expiries) = self.words[at..at + BUCKET].split_at_mut(WAYS);
+        let mut victim = 0;
+        for way in 0..WAYS {
+            if expiries[way] > now && tags[way] == tag {
+                return false;
+            }
+            if expiries[way] < expiries[victim] {
+                victim = way;
             }
         }
-        match self.entries.entry(key) {
-            hash_map::Entry::Occupied(entry) if *entry.get() > now => return false,
-            // Expired, its queue entry not reached yet: that one is stale now.
-            hash_map::Entry::Occupied(mut entry) => {
-                entry.insert(until);
-            }
-            hash_map::Entry::Vacant(entry) => {
-                entry.insert(until);
-            }
+        if expiries[victim] > now {
+            self.evicted += 1;
         }
-        self.order.push_back((until, key));
+        tags[victim] = tag;
+        expiries[victim] = until;
         true
     }
 
-    /// How many keys are held.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+    /// How many keys are live at `now`: a scan of the whole table, for tests and
+    /// diagnostics, not for the routing path.
+    pub fn live(&self, now: Instant) -> usize {
+        let now = self.ms(now);
+        self.words[self.start..]
+            .chunks_exact(BUCKET)
+            .flat_map(|bucket| &bucket[WAYS..])
+            .filter(|expiry| **expiry > now)
+            .count()
     }
 
     fn ms(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Pops the oldest queue entry and removes its key unless the key was recorded again
-    /// since (another expiry). Whether a queue entry was popped, and whether it was live.
-    fn pop_oldest(&mut self, now: u64) -> Option<bool> {
-        let (expiry, key) = self.order.pop_front()?;
-        Some(match self.entries.entry(key) {
-            hash_map::Entry::Occupied(entry) if *entry.get() == expiry => entry.remove() > now,
-            _ => false,
-        })
-    }
-}
-
-/// The hash of a [`Key`], which is already one: its first half.
-#[derive(Debug, Default)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // [`Key`] hashes through `write_u64`; anything else is folded in.
-        for byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX - 1)
+            + 1
     }
 }
 
@@ -294,13 +274,14 @@ mod tests {
         for i in 0..10_000 {
             assert!(seen.first(i, t0, t0 + Duration::from_millis(10)));
         }
-        assert_eq!(seen.len(), 10_000);
-        assert!(seen.first(
-            -1,
-            t0 + Duration::from_millis(20),
-            t0 + Duration::from_millis(30)
-        ));
-        assert_eq!(seen.len(), 1);
+        assert_eq!(seen.live(t0), 10_000);
+        assert_eq!(seen.evicted(), 0, "far below the capacity");
+        let later = t0 + Duration::from_millis(20);
+        assert_eq!(seen.live(later), 0);
+        for i in 0..10_000 {
+            assert!(seen.first(i, later, later + Duration::from_millis(10)));
+        }
+        assert_eq!(seen.evicted(), 0, "expired slots are free again");
     }
 
     #[test]
@@ -346,17 +327,63 @@ mod tests {
     }
 
     #[test]
-    fn a_full_map_forgets_its_oldest_entry_first() {
-        let mut seen = Seen::with_capacity(3);
+    fn a_full_bucket_forgets_the_key_that_expires_first() {
+        // Capacity 1: one bucket, so every key lands in it.
+        let mut seen = Seen::with_capacity(1);
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        for (key, expiry) in [("a", 40), ("b", 10), ("c", 30), ("d", 20)] {
+            assert!(seen.first(key, t0, at(expiry)));
+        }
+        assert_eq!(seen.evicted(), 0);
+        assert!(seen.first("e", t0, at(50)));
+        assert_eq!(seen.evicted(), 1);
+        assert!(!seen.first("a", t0, at(60)), "a is still held");
+        assert!(!seen.first("e", t0, at(60)), "e is held");
+        assert!(seen.first("b", t0, at(60)), "b expired first: forgotten");
+        assert_eq!(seen.evicted(), 2, "b came back in place of d");
+        assert_eq!(seen.live(t0), 4);
+    }
+
+    #[test]
+    fn the_table_is_bounded_in_bytes_and_holds_its_capacity() {
+        let capacity = 100_000;
+        let mut seen = Seen::with_capacity(capacity);
+        assert!(
+            seen.words.len() * 8 <= capacity * 2 * 16 * 2,
+            "{} words",
+            seen.words.len()
+        );
         let t0 = Instant::now();
         let later = t0 + Duration::from_secs(60);
-        for key in ["a", "b", "c", "d"] {
-            assert!(seen.first(key, t0, later));
+        for i in 0..capacity {
+            assert!(seen.first(i, t0, later));
         }
-        assert_eq!(seen.len(), 3);
-        assert_eq!(seen.evicted(), 1);
-        assert!(seen.first("a", t0, later), "a was the oldest: forgotten");
-        assert!(!seen.first("d", t0, later), "d is still held");
+        // Twice the slots the capacity asks for: at the limit a few buckets overflow.
+        // (at this capacity the table has 262,144 slots: ~2% of the keys are forgotten)
+        let lost = seen.evicted();
+        assert!(
+            lost < capacity as u64 / 25,
+            "{lost} of {capacity} forgotten at the limit"
+        );
+        let held = (0..capacity).filter(|i| !seen.first(i, t0, later)).count();
+        assert!(
+            held > capacity * 95 / 100,
+            "{held} of {capacity} still held"
+        );
+        // A flood far past the capacity stays in the same table and forgets the oldest
+        // keys first (those that expire first): the newest are held, but for the rare
+        // bucket that five of them land in.
+        let words = seen.words.len();
+        let until = |i: usize| later + Duration::from_millis(i as u64);
+        for i in capacity..capacity * 10 {
+            seen.first(i, t0, until(i));
+        }
+        assert_eq!(seen.words.len(), words);
+        let newest = (capacity * 10 - 10_000..capacity * 10)
+            .filter(|i| !seen.first(i, t0, until(*i)))
+            .count();
+        assert!(newest > 9_990, "{newest} of the newest 10,000 held");
     }
 
     #[test]
