@@ -1,7 +1,8 @@
-//! Maps whose entries expire, pruned in amortised constant time per insert, and bounded
-//! in count: the dedup of envelope uuids, and the record of which connection a relayed
-//! message came from. When full, the oldest insertion goes first (counted by the owner
-//! through [`ExpiringMap::evicted`]), so a flood cannot grow them without limit.
+//! Bounded sets and maps whose entries expire. [`Seen`], the dedup of envelope uuids: a
+//! fixed table, one cache line per offer. [`ExpiringMap`], the record of which connection
+//! a relayed message came from: pruned in amortised constant time per insert, bounded in
+//! count, the oldest insertion going first when full (counted through
+//! [`ExpiringMap::evicted`]). A flood grows neither without limit.
 
 use std::{
     collections::{HashMap, VecDeque, hash_map},
@@ -13,8 +14,8 @@ use std::{
 /// several times cheaper than SipHash on the 16-byte keys every message brings.
 type Hasher = foldhash::fast::RandomState;
 
-/// How many entries an [`ExpiringMap`] holds by default: at 100,000 messages a second
-/// with a 5 s window, the window of every message.
+/// How many entries an [`ExpiringMap`] or a [`Seen`] holds by default: at 100,000 messages
+/// a second with a 5 s window, the window of every message.
 pub const DEFAULT_CAPACITY: usize = 500_000;
 
 /// Entries that live until their own expiry, at most `capacity` of them.
@@ -151,8 +152,9 @@ const BUCKET: usize = 2 * WAYS;
 /// bucket, the second is the tag), so a peer cannot aim its uuids at one bucket nor, without
 /// the seeds, make two keys collide.
 ///
-/// Bounded in bytes: the table holds twice `capacity` slots (`capacity` × 32 bytes,
-/// allocated zeroed, so the pages an idle set never touches cost nothing). When all the
+/// Bounded in bytes: the table holds at least twice `capacity` slots of 16 bytes, rounded
+/// up to a power of two of buckets (16 MiB for the default capacity), allocated zeroed, so
+/// the pages an idle set never touches cost nothing. When all the
 /// slots of a key's bucket are live, the one that expires first is forgotten (counted by
 /// [`Seen::evicted`]); with `capacity` live keys that is at most about 4% of them (2% at
 /// the usual load), and what is forgotten is the key closest to leaving anyway.

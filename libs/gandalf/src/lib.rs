@@ -4,7 +4,7 @@
 //!   error events), envelope builders and the checks every receiver applies.
 //! - [`connector`]: the client library for connector authors: connect and validate a
 //!   secret, send a command and await its acknowledgement, receive commands and events.
-//! - [`dedup`]: expiring, count-bounded maps for uuid dedup and reply routing.
+//! - [`dedup`]: bounded, expiring sets and maps for uuid dedup and reply routing.
 //! - [`frame`]: envelopes as shared encoded bytes, the codec and the `Connect` server
 //!   that forward them without re-encoding.
 //! - [`heartbeat`]: heartbeats sent at an interval; a heartbeating peer silent past the
