@@ -21,7 +21,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// The process-wide Prometheus recorder, installed on first use.
+/// The process-wide Prometheus recorder, installed on first use: [`crate::telemetry::init`]
+/// and [`OpsServer::bind`] call it, so a service's metric handles are never taken from the
+/// no-op recorder.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -134,7 +136,11 @@ pub struct OpsServer {
 
 impl OpsServer {
     /// Binds the admin port (`127.0.0.1:0` picks a free one; see [`OpsServer::local_addr`]).
+    ///
+    /// Installs the metrics recorder (if [`crate::telemetry::init`] has not), so handles
+    /// taken between `bind` and [`OpsServer::run`] are the ones `/metrics` renders.
     pub async fn bind(addr: SocketAddr, readiness: Readiness) -> std::io::Result<Self> {
+        metrics_handle();
         let listener = TcpListener::bind(addr).await?;
         let router = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))

@@ -9,6 +9,11 @@
 //! - The W3C trace-context propagator is installed, and [`inject`] / [`extract`] carry
 //!   the current trace across HTTP headers (tonic metadata converts to and from them).
 //!
+//! - The process-wide metrics recorder (rendered by the admin endpoint's `/metrics`) is
+//!   installed here, so metric handles taken and descriptions given at start-up, before
+//!   the endpoint serves, are recorded (a handle taken with no recorder installed stays a
+//!   no-op for good).
+//!
 //! [`init`] returns a [`TelemetryGuard`]; [`TelemetryGuard::shutdown`] flushes the spans
 //! still buffered, so a job's last spans are not lost when it exits.
 
@@ -141,6 +146,7 @@ pub fn init_with_filter(
             .boxed()
     });
 
+    crate::ops::metrics_handle();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     if let Some(p) = &provider {
         opentelemetry::global::set_tracer_provider(p.clone());

@@ -483,6 +483,10 @@ fn sigterm_flushes_commits_everything_written_and_exits_0() {
     let metrics = http_get(&format!("http://{admin}/metrics"));
     assert!(metrics.contains("consumer_rows_written_total"), "{metrics}");
     assert!(metrics.contains("consumer_in_flight_rows"), "{metrics}");
+    assert!(
+        metrics.contains("# HELP consumer_in_flight_rows Messages consumed and not yet written"),
+        "the descriptions given at start-up are rendered: {metrics}"
+    );
     let ready = http_get(&format!("http://{admin}/readyz"));
     assert!(ready.contains(r#"{"ready":true}"#), "{ready}");
 
