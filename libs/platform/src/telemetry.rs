@@ -8,7 +8,6 @@
 //!   `OTEL_*` variables tune the exporter). Unset: nothing is exported and nothing fails.
 //! - The W3C trace-context propagator is installed, and [`inject`] / [`extract`] carry
 //!   the current trace across HTTP headers (tonic metadata converts to and from them).
-//!
 //! - The process-wide metrics recorder (rendered by the admin endpoint's `/metrics`) is
 //!   installed here, so metric handles taken and descriptions given at start-up, before
 //!   the endpoint serves, are recorded (a handle taken with no recorder installed stays a
