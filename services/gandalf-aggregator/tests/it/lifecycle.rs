@@ -250,3 +250,135 @@ fn print_config_of_an_invalid_config_shows_what_was_loaded_then_the_problems() {
     assert!(stderr.contains("logical_name: must be set"), "{stderr}");
     assert!(stderr.contains("must start with http://"), "{stderr}");
 }
+
+/// Where a fake cluster member hangs.
+#[derive(Clone, Copy)]
+enum Hang {
+    /// Never answers the stream's opening (no response headers).
+    Opening,
+    /// Opens the stream and never sends the VALIDATION_REPLY.
+    Validation,
+    /// Answers VALIDATION_REPLY false and then holds the stream open, without the reason.
+    Reason,
+}
+
+/// A member that speaks the wire format up to the point where it hangs, counting the
+/// streams opened to it.
+struct HangingMember {
+    hang: Hang,
+    opened: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+type FrameStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<gandalf::frame::Frame, tonic::Status>> + Send>,
+>;
+
+#[tonic::async_trait]
+impl gandalf::frame::Connect for HangingMember {
+    const SERVICE: &'static str = "gandalf.v1.Cluster";
+    const PATH: &'static str = "/gandalf.v1.Cluster/Connect";
+    type Stream = FrameStream;
+
+    async fn connect(
+        &self,
+        request: tonic::Request<tonic::Streaming<gandalf::frame::Received>>,
+    ) -> Result<tonic::Response<FrameStream>, tonic::Status> {
+        use tokio_stream::StreamExt;
+        self.opened
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Read what the aggregator sends, so that its side of the stream stays open.
+        let mut inbound = request.into_inner();
+        tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+        let stream: FrameStream =
+            match self.hang {
+                Hang::Opening => std::future::pending().await,
+                Hang::Validation => Box::pin(tokio_stream::pending()),
+                Hang::Reason => {
+                    let refusal = gandalf::frame::Frame::encode(
+                        &gandalf::protocol::validation_reply(crate::helpers::TENANT, false, ""),
+                    );
+                    Box::pin(tokio_stream::iter([Ok(refusal)]).chain(tokio_stream::pending()))
+                }
+            };
+        Ok(tonic::Response::new(stream))
+    }
+}
+
+/// Serves a [`HangingMember`] on 127.0.0.1: its URL and its count of streams opened.
+async fn hanging_member(hang: Hang) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let member = HangingMember {
+        hang,
+        opened: opened.clone(),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(gandalf::frame::FrameServer::new(member, 1024 * 1024))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (url, opened)
+}
+
+#[tokio::test]
+async fn a_member_that_hangs_opening_the_stream_or_validating_is_given_up_on_and_retried() {
+    let (opening, opened_opening) = hanging_member(Hang::Opening).await;
+    let (validation, opened_validation) = hanging_member(Hang::Validation).await;
+    let aggregator = Aggregator::spawn(aggregator_config(
+        "agg-1",
+        &[&opening, &validation],
+        AGG_SECRET,
+    ))
+    .await;
+
+    // Each wait is bounded (2 s to open the stream, 5 s for the VALIDATION_REPLY), so
+    // each member is tried again after it; an unbounded wait tries each once, for good.
+    let started = std::time::Instant::now();
+    let count =
+        |opened: &std::sync::atomic::AtomicUsize| opened.load(std::sync::atomic::Ordering::SeqCst);
+    while (count(&opened_opening) < 2 || count(&opened_validation) < 2)
+        && started.elapsed() < Duration::from_secs(12)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        count(&opened_opening) >= 2,
+        "the member that never opens the stream is tried again ({} streams)",
+        count(&opened_opening)
+    );
+    assert!(
+        count(&opened_validation) >= 2,
+        "the member that never validates is tried again ({} streams)",
+        count(&opened_validation)
+    );
+    assert_eq!(
+        aggregator.ready_status().await,
+        503,
+        "no member validated it"
+    );
+    aggregator.stop().await;
+}
+
+#[tokio::test]
+async fn a_member_that_refuses_and_holds_the_stream_stops_the_start_up_with_a_reason() {
+    let (member, _) = hanging_member(Hang::Reason).await;
+    let aggregator = Aggregator::spawn(aggregator_config("agg-1", &[&member], AGG_SECRET)).await;
+    // The reason after a refusal is waited for 5 s at most: then the refusal stands.
+    let outcome = tokio::time::timeout(Duration::from_secs(10), aggregator.task)
+        .await
+        .expect("the start-up ends although the member never says why")
+        .expect("join");
+    match outcome {
+        Err(StartError::SecretRejected {
+            member: named,
+            reason,
+        }) => {
+            assert_eq!(named, member);
+            assert_eq!(reason, "VALIDATION_REPLY false");
+        }
+        other => panic!("expected a rejected secret, got {other:?}"),
+    }
+}
