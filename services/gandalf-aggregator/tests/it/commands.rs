@@ -232,3 +232,39 @@ pub async fn fresh_database(admin: &str) -> String {
     let (base, _) = admin.rsplit_once('/').expect("db in url");
     format!("{base}/{name}")
 }
+
+#[tokio::test]
+async fn a_timeout_of_0_is_the_default_of_1000_ms_on_every_hop_the_client_included() {
+    // The aggregator's cap (max_timeout_ms) is 2000 ms here: 0 must not mean the cap.
+    let cluster = Cluster::start(None).await;
+    let aggregator = Aggregator::start("agg-1", &cluster).await;
+    let sender = aggregator.connector("billing-1", "erp").await;
+    let first = aggregator.connector("crm-1", "crm").await;
+    let second = aggregator.connector("crm-2", "crm").await;
+
+    let started = std::time::Instant::now();
+    let outcome = sender.send_command("crm", "SYNC", "{}", 0).await;
+    let took = started.elapsed();
+    // The aggregator tries both within 1000 ms and reports; the client waits for that
+    // report (not 0 ms, and not only until the aggregator's cap).
+    match outcome {
+        Err(ConnectorError::NotDelivered { event, .. }) => {
+            assert_eq!(event, protocol::UNDELIVERABLE)
+        }
+        other => panic!("expected UNDELIVERABLE after the default timeout, got {other:?}"),
+    }
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(1500),
+        "the whole sequence within the default 1000 ms: {took:?}"
+    );
+    // Each candidate got the command once; none gets it again after the client is done.
+    for connection in [&first, &second] {
+        let got = tokio::time::timeout(Duration::from_millis(200), connection.next_command()).await;
+        assert!(matches!(got, Ok(Some(_))), "each candidate was tried");
+        let again =
+            tokio::time::timeout(Duration::from_millis(500), connection.next_command()).await;
+        assert!(again.is_err(), "tried once only: {again:?}");
+    }
+    aggregator.stop().await;
+    cluster.stop().await;
+}
