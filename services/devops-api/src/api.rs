@@ -181,13 +181,14 @@ impl From<Failure> for ProblemResponse {
                     detail,
                 )
             },
+            // The cause is logged with the request id; the answer carries only the id.
             Failure::Internal(_) => {
                 tracing::error!(error = %detail, "internal error");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
                     "Internal error",
-                    detail,
+                    "an internal error occurred; the server log has its cause under this request id",
                 )
             }
         }
@@ -422,7 +423,7 @@ async fn audit(
         .store()
         .audit_entries(query.tenant.as_deref(), query.since, limit)
         .await
-        .map_err(|e| Failure::Unavailable(e.to_string()))?;
+        .map_err(Failure::database)?;
     Ok(Json(entries))
 }
 

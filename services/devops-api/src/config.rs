@@ -20,6 +20,7 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
+    pub tenants: TenantsConfig,
     /// The largest request body accepted, in bytes (413 beyond it).
     pub max_body_bytes: usize,
     /// How long requests under way get to finish on SIGTERM, in seconds.
@@ -33,6 +34,7 @@ impl Default for Config {
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             database: DatabaseConfig::default(),
             auth: AuthConfig::default(),
+            tenants: TenantsConfig::default(),
             max_body_bytes: 64 * 1024,
             shutdown_grace_secs: 20,
         }
@@ -70,6 +72,40 @@ impl Default for DatabaseConfig {
             acquire_timeout_secs: 5,
             lock_timeout_ms: 5_000,
             statement_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// What a tenant may ask for.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantsConfig {
+    /// Extensions a tenant may ask for (others are a 422). The default holds trusted
+    /// extensions that create nothing outside the schema they are put in and reach
+    /// nothing outside the database; `file_fdw`, `dblink`, `postgres_fdw`, `pageinspect`
+    /// and the like read files, other servers or raw pages, and are not for tenants.
+    pub allowed_extensions: Vec<String>,
+    /// The most logins one tenant may declare.
+    pub max_logins: usize,
+}
+
+impl Default for TenantsConfig {
+    fn default() -> Self {
+        Self {
+            allowed_extensions: [
+                "pgcrypto",
+                "citext",
+                "uuid-ossp",
+                "hstore",
+                "pg_trgm",
+                "btree_gin",
+                "btree_gist",
+                "unaccent",
+                "ltree",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_logins: 50,
         }
     }
 }
@@ -117,6 +153,14 @@ impl Validate for Config {
         }
         if self.database.max_databases == 0 {
             problems.push("database.max_databases: must be at least 1".into());
+        }
+        for extension in &self.tenants.allowed_extensions {
+            if let Err(why) = crate::names::check_extension(extension) {
+                problems.push(format!("tenants.allowed_extensions: {why}"));
+            }
+        }
+        if self.tenants.max_logins == 0 || self.tenants.max_logins > 1000 {
+            problems.push("tenants.max_logins: must be 1..=1000".into());
         }
         if self.max_body_bytes < 1024 {
             problems.push("max_body_bytes: must be at least 1024".into());

@@ -57,7 +57,13 @@ impl App {
             listener,
             ops,
             state: AppState {
-                tenants: Tenants::new(Arc::clone(&store)),
+                tenants: Tenants::new(
+                    Arc::clone(&store),
+                    spec::Limits {
+                        allowed_extensions: config.tenants.allowed_extensions.clone(),
+                        max_logins: config.tenants.max_logins,
+                    },
+                ),
                 auth: Arc::new(auth),
                 readiness,
             },

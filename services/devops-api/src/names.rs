@@ -20,6 +20,49 @@ pub fn check(what: &str, name: &str) -> Result<(), String> {
     ))
 }
 
+/// Why a schema name is reserved, if it is: PostgreSQL's own (`pg_*`,
+/// `information_schema`), `public` (every database's, shared by everyone), and the API's
+/// own schema. (A schema named like an existing role is refused too, after reading the
+/// catalog: it would be on that role's `search_path` as `"$user"`.)
+pub fn reserved_schema(name: &str) -> Option<&'static str> {
+    if name.starts_with("pg_") {
+        Some("names starting with pg_ are PostgreSQL's")
+    } else if name == "information_schema" {
+        Some("it is PostgreSQL's")
+    } else if name == "public" {
+        Some("every database's public schema is shared by everyone")
+    } else if name == crate::store::SCHEMA {
+        Some("it is the API's own schema")
+    } else {
+        None
+    }
+}
+
+/// Why a database name is reserved, if it is: the templates every new database is copied
+/// from. (A database marked as a template or closed to connections is refused too, after
+/// reading the catalog.)
+pub fn reserved_database(name: &str) -> Option<&'static str> {
+    matches!(name, "template0" | "template1")
+        .then_some("it is a template: every database created later would copy the tenant")
+}
+
+/// The rule extension names follow (`uuid-ossp` has a hyphen): lower-case letters,
+/// digits, `_` and `-`, at most 63 characters.
+pub fn check_extension(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        return Ok(());
+    }
+    let shown: String = name.chars().take(80).collect();
+    Err(format!(
+        "extension {shown:?} is not a valid extension name: lower-case letters, digits, '_' and '-'"
+    ))
+}
+
 /// `name` as a quoted identifier: `"name"`, inner quotes doubled.
 pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

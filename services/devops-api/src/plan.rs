@@ -1,6 +1,13 @@
 //! The plan: the exact statements that bring what exists to what is declared, computed
 //! from the catalogs. Nothing to do gives an empty plan; the statements a dry run shows
 //! are the ones a real run executes (a password shows as `'<redacted>'`).
+//!
+//! Convergence is authoritative over what the tenant owns: its roles' attributes,
+//! settings and memberships (both ways), its database's and schema's ACLs, the ACLs of
+//! the tables, sequences and functions its roles own in its schema, and the default
+//! privileges there. Whatever is not declared is taken back; whatever is missing is
+//! granted. Nothing outside the tenant's objects appears in a plan, but the revocation of
+//! what an outsider was given on them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -9,9 +16,8 @@ use sha2::{Digest as _, Sha256};
 use utoipa::ToSchema;
 
 use crate::{
-    catalog::{Local, State},
+    catalog::{Entry, Local, PUBLIC, RoleState, State},
     names::{ident, literal},
-    scram,
     spec::{Group, LoginSpec, Resolved},
 };
 
@@ -29,12 +35,23 @@ pub struct Step {
     pub sql: String,
 }
 
-/// A step and the statement executed for it (the same, but with the password's
-/// verifier in place of `'<redacted>'`).
+/// Where the password of a statement comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Password {
+    /// Generated when the plan runs (never for a dry run), for this login.
+    Generate(String),
+    /// A verifier the client gave.
+    Given(String),
+}
+
+/// A step, and the password its statement carries in place of `'<redacted>'`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Statement {
     pub step: Step,
-    pub execute: String,
+    pub password: Option<Password>,
+    /// Whether it changes a row other tenants' statements change too (the database's
+    /// ACL, the `public` schema, an extension): such plans run under the database's lock.
+    pub shared: bool,
 }
 
 impl std::fmt::Debug for Statement {
@@ -43,14 +60,38 @@ impl std::fmt::Debug for Statement {
     }
 }
 
-fn statement(action: &str, object: String, sql: String) -> Statement {
+impl Statement {
+    /// The statement to execute: a verifier in place of the redacted password
+    /// (`verifiers`: the generated ones, by login).
+    pub fn sql(&self, verifiers: &BTreeMap<String, String>) -> Option<String> {
+        match &self.password {
+            None => Some(self.step.sql.clone()),
+            Some(Password::Given(verifier)) => {
+                Some(self.step.sql.replacen(REDACTED, &literal(verifier), 1))
+            }
+            Some(Password::Generate(login)) => verifiers
+                .get(login)
+                .map(|v| self.step.sql.replacen(REDACTED, &literal(v), 1)),
+        }
+    }
+}
+
+fn statement(action: &str, object: impl Into<String>, sql: String) -> Statement {
     Statement {
         step: Step {
             action: action.into(),
-            object,
-            sql: sql.clone(),
+            object: object.into(),
+            sql,
         },
-        execute: sql,
+        password: None,
+        shared: false,
+    }
+}
+
+fn shared(action: &str, object: impl Into<String>, sql: String) -> Statement {
+    Statement {
+        shared: true,
+        ..statement(action, object, sql)
     }
 }
 
@@ -76,8 +117,6 @@ pub struct Plan {
     pub create_database: Option<Statement>,
     /// The rest, in one transaction.
     pub statements: Vec<Statement>,
-    /// Passwords generated for new logins.
-    pub credentials: Vec<Credential>,
     /// For each login given a SCRAM verifier: the hash of it, recorded so that a re-PUT
     /// of the same verifier changes nothing.
     pub verifiers: BTreeMap<String, String>,
@@ -96,6 +135,22 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.create_database.is_none() && self.statements.is_empty()
     }
+
+    /// The logins whose password is generated when the plan runs.
+    pub fn generated(&self) -> Vec<String> {
+        self.statements
+            .iter()
+            .filter_map(|s| match &s.password {
+                Some(Password::Generate(login)) => Some(login.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether it changes rows shared with other tenants of the database.
+    pub fn shared(&self) -> bool {
+        self.statements.iter().any(|s| s.shared)
+    }
 }
 
 /// Why no plan can be made.
@@ -103,8 +158,6 @@ impl Plan {
 pub enum PlanError {
     #[error("database {0:?} does not exist; set database.create to create it")]
     NoDatabase(String),
-    #[error("cannot generate a password: {0}")]
-    Random(#[from] getrandom::Error),
 }
 
 /// The hash a login's given verifier is recorded as.
@@ -124,20 +177,71 @@ fn fresh_local() -> Local {
 const TABLE_WRITER: [&str; 4] = ["SELECT", "INSERT", "UPDATE", "DELETE"];
 const SEQUENCE_WRITER: [&str; 3] = ["USAGE", "SELECT", "UPDATE"];
 
-/// The plan of a PUT: `recorded` is what the API recorded of the tenant's logins' given
-/// verifiers; `api_database` whether the API created (or is to create) the database.
-pub fn put(
-    r: &Resolved,
-    state: &State,
-    recorded: &BTreeMap<String, String>,
-    api_database: bool,
-) -> Result<Plan, PlanError> {
-    let mut plan = Plan::default();
-    let out = &mut plan.statements;
-    let owner = r.group(Group::Owner);
-    let groups: Vec<String> = Group::ALL.iter().map(|g| r.group(*g)).collect();
+/// What the plan needs besides the spec and the catalogs.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// What the API recorded of the tenant's logins' given verifiers (their hashes).
+    pub recorded: BTreeMap<String, String>,
+    /// Logins the tenant created that its spec no longer declares: they stay, unable to
+    /// log in and in no group, until the tenant is dropped.
+    pub removed_logins: Vec<String>,
+    /// Whether the tenant created (or is to create) its database: then the database's
+    /// ACL is the tenant's to converge.
+    pub owns_database: bool,
+    /// Every role any tenant owns (OIDs): on a database a tenant created, other tenants'
+    /// grants are not strangers'.
+    pub tenant_roles: BTreeSet<u32>,
+}
 
-    if !state.database_exists {
+/// The roles of a tenant, by what they are.
+struct Roles<'a> {
+    owner: String,
+    writer: String,
+    reader: String,
+    groups: [String; 3],
+    logins: Vec<&'a LoginSpec>,
+    removed: &'a [String],
+}
+
+impl Roles<'_> {
+    fn is_tenant(&self, name: &str) -> bool {
+        self.groups.iter().any(|g| g == name)
+            || self.logins.iter().any(|l| l.name == name)
+            || self.removed.iter().any(|l| l == name)
+    }
+}
+
+/// ` GRANTED BY "grantor"` where the grantor is not the one a plain REVOKE acts as (the
+/// object's owner); the revocation then removes that grantor's entry too.
+fn granted_by(grantor: &str, owner: &str) -> String {
+    if grantor == owner {
+        String::new()
+    } else {
+        format!(" GRANTED BY {}", ident(grantor))
+    }
+}
+
+fn grantee(name: &str) -> String {
+    if name == PUBLIC {
+        PUBLIC.to_owned()
+    } else {
+        ident(name)
+    }
+}
+
+/// The plan of a PUT.
+pub fn put(r: &Resolved, state: &State, context: &Context) -> Result<Plan, PlanError> {
+    let mut plan = Plan::default();
+    let roles = Roles {
+        owner: r.group(Group::Owner),
+        writer: r.group(Group::Writer),
+        reader: r.group(Group::Reader),
+        groups: Group::ALL.map(|g| r.group(g)),
+        logins: r.logins.iter().collect(),
+        removed: &context.removed_logins,
+    };
+
+    if !state.database_exists() {
         if !r.create_database {
             return Err(PlanError::NoDatabase(r.database.clone()));
         }
@@ -155,58 +259,34 @@ pub fn put(
         ));
     }
 
-    // The group roles.
-    for group in &groups {
+    // The group roles: NOLOGIN, no attribute but INHERIT.
+    for group in &roles.groups {
         match state.roles.get(group) {
-            None => out.push(statement(
+            None => plan.statements.push(statement(
                 "create role",
                 format!("role {group}"),
                 format!("CREATE ROLE {} NOLOGIN", ident(group)),
             )),
-            Some(role) if role.can_login => out.push(statement(
-                "alter role",
-                format!("role {group}"),
-                format!("ALTER ROLE {} NOLOGIN", ident(group)),
-            )),
-            Some(_) => {}
+            Some(role) => {
+                if let Some(s) = alter_attributes(role, false, -1, None) {
+                    plan.statements.push(s);
+                }
+            }
         }
     }
-
-    // The logins, their memberships and settings.
     for login in &r.logins {
-        plan_login(r, login, state, recorded, &mut plan)?;
+        plan_login(login, state, context, &mut plan);
     }
-    let out = &mut plan.statements;
-
-    // The database: CONNECT for the groups; nothing for PUBLIC on a database of the API.
-    let database_grants = if state.database_exists {
-        state.database_grants.clone()
-    } else {
-        BTreeSet::from([
-            ("PUBLIC".to_owned(), "CONNECT".to_owned()),
-            ("PUBLIC".to_owned(), "TEMPORARY".to_owned()),
-        ])
-    };
-    for group in &groups {
-        if !database_grants.contains(&(group.clone(), "CONNECT".to_owned())) {
-            out.push(statement(
-                "grant",
-                format!("database {}", r.database),
-                format!(
-                    "GRANT CONNECT ON DATABASE {} TO {}",
-                    ident(&r.database),
-                    ident(group)
-                ),
-            ));
+    for login in &context.removed_logins {
+        if let Some(role) = state.roles.get(login)
+            && let Some(s) = alter_attributes(role, false, role.connection_limit, role.valid_until)
+        {
+            plan.statements.push(s);
         }
     }
-    if r.revoke_public && api_database && database_grants.iter().any(|(g, _)| g == "PUBLIC") {
-        out.push(statement(
-            "revoke",
-            format!("database {}", r.database),
-            format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", ident(&r.database)),
-        ));
-    }
+    memberships(r, &roles, state, &mut plan.statements);
+    settings(&roles, state, &mut plan.statements);
+    database_acl(r, &roles, state, context, &mut plan.statements);
 
     // In the database.
     let fresh;
@@ -217,86 +297,11 @@ pub fn put(
             &fresh
         }
     };
+    schema(r, &roles, local, &mut plan.statements);
     let schema = ident(&r.schema);
-    match &local.schema_owner {
-        None => out.push(statement(
-            "create schema",
-            format!("schema {}", r.schema),
-            format!("CREATE SCHEMA {schema} AUTHORIZATION {}", ident(&owner)),
-        )),
-        Some(current) if *current != owner => out.push(statement(
-            "alter schema",
-            format!("schema {}", r.schema),
-            format!("ALTER SCHEMA {schema} OWNER TO {}", ident(&owner)),
-        )),
-        Some(_) => {}
-    }
-    let schema_grants = if local.schema_owner.is_some() {
-        local.schema_grants.clone()
-    } else {
-        BTreeSet::new()
-    };
-    for group in [Group::Writer, Group::Reader] {
-        let role = r.group(group);
-        if !schema_grants.contains(&(role.clone(), "USAGE".to_owned())) {
-            out.push(statement(
-                "grant",
-                format!("schema {}", r.schema),
-                format!("GRANT USAGE ON SCHEMA {schema} TO {}", ident(&role)),
-            ));
-        }
-        if schema_grants.contains(&(role.clone(), "CREATE".to_owned())) {
-            out.push(statement(
-                "revoke",
-                format!("schema {}", r.schema),
-                format!("REVOKE CREATE ON SCHEMA {schema} FROM {}", ident(&role)),
-            ));
-        }
-    }
-    if r.revoke_public && schema_grants.iter().any(|(g, _)| g == "PUBLIC") {
-        out.push(statement(
-            "revoke",
-            format!("schema {}", r.schema),
-            format!("REVOKE ALL ON SCHEMA {schema} FROM PUBLIC"),
-        ));
-    }
-
-    // Default privileges: what the owner creates later, the writer writes and the reader
-    // reads.
-    let defaults = if local.schema_owner.as_deref() == Some(owner.as_str()) {
-        local.default_grants.clone()
-    } else {
-        BTreeSet::new()
-    };
-    for (kind, objects, group, privileges) in [
-        ("r", "TABLES", Group::Writer, &TABLE_WRITER[..]),
-        ("r", "TABLES", Group::Reader, &["SELECT"][..]),
-        ("S", "SEQUENCES", Group::Writer, &SEQUENCE_WRITER[..]),
-        ("S", "SEQUENCES", Group::Reader, &["SELECT"][..]),
-    ] {
-        let role = r.group(group);
-        let missing: Vec<&str> = privileges
-            .iter()
-            .copied()
-            .filter(|p| !defaults.contains(&(kind.to_owned(), role.clone(), (*p).to_owned())))
-            .collect();
-        if !missing.is_empty() {
-            out.push(statement(
-                "alter default privileges",
-                format!("schema {}", r.schema),
-                format!(
-                    "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {schema} GRANT {} ON {objects} TO {}",
-                    ident(&owner),
-                    missing.join(", "),
-                    ident(&role)
-                ),
-            ));
-        }
-    }
-
     for extension in &r.extensions {
         if !local.extensions.contains(extension) {
-            out.push(statement(
+            plan.statements.push(shared(
                 "create extension",
                 format!("extension {extension}"),
                 format!(
@@ -307,148 +312,569 @@ pub fn put(
         }
     }
     if r.revoke_public && local.public_schema_grants.contains("CREATE") {
-        out.push(statement(
+        plan.statements.push(shared(
             "revoke",
-            "schema public".into(),
+            "schema public",
             "REVOKE CREATE ON SCHEMA public FROM PUBLIC".into(),
         ));
+    }
+    plan.verifiers = r
+        .logins
+        .iter()
+        .filter_map(|l| {
+            l.given_verifier()
+                .map(|v| (l.name.clone(), verifier_hash(v)))
+        })
+        .collect();
+    // A recorded (redacted) verifier keeps its recorded hash.
+    for login in &r.logins {
+        if login.client_password()
+            && login.given_verifier().is_none()
+            && let Some(hash) = context.recorded.get(&login.name)
+        {
+            plan.verifiers.insert(login.name.clone(), hash.clone());
+        }
     }
     Ok(plan)
 }
 
-fn plan_login(
-    r: &Resolved,
-    login: &LoginSpec,
-    state: &State,
-    recorded: &BTreeMap<String, String>,
-    plan: &mut Plan,
-) -> Result<(), PlanError> {
+/// `ALTER ROLE` with the attributes that differ from a plain role of the tenant: no
+/// SUPERUSER, CREATEDB, CREATEROLE, REPLICATION or BYPASSRLS, INHERIT, and the given
+/// LOGIN, connection limit and expiry.
+fn alter_attributes(
+    role: &RoleState,
+    login: bool,
+    limit: i32,
+    until: Option<time::OffsetDateTime>,
+) -> Option<Statement> {
+    let mut changes: Vec<String> = Vec::new();
+    for (wrong, fix) in [
+        (role.superuser, "NOSUPERUSER"),
+        (role.create_db, "NOCREATEDB"),
+        (role.create_role, "NOCREATEROLE"),
+        (role.replication, "NOREPLICATION"),
+        (role.bypass_rls, "NOBYPASSRLS"),
+        (!role.inherit, "INHERIT"),
+    ] {
+        if wrong {
+            changes.push(fix.into());
+        }
+    }
+    if role.can_login != login {
+        changes.push(if login { "LOGIN" } else { "NOLOGIN" }.into());
+    }
+    if role.connection_limit != limit {
+        changes.push(format!("CONNECTION LIMIT {limit}"));
+    }
+    let same_until = match (role.valid_until, until) {
+        (Some(a), Some(b)) => a.unix_timestamp() == b.unix_timestamp(),
+        (None, None) => true,
+        _ => false,
+    };
+    if !same_until {
+        let until = until.map_or("infinity".to_owned(), timestamp);
+        changes.push(format!("VALID UNTIL {}", literal(&until)));
+    }
+    (!changes.is_empty()).then(|| {
+        statement(
+            "alter role",
+            format!("role {}", role.name),
+            format!("ALTER ROLE {} {}", ident(&role.name), changes.join(" ")),
+        )
+    })
+}
+
+fn plan_login(login: &LoginSpec, state: &State, context: &Context, plan: &mut Plan) {
     let name = ident(&login.name);
     let object = format!("role {}", login.name);
     let limit = login.connection_limit.unwrap_or(-1);
-    let given = login
-        .password
-        .as_ref()
-        .and_then(|p| p.scram_verifier.clone());
-    if let Some(verifier) = &given {
-        plan.verifiers
-            .insert(login.name.clone(), verifier_hash(verifier));
-    }
-    let group = r.group(login.member_of);
-    let owner = r.group(Group::Owner);
-    let out = &mut plan.statements;
     match state.roles.get(&login.name) {
         None => {
-            let verifier = match &given {
-                Some(verifier) => verifier.clone(),
-                None => {
-                    let password = scram::generate()?;
-                    let verifier = scram::verifier(&password)?;
-                    plan.credentials.push(crate::plan::Credential {
-                        login: login.name.clone(),
-                        password,
-                    });
-                    verifier
-                }
-            };
             let mut sql = format!("CREATE ROLE {name} LOGIN CONNECTION LIMIT {limit}");
             if let Some(until) = login.valid_until {
                 sql.push_str(&format!(" VALID UNTIL {}", literal(&timestamp(until))));
             }
-            out.push(Statement {
-                step: Step {
-                    action: "create role".into(),
-                    object: object.clone(),
-                    sql: format!("{sql} PASSWORD {REDACTED}"),
-                },
-                execute: format!("{sql} PASSWORD {}", literal(&verifier)),
+            let password = match login.given_verifier() {
+                Some(verifier) => Password::Given(verifier.to_owned()),
+                None => Password::Generate(login.name.clone()),
+            };
+            plan.statements.push(Statement {
+                password: Some(password),
+                ..statement("create role", object, format!("{sql} PASSWORD {REDACTED}"))
             });
         }
         Some(role) => {
-            if !role.can_login {
-                out.push(statement(
-                    "alter role",
-                    object.clone(),
-                    format!("ALTER ROLE {name} LOGIN"),
-                ));
+            if let Some(s) = alter_attributes(role, true, limit, login.valid_until) {
+                plan.statements.push(s);
             }
-            if role.connection_limit != limit {
-                out.push(statement(
-                    "alter role",
-                    object.clone(),
-                    format!("ALTER ROLE {name} CONNECTION LIMIT {limit}"),
-                ));
-            }
-            let same_until = match (role.valid_until, login.valid_until) {
-                (Some(a), Some(b)) => a.unix_timestamp() == b.unix_timestamp(),
-                (None, None) => true,
-                _ => false,
-            };
-            if !same_until {
-                let until = login.valid_until.map_or("infinity".to_owned(), timestamp);
-                out.push(statement(
-                    "alter role",
-                    object.clone(),
-                    format!("ALTER ROLE {name} VALID UNTIL {}", literal(&until)),
-                ));
-            }
-            if let Some(verifier) = &given
-                && recorded.get(&login.name) != Some(&verifier_hash(verifier))
+            if let Some(verifier) = login.given_verifier()
+                && context.recorded.get(&login.name) != Some(&verifier_hash(verifier))
             {
-                out.push(Statement {
-                    step: Step {
-                        action: "alter role".into(),
-                        object: object.clone(),
-                        sql: format!("ALTER ROLE {name} PASSWORD {REDACTED}"),
-                    },
-                    execute: format!("ALTER ROLE {name} PASSWORD {}", literal(verifier)),
+                plan.statements.push(Statement {
+                    password: Some(Password::Given(verifier.to_owned())),
+                    ..statement(
+                        "alter role",
+                        object,
+                        format!("ALTER ROLE {name} PASSWORD {REDACTED}"),
+                    )
                 });
             }
         }
     }
-    let member_of: Vec<String> = state
-        .roles
-        .get(&login.name)
-        .map(|r| r.member_of.clone())
-        .unwrap_or_default();
-    if !member_of.contains(&group) {
-        out.push(statement(
-            "grant",
-            object.clone(),
-            format!("GRANT {} TO {name}", ident(&group)),
-        ));
-    }
-    for other in Group::ALL.iter().map(|g| r.group(*g)) {
-        if other != group && member_of.contains(&other) {
+}
+
+/// Each of the tenant's roles is a member of exactly what it should be (a login of its
+/// group, a group or a removed login of nothing), and the tenant's groups have no member
+/// but the tenant's logins (and the admin, which PostgreSQL 16 makes a member of the
+/// roles it creates).
+fn memberships(r: &Resolved, roles: &Roles<'_>, state: &State, out: &mut Vec<Statement>) {
+    let by = |grantor: &str| {
+        if state.server.version >= 160_000 {
+            format!(" GRANTED BY {}", ident(grantor))
+        } else {
+            String::new()
+        }
+    };
+    let mut members: Vec<(&str, Option<String>)> =
+        roles.groups.iter().map(|g| (g.as_str(), None)).collect();
+    members.extend(
+        roles
+            .logins
+            .iter()
+            .map(|l| (l.name.as_str(), Some(r.group(l.member_of)))),
+    );
+    members.extend(roles.removed.iter().map(|l| (l.as_str(), None)));
+    for (member, wanted) in members {
+        let exists = state.roles.contains_key(member);
+        let held: Vec<&crate::catalog::Membership> = state
+            .memberships
+            .iter()
+            .filter(|m| m.member == member)
+            .collect();
+        for m in &held {
+            if Some(&m.role) != wanted.as_ref() {
+                out.push(statement(
+                    "revoke",
+                    format!("role {member}"),
+                    format!(
+                        "REVOKE {} FROM {}{}",
+                        ident(&m.role),
+                        ident(member),
+                        by(&m.grantor)
+                    ),
+                ));
+            }
+        }
+        if let Some(group) = wanted
+            && !held.iter().any(|m| m.role == group)
+            && (exists || roles.logins.iter().any(|l| l.name == member))
+        {
             out.push(statement(
-                "revoke",
-                object.clone(),
-                format!("REVOKE {} FROM {name}", ident(&other)),
+                "grant",
+                format!("role {member}"),
+                format!("GRANT {} TO {}", ident(&group), ident(member)),
             ));
         }
     }
-    // A login of the owner group acts as the owner role, so what it creates belongs to
-    // the owner and the default privileges apply to it.
-    let settings: Vec<String> = state
-        .roles
-        .get(&login.name)
-        .map(|r| r.settings.clone())
-        .unwrap_or_default();
-    let acts_as_owner = settings.iter().any(|s| *s == format!("role={owner}"));
-    if login.member_of == Group::Owner && !acts_as_owner {
+    for m in &state.memberships {
+        if roles.groups.contains(&m.role)
+            && !roles.is_tenant(&m.member)
+            && m.member != state.server.admin
+        {
+            out.push(statement(
+                "revoke",
+                format!("role {}", m.role),
+                format!(
+                    "REVOKE {} FROM {}{}",
+                    ident(&m.role),
+                    ident(&m.member),
+                    by(&m.grantor)
+                ),
+            ));
+        }
+    }
+}
+
+/// No setting on the tenant's roles, in any database, but `role = <tenant>_owner` on the
+/// owner group's logins (so what they create belongs to the owner role and its default
+/// privileges apply).
+fn settings(roles: &Roles<'_>, state: &State, out: &mut Vec<Statement>) {
+    let wanted = format!("role={}", roles.owner);
+    let mut all: Vec<(&str, bool)> = roles.groups.iter().map(|g| (g.as_str(), false)).collect();
+    all.extend(
+        roles
+            .logins
+            .iter()
+            .map(|l| (l.name.as_str(), l.member_of == Group::Owner)),
+    );
+    all.extend(roles.removed.iter().map(|l| (l.as_str(), false)));
+    for (name, acts_as_owner) in all {
+        let settings = state
+            .roles
+            .get(name)
+            .map(|r| r.settings.as_slice())
+            .unwrap_or_default();
+        let mut has_wanted = false;
+        for setting in settings {
+            let global = setting.database.is_none();
+            if acts_as_owner && global && setting.setting == wanted {
+                has_wanted = true;
+                continue;
+            }
+            if acts_as_owner && global && setting.name() == "role" {
+                // Replaced by the SET below.
+                continue;
+            }
+            let sql = match &setting.database {
+                None => format!("ALTER ROLE {} RESET {}", ident(name), ident(setting.name())),
+                Some(db) => format!(
+                    "ALTER ROLE {} IN DATABASE {} RESET {}",
+                    ident(name),
+                    ident(db),
+                    ident(setting.name())
+                ),
+            };
+            out.push(statement("alter role", format!("role {name}"), sql));
+        }
+        if acts_as_owner && !has_wanted {
+            out.push(statement(
+                "alter role",
+                format!("role {name}"),
+                format!(
+                    "ALTER ROLE {} SET role = {}",
+                    ident(name),
+                    literal(&roles.owner)
+                ),
+            ));
+        }
+    }
+}
+
+/// CONNECT on the database for each group, nothing more for the tenant's roles; on a
+/// database the tenant created, nothing for PUBLIC (with `revokePublic`) or strangers.
+fn database_acl(
+    r: &Resolved,
+    roles: &Roles<'_>,
+    state: &State,
+    context: &Context,
+    out: &mut Vec<Statement>,
+) {
+    let object = format!("database {}", r.database);
+    let database = ident(&r.database);
+    let (acl, owner) = match &state.database {
+        Some(d) => (d.acl.clone(), d.owner.clone()),
+        // What CREATE DATABASE will make: PUBLIC may connect and create temporary tables.
+        None => (
+            ["CONNECT", "TEMPORARY"]
+                .map(|p| Entry {
+                    grantee: PUBLIC.into(),
+                    grantee_oid: 0,
+                    privilege: p.into(),
+                    grantor: state.server.admin.clone(),
+                })
+                .to_vec(),
+            state.server.admin.clone(),
+        ),
+    };
+    for group in &roles.groups {
+        if !acl
+            .iter()
+            .any(|e| e.grantee == *group && e.privilege == "CONNECT")
+        {
+            out.push(shared(
+                "grant",
+                object.clone(),
+                format!("GRANT CONNECT ON DATABASE {database} TO {}", ident(group)),
+            ));
+        }
+    }
+    let mut revoked = BTreeSet::new();
+    for entry in &acl {
+        if entry.grantee == owner {
+            continue;
+        }
+        let sql = if roles.groups.contains(&entry.grantee) {
+            (entry.privilege != "CONNECT").then(|| {
+                format!(
+                    "REVOKE {} ON DATABASE {database} FROM {}{}",
+                    entry.privilege,
+                    ident(&entry.grantee),
+                    granted_by(&entry.grantor, &owner)
+                )
+            })
+        } else if entry.grantee == PUBLIC {
+            (context.owns_database && r.revoke_public).then(|| {
+                format!(
+                    "REVOKE ALL ON DATABASE {database} FROM PUBLIC{}",
+                    granted_by(&entry.grantor, &owner)
+                )
+            })
+        } else if roles.is_tenant(&entry.grantee)
+            || (context.owns_database
+                && !context.tenant_roles.contains(&entry.grantee_oid)
+                && entry.grantee != state.server.admin)
+        {
+            Some(format!(
+                "REVOKE ALL ON DATABASE {database} FROM {}{} CASCADE",
+                ident(&entry.grantee),
+                granted_by(&entry.grantor, &owner)
+            ))
+        } else {
+            None
+        };
+        if let Some(sql) = sql
+            && revoked.insert(sql.clone())
+        {
+            out.push(shared("revoke", object.clone(), sql));
+        }
+    }
+}
+
+/// The schema, owned by the owner group, USAGE for the writer and the reader and nothing
+/// for anyone else; the default privileges of the owner there; the ACLs of what the
+/// tenant's roles own in it.
+fn schema(r: &Resolved, roles: &Roles<'_>, local: &Local, out: &mut Vec<Statement>) {
+    let schema = ident(&r.schema);
+    let object = format!("schema {}", r.schema);
+    let owner = &roles.owner;
+    let ours = match &local.schema_owner {
+        None => {
+            out.push(statement(
+                "create schema",
+                object.clone(),
+                format!("CREATE SCHEMA {schema} AUTHORIZATION {}", ident(owner)),
+            ));
+            false
+        }
+        Some(current) if current != owner => {
+            out.push(statement(
+                "alter schema",
+                object.clone(),
+                format!("ALTER SCHEMA {schema} OWNER TO {}", ident(owner)),
+            ));
+            true
+        }
+        Some(_) => true,
+    };
+    let current_owner = local.schema_owner.clone().unwrap_or_else(|| owner.clone());
+    let acl: &[Entry] = if ours { &local.schema_acl } else { &[] };
+    for role in [&roles.writer, &roles.reader] {
+        if !acl
+            .iter()
+            .any(|e| e.grantee == *role && e.privilege == "USAGE")
+        {
+            out.push(statement(
+                "grant",
+                object.clone(),
+                format!("GRANT USAGE ON SCHEMA {schema} TO {}", ident(role)),
+            ));
+        }
+    }
+    let mut revoked = BTreeSet::new();
+    for entry in acl {
+        if entry.grantee == current_owner || entry.grantee == *owner {
+            continue;
+        }
+        let by = granted_by(&entry.grantor, &current_owner);
+        let sql = if entry.grantee == roles.writer || entry.grantee == roles.reader {
+            (entry.privilege != "USAGE").then(|| {
+                format!(
+                    "REVOKE {} ON SCHEMA {schema} FROM {}{by}",
+                    entry.privilege,
+                    ident(&entry.grantee)
+                )
+            })
+        } else if entry.grantee == PUBLIC {
+            r.revoke_public
+                .then(|| format!("REVOKE ALL ON SCHEMA {schema} FROM PUBLIC{by}"))
+        } else {
+            Some(format!(
+                "REVOKE ALL ON SCHEMA {schema} FROM {}{by} CASCADE",
+                ident(&entry.grantee)
+            ))
+        };
+        if let Some(sql) = sql
+            && revoked.insert(sql.clone())
+        {
+            out.push(statement("revoke", object.clone(), sql));
+        }
+    }
+    default_privileges(r, roles, if ours { Some(local) } else { None }, out);
+    if ours {
+        objects(roles, local, out);
+    }
+}
+
+fn default_privileges(
+    r: &Resolved,
+    roles: &Roles<'_>,
+    local: Option<&Local>,
+    out: &mut Vec<Statement>,
+) {
+    let schema = ident(&r.schema);
+    let object = format!("schema {}", r.schema);
+    let owner = &roles.owner;
+    let existing = local.map(|l| l.default_acl.clone()).unwrap_or_default();
+    let wanted: [(&str, &str, &String, &[&str]); 4] = [
+        ("r", "TABLES", &roles.writer, &TABLE_WRITER),
+        ("r", "TABLES", &roles.reader, &["SELECT"]),
+        ("S", "SEQUENCES", &roles.writer, &SEQUENCE_WRITER),
+        ("S", "SEQUENCES", &roles.reader, &["SELECT"]),
+    ];
+    for (kind, objects, role, privileges) in wanted {
+        let missing: Vec<&str> = privileges
+            .iter()
+            .copied()
+            .filter(|p| {
+                !existing.iter().any(|e| {
+                    e.role == *owner
+                        && e.object_type == kind
+                        && e.grantee == *role
+                        && e.privilege == *p
+                })
+            })
+            .collect();
+        if !missing.is_empty() {
+            out.push(statement(
+                "alter default privileges",
+                object.clone(),
+                format!(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {schema} GRANT {} ON {objects} TO {}",
+                    ident(owner),
+                    missing.join(", "),
+                    ident(role)
+                ),
+            ));
+        }
+    }
+    // What is there and not wanted: extra privileges of the writer and the reader, and
+    // every other entry (another grantee, another role's defaults, other object types).
+    let mut extra: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
+    for e in &existing {
+        let wanted_here = wanted.iter().any(|(kind, _, role, privileges)| {
+            e.role == *owner
+                && e.object_type == *kind
+                && e.grantee == **role
+                && privileges.contains(&e.privilege.as_str())
+        });
+        if !wanted_here {
+            extra
+                .entry((e.role.clone(), e.object_type.clone(), e.grantee.clone()))
+                .or_default()
+                .push(e.privilege.clone());
+        }
+    }
+    for ((role, kind, who), privileges) in extra {
+        let objects = match kind.as_str() {
+            "r" => "TABLES",
+            "S" => "SEQUENCES",
+            "f" => "FUNCTIONS",
+            "T" => "TYPES",
+            "n" => "SCHEMAS",
+            _ => continue,
+        };
+        let tenant_grantee = who == roles.writer || who == roles.reader;
+        let what = if role == *owner && tenant_grantee {
+            privileges.join(", ")
+        } else {
+            "ALL".to_owned()
+        };
         out.push(statement(
-            "alter role",
-            object,
-            format!("ALTER ROLE {name} SET role = {}", literal(&owner)),
-        ));
-    } else if login.member_of != Group::Owner && acts_as_owner {
-        out.push(statement(
-            "alter role",
-            object,
-            format!("ALTER ROLE {name} RESET role"),
+            "alter default privileges",
+            object.clone(),
+            format!(
+                "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {schema} REVOKE {what} ON {objects} FROM {}",
+                ident(&role),
+                grantee(&who)
+            ),
         ));
     }
-    Ok(())
+}
+
+/// The tables, sequences and functions the tenant's roles own in the schema: the writer
+/// and the reader hold exactly their privileges, nobody else holds any (PUBLIC keeps the
+/// EXECUTE on functions PostgreSQL gives it by default).
+fn objects(roles: &Roles<'_>, local: &Local, out: &mut Vec<Statement>) {
+    for item in &local.objects {
+        if !roles.is_tenant(&item.owner) {
+            continue;
+        }
+        let (keyword, wanted): (&str, [(&String, &[&str]); 2]) = match item.kind {
+            "TABLE" => (
+                "TABLE",
+                [(&roles.writer, &TABLE_WRITER), (&roles.reader, &["SELECT"])],
+            ),
+            "SEQUENCE" => (
+                "SEQUENCE",
+                [
+                    (&roles.writer, &SEQUENCE_WRITER),
+                    (&roles.reader, &["SELECT"]),
+                ],
+            ),
+            _ => ("ROUTINE", [(&roles.writer, &[]), (&roles.reader, &[])]),
+        };
+        let object = format!("{} {}", item.kind.to_lowercase(), item.target);
+        for (role, privileges) in wanted {
+            let missing: Vec<&str> = privileges
+                .iter()
+                .copied()
+                .filter(|p| {
+                    !item
+                        .acl
+                        .iter()
+                        .any(|e| e.grantee == *role && e.privilege == *p)
+                })
+                .collect();
+            if !missing.is_empty() {
+                out.push(statement(
+                    "grant",
+                    object.clone(),
+                    format!(
+                        "GRANT {} ON {keyword} {} TO {}",
+                        missing.join(", "),
+                        item.target,
+                        ident(role)
+                    ),
+                ));
+            }
+        }
+        let mut extra: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for e in &item.acl {
+            if e.grantee == item.owner {
+                continue;
+            }
+            let tenant_group = wanted.iter().find(|(role, _)| **role == e.grantee);
+            let unwanted = match tenant_group {
+                Some((_, privileges)) => !privileges.contains(&e.privilege.as_str()),
+                None if e.grantee == PUBLIC => keyword != "ROUTINE",
+                None => !roles.is_tenant(&e.grantee),
+            };
+            if unwanted {
+                extra
+                    .entry((e.grantee.clone(), e.grantor.clone()))
+                    .or_default()
+                    .push(e.privilege.clone());
+            }
+        }
+        for ((who, grantor), privileges) in extra {
+            let tenant_group = who == roles.writer || who == roles.reader;
+            let what = if tenant_group {
+                privileges.join(", ")
+            } else {
+                "ALL".to_owned()
+            };
+            out.push(statement(
+                "revoke",
+                object.clone(),
+                format!(
+                    "REVOKE {what} ON {keyword} {} FROM {}{} CASCADE",
+                    item.target,
+                    grantee(&who),
+                    granted_by(&grantor, &item.owner)
+                ),
+            ));
+        }
+    }
 }
 
 /// A timestamp as PostgreSQL reads it (UTC, seconds).
@@ -465,17 +891,17 @@ fn timestamp(at: time::OffsetDateTime) -> String {
     )
 }
 
-/// `DELETE ?mode=revoke`: the logins stop logging in and every grant is taken back; the
-/// data and its ownership stay.
-pub fn revoke(r: &Resolved, state: &State) -> Vec<Statement> {
+/// `DELETE ?mode=revoke`: the logins (`logins`: every one the tenant created) stop logging
+/// in and every grant is taken back; the data and its ownership stay.
+pub fn revoke(r: &Resolved, logins: &[String], state: &State) -> Vec<Statement> {
     let mut out = Vec::new();
     let groups: Vec<String> = Group::ALL.iter().map(|g| r.group(*g)).collect();
-    for login in &r.logins {
-        let Some(role) = state.roles.get(&login.name) else {
+    for login in logins {
+        let Some(role) = state.roles.get(login) else {
             continue;
         };
-        let name = ident(&login.name);
-        let object = format!("role {}", login.name);
+        let name = ident(login);
+        let object = format!("role {login}");
         if role.can_login {
             out.push(statement(
                 "alter role",
@@ -491,28 +917,32 @@ pub fn revoke(r: &Resolved, state: &State) -> Vec<Statement> {
             ));
         }
     }
-    for group in &groups {
-        if state
-            .database_grants
-            .contains(&(group.clone(), "CONNECT".to_owned()))
-        {
-            out.push(statement(
-                "revoke",
-                format!("database {}", r.database),
-                format!(
-                    "REVOKE CONNECT ON DATABASE {} FROM {}",
-                    ident(&r.database),
-                    ident(group)
-                ),
-            ));
+    if let Some(database) = &state.database {
+        for group in &groups {
+            if database
+                .acl
+                .iter()
+                .any(|e| e.grantee == *group && e.privilege == "CONNECT")
+            {
+                out.push(shared(
+                    "revoke",
+                    format!("database {}", r.database),
+                    format!(
+                        "REVOKE CONNECT ON DATABASE {} FROM {}",
+                        ident(&r.database),
+                        ident(group)
+                    ),
+                ));
+            }
         }
     }
     if let Some(local) = &state.local {
         for group in [Group::Writer, Group::Reader] {
             let role = r.group(group);
             if local
-                .schema_grants
-                .contains(&(role.clone(), "USAGE".to_owned()))
+                .schema_acl
+                .iter()
+                .any(|e| e.grantee == role && e.privilege == "USAGE")
             {
                 out.push(statement(
                     "revoke",
@@ -529,36 +959,35 @@ pub fn revoke(r: &Resolved, state: &State) -> Vec<Statement> {
     out
 }
 
-/// `DELETE ?mode=drop`: everything the tenant's roles own in its database (the schema
-/// included) and their privileges, then the roles. (The database itself, when the API
-/// created it, is dropped after, as its own step.)
-pub fn drop(r: &Resolved, state: &State) -> Vec<Statement> {
+/// `DELETE ?mode=drop`: everything the tenant's roles (`roles`: those it owns that exist,
+/// groups first, then logins) own in its database (the schema included) and their
+/// privileges, then the roles. `schema`: the tenant's own schema, when it exists and no
+/// role is left to drop it with. (The database itself, when the tenant created it, is
+/// dropped after, as its own step.)
+pub fn drop(
+    roles: &[String],
+    owner: &str,
+    schema: Option<&str>,
+    in_database: bool,
+) -> Vec<Statement> {
     let mut out = Vec::new();
-    let existing: Vec<String> = r
-        .roles()
-        .into_iter()
-        .filter(|name| state.roles.contains_key(name))
-        .collect();
-    if existing.is_empty() {
-        if let Some(local) = &state.local
-            && local.schema_owner.is_some()
-        {
+    if roles.is_empty() {
+        if let Some(schema) = schema {
             out.push(statement(
                 "drop schema",
-                format!("schema {}", r.schema),
-                format!("DROP SCHEMA {} CASCADE", ident(&r.schema)),
+                format!("schema {schema}"),
+                format!("DROP SCHEMA {} CASCADE", ident(schema)),
             ));
         }
         return out;
     }
     // One role at a time, the logins and the grantees of the owner's default privileges
-    // before the owner (dropping them together trips over the shared default ACL).
-    if state.local.is_some() {
-        // The owner's with CASCADE: what depends on the tenant's objects goes with them
-        // (an extension created in its schema, a view on its tables).
-        let owner = r.group(Group::Owner);
-        for name in existing.iter().rev() {
-            let cascade = if *name == owner { " CASCADE" } else { "" };
+    // before the owner (dropping them together trips over the shared default ACL). The
+    // owner's with CASCADE: what depends on the tenant's objects goes with them (an
+    // extension created in its schema, a view on its tables).
+    if in_database {
+        for name in roles.iter().rev() {
+            let cascade = if name == owner { " CASCADE" } else { "" };
             out.push(statement(
                 "drop owned",
                 format!("role {name}"),
@@ -566,8 +995,7 @@ pub fn drop(r: &Resolved, state: &State) -> Vec<Statement> {
             ));
         }
     }
-    // Logins before the groups they are members of.
-    for name in existing.iter().rev() {
+    for name in roles.iter().rev() {
         out.push(statement(
             "drop role",
             format!("role {name}"),
@@ -581,8 +1009,8 @@ pub fn drop(r: &Resolved, state: &State) -> Vec<Statement> {
 mod tests {
     use super::*;
     use crate::{
-        catalog::RoleState,
-        spec::{PasswordSpec, TenantSpec, resolve},
+        catalog::{DatabaseState, Membership, Server},
+        spec::{Limits, PasswordSpec, TenantSpec, resolve},
     };
 
     fn acme() -> Resolved {
@@ -592,21 +1020,47 @@ mod tests {
             "extensions": ["pgcrypto"]
         }))
         .expect("spec");
-        resolve("acme", &spec, "postgres").expect("valid")
+        resolve("acme", &spec, "postgres", &Limits::default(), false).expect("valid")
     }
 
     fn sql(plan: &[Statement]) -> Vec<&str> {
         plan.iter().map(|s| s.step.sql.as_str()).collect()
     }
 
+    fn server() -> Server {
+        Server {
+            admin: "postgres".into(),
+            version: 150_000,
+        }
+    }
+
+    fn database(acl: &[(&str, &str)]) -> DatabaseState {
+        DatabaseState {
+            oid: 5,
+            owner: "postgres".into(),
+            is_template: false,
+            allow_connections: true,
+            acl: acl
+                .iter()
+                .map(|(g, p)| Entry {
+                    grantee: (*g).into(),
+                    grantee_oid: 1,
+                    privilege: (*p).into(),
+                    grantor: "postgres".into(),
+                })
+                .collect(),
+        }
+    }
+
     #[test]
     fn an_empty_cluster_gets_everything_and_passwords_only_as_verifiers() {
         let state = State {
-            database_exists: true,
+            server: server(),
+            database: Some(database(&[])),
             local: Some(fresh_local()),
             ..State::default()
         };
-        let plan = put(&acme(), &state, &BTreeMap::new(), false).expect("plan");
+        let plan = put(&acme(), &state, &Context::default()).expect("plan");
         let shown = sql(&plan.statements);
         assert_eq!(shown[0], "CREATE ROLE \"acme_owner\" NOLOGIN");
         assert!(
@@ -618,143 +1072,198 @@ mod tests {
         assert!(shown.contains(&"CREATE SCHEMA \"acme\" AUTHORIZATION \"acme_owner\""));
         assert!(shown.contains(&"ALTER DEFAULT PRIVILEGES FOR ROLE \"acme_owner\" IN SCHEMA \"acme\" GRANT SELECT ON TABLES TO \"acme_reader\""));
         assert!(shown.contains(&"CREATE EXTENSION IF NOT EXISTS \"pgcrypto\" SCHEMA \"acme\""));
-        assert_eq!(plan.credentials.len(), 2);
-        for (statement, credential) in plan
+        assert_eq!(plan.generated(), ["acme_app", "acme_ro"]);
+        let verifiers = BTreeMap::from([("acme_app".to_owned(), "SCRAM-x".to_owned())]);
+        let create = plan
             .statements
             .iter()
-            .filter(|s| s.step.action == "create role" && s.step.sql.contains("LOGIN "))
-            .zip(&plan.credentials)
-        {
-            assert!(
-                statement.execute.contains("PASSWORD 'SCRAM-SHA-256$4096:"),
-                "{statement:?}"
-            );
-            assert!(!statement.execute.contains(&credential.password));
-        }
-        assert!(!format!("{plan:?}").contains(&plan.credentials[0].password));
+            .find(|s| s.step.sql.starts_with("CREATE ROLE \"acme_app\""))
+            .expect("create");
+        assert!(
+            create
+                .sql(&verifiers)
+                .is_some_and(|s| s.ends_with("PASSWORD 'SCRAM-x'"))
+        );
+        assert!(plan.shared(), "CONNECT on the database is a shared row");
     }
 
     #[test]
-    fn what_exists_as_declared_gives_an_empty_plan_and_a_given_verifier_is_set_once() {
-        let mut r = acme();
-        let verifier = scram::verifier("s3cret").expect("random");
-        r.logins[1].password = Some(PasswordSpec {
-            generate: false,
-            scram_verifier: Some(verifier.clone()),
-        });
-        let role = |name: &str, login: bool, limit: i32, of: &[&str], settings: &[&str]| {
-            (
-                name.to_owned(),
-                RoleState {
-                    name: name.into(),
-                    can_login: login,
-                    connection_limit: limit,
-                    valid_until: None,
-                    settings: settings.iter().map(|s| (*s).to_owned()).collect(),
-                    member_of: of.iter().map(|s| (*s).to_owned()).collect(),
-                },
-            )
+    fn hand_made_privileges_and_memberships_are_taken_back() {
+        let r = acme();
+        let role = |name: &str, login: bool, limit: i32| RoleState {
+            name: name.into(),
+            oid: 10,
+            superuser: false,
+            create_role: false,
+            create_db: false,
+            bypass_rls: false,
+            replication: false,
+            inherit: true,
+            can_login: login,
+            connection_limit: limit,
+            valid_until: None,
+            settings: Vec::new(),
+            member_of: Vec::new(),
         };
-        let grants = |list: &[(&str, &str)]| {
-            list.iter()
-                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-                .collect::<BTreeSet<_>>()
-        };
-        let mut defaults = BTreeSet::new();
-        for p in TABLE_WRITER {
-            defaults.insert(("r".to_owned(), "acme_writer".to_owned(), p.to_owned()));
-        }
-        for p in SEQUENCE_WRITER {
-            defaults.insert(("S".to_owned(), "acme_writer".to_owned(), p.to_owned()));
-        }
-        defaults.insert((
-            "r".to_owned(),
-            "acme_reader".to_owned(),
-            "SELECT".to_owned(),
-        ));
-        defaults.insert((
-            "S".to_owned(),
-            "acme_reader".to_owned(),
-            "SELECT".to_owned(),
-        ));
+        let mut app = role("acme_app", true, -1);
+        app.superuser = true;
+        app.settings = vec![
+            crate::catalog::Setting {
+                database: None,
+                setting: "role=acme_owner".into(),
+            },
+            crate::catalog::Setting {
+                database: None,
+                setting: "search_path=evil".into(),
+            },
+        ];
         let state = State {
+            server: server(),
             roles: BTreeMap::from([
-                role("acme_owner", false, -1, &[], &[]),
-                role("acme_writer", false, -1, &[], &[]),
-                role("acme_reader", false, -1, &[], &[]),
-                role("acme_app", true, -1, &["acme_owner"], &["role=acme_owner"]),
-                role("acme_ro", true, 5, &["acme_reader"], &[]),
+                ("acme_owner".into(), role("acme_owner", false, -1)),
+                ("acme_writer".into(), role("acme_writer", true, -1)),
+                ("acme_reader".into(), role("acme_reader", false, -1)),
+                ("acme_app".into(), app),
+                ("acme_ro".into(), role("acme_ro", true, 5)),
             ]),
-            database_exists: true,
-            database_grants: grants(&[
+            memberships: vec![
+                Membership {
+                    role: "acme_owner".into(),
+                    member: "acme_app".into(),
+                    grantor: "postgres".into(),
+                },
+                Membership {
+                    role: "acme_reader".into(),
+                    member: "acme_ro".into(),
+                    grantor: "postgres".into(),
+                },
+                Membership {
+                    role: "acme_owner".into(),
+                    member: "mallory".into(),
+                    grantor: "postgres".into(),
+                },
+            ],
+            database: Some(database(&[
                 ("acme_owner", "CONNECT"),
                 ("acme_writer", "CONNECT"),
                 ("acme_reader", "CONNECT"),
-                ("PUBLIC", "CONNECT"),
-            ]),
-            local: Some(Local {
-                schema_owner: Some("acme_owner".into()),
-                schema_grants: grants(&[
-                    ("acme_owner", "USAGE"),
-                    ("acme_owner", "CREATE"),
-                    ("acme_writer", "USAGE"),
-                    ("acme_reader", "USAGE"),
-                ]),
-                default_grants: defaults,
-                extensions: BTreeSet::from(["pgcrypto".to_owned(), "plpgsql".to_owned()]),
-                public_schema_grants: BTreeSet::from(["USAGE".to_owned()]),
-            }),
+            ])),
+            local: None,
         };
-        let recorded = BTreeMap::from([("acme_ro".to_owned(), verifier_hash(&verifier))]);
-        let plan = put(&r, &state, &recorded, false).expect("plan");
-        assert!(plan.is_empty(), "{:?}", plan.steps());
-        // A new verifier is set, shown redacted.
-        let plan = put(&r, &state, &BTreeMap::new(), false).expect("plan");
-        assert_eq!(
-            sql(&plan.statements),
-            ["ALTER ROLE \"acme_ro\" PASSWORD '<redacted>'"]
-        );
-        // Drift: a grant taken away by hand.
-        let mut drifted = state.clone();
-        if let Some(local) = drifted.local.as_mut() {
-            local
-                .schema_grants
-                .remove(&("acme_reader".to_owned(), "USAGE".to_owned()));
+        let mut context = Context::default();
+        context
+            .recorded
+            .insert("acme_ro".into(), verifier_hash("x"));
+        let plan = put(&r, &state, &context).expect("plan");
+        let shown = sql(&plan.statements);
+        for expected in [
+            "ALTER ROLE \"acme_writer\" NOLOGIN",
+            "ALTER ROLE \"acme_app\" NOSUPERUSER",
+            "ALTER ROLE \"acme_app\" RESET \"search_path\"",
+            "REVOKE \"acme_owner\" FROM \"mallory\"",
+        ] {
+            assert!(shown.contains(&expected), "{expected}: {shown:#?}");
         }
-        let plan = put(&r, &drifted, &recorded, false).expect("plan");
-        assert_eq!(
-            sql(&plan.statements),
-            ["GRANT USAGE ON SCHEMA \"acme\" TO \"acme_reader\""]
-        );
-        // Revoke and drop.
-        let revoked = sql(&revoke(&r, &state)).join("\n");
         assert!(
-            revoked.contains("ALTER ROLE \"acme_app\" NOLOGIN"),
-            "{revoked}"
+            !shown.iter().any(|s| s.contains("SET role")),
+            "the wanted setting stays: {shown:#?}"
         );
+    }
+
+    #[test]
+    fn a_given_verifier_is_set_once_and_a_recorded_one_is_left_alone() {
+        let mut r = acme();
+        r.logins[1].password = Some(PasswordSpec {
+            generate: false,
+            scram_verifier: Some("SCRAM-SHA-256$4096:c2FsdA==$x:y".into()),
+        });
+        let state = State {
+            server: server(),
+            roles: BTreeMap::from([(
+                "acme_ro".into(),
+                RoleState {
+                    name: "acme_ro".into(),
+                    oid: 1,
+                    superuser: false,
+                    create_role: false,
+                    create_db: false,
+                    bypass_rls: false,
+                    replication: false,
+                    inherit: true,
+                    can_login: true,
+                    connection_limit: 5,
+                    valid_until: None,
+                    settings: Vec::new(),
+                    member_of: Vec::new(),
+                },
+            )]),
+            database: Some(database(&[])),
+            ..State::default()
+        };
+        let mut context = Context {
+            owns_database: true,
+            ..Context::default()
+        };
+        let plan = put(&r, &state, &context).expect("plan");
         assert!(
-            revoked.contains("REVOKE USAGE ON SCHEMA \"acme\" FROM \"acme_reader\""),
-            "{revoked}"
+            sql(&plan.statements).contains(&"ALTER ROLE \"acme_ro\" PASSWORD '<redacted>'"),
+            "{:?}",
+            plan.steps()
         );
-        let dropping = drop(&r, &state);
-        let dropped = sql(&dropping);
-        assert_eq!(dropped[0], "DROP OWNED BY \"acme_ro\"");
-        assert_eq!(dropped[4], "DROP OWNED BY \"acme_owner\" CASCADE");
-        assert_eq!(dropped.last().copied(), Some("DROP ROLE \"acme_owner\""));
+        context.recorded = plan.verifiers;
+        let again = put(&r, &state, &context).expect("plan");
+        assert!(
+            !sql(&again.statements)
+                .iter()
+                .any(|s| s.contains("\"acme_ro\" PASSWORD"))
+        );
+        // Read back from the store, the verifier is redacted: nothing to set.
+        r.logins[1].password = Some(PasswordSpec {
+            generate: false,
+            scram_verifier: Some(crate::spec::REDACTED_VERIFIER.into()),
+        });
+        context.recorded = BTreeMap::new();
+        let recorded = put(&r, &state, &context).expect("plan");
+        assert!(
+            !sql(&recorded.statements)
+                .iter()
+                .any(|s| s.contains("\"acme_ro\" PASSWORD"))
+        );
     }
 
     #[test]
     fn a_missing_database_is_created_only_when_asked() {
         let mut r = acme();
-        let refused = put(&r, &State::default(), &BTreeMap::new(), false).expect_err("no database");
+        let refused = put(&r, &State::default(), &Context::default()).expect_err("no database");
         assert!(refused.to_string().contains("database.create"), "{refused}");
         r.create_database = true;
         r.encoding = Some("UTF8".into());
-        let plan = put(&r, &State::default(), &BTreeMap::new(), true).expect("plan");
+        let context = Context {
+            owns_database: true,
+            ..Context::default()
+        };
+        let plan = put(&r, &State::default(), &context).expect("plan");
         assert_eq!(
             plan.create_database.as_ref().map(|s| s.step.sql.as_str()),
             Some("CREATE DATABASE \"postgres\" ENCODING 'UTF8' TEMPLATE template0")
         );
         assert!(sql(&plan.statements).contains(&"REVOKE ALL ON DATABASE \"postgres\" FROM PUBLIC"));
+    }
+
+    #[test]
+    fn drop_takes_only_the_roles_it_is_given_and_the_owner_last() {
+        let roles: Vec<String> = ["acme_owner", "acme_writer", "acme_reader", "acme_app"]
+            .map(String::from)
+            .to_vec();
+        let dropped = drop(&roles, "acme_owner", Some("acme"), true);
+        let shown = sql(&dropped);
+        assert_eq!(shown[0], "DROP OWNED BY \"acme_app\"");
+        assert_eq!(shown[3], "DROP OWNED BY \"acme_owner\" CASCADE");
+        assert_eq!(shown.last().copied(), Some("DROP ROLE \"acme_owner\""));
+        assert!(drop(&[], "acme_owner", None, true).is_empty());
+        assert_eq!(
+            sql(&drop(&[], "acme_owner", Some("acme"), true)),
+            ["DROP SCHEMA \"acme\" CASCADE"]
+        );
     }
 }

@@ -99,6 +99,60 @@ pub struct PasswordSpec {
     pub scram_verifier: Option<String>,
 }
 
+/// What a recorded spec shows in place of a SCRAM verifier a client gave: the verifier
+/// itself is never kept or returned (its hash is, to tell whether a re-PUT changes it).
+pub const REDACTED_VERIFIER: &str = "<redacted>";
+
+impl TenantSpec {
+    /// The spec as it is recorded and shown: every given verifier replaced by
+    /// [`REDACTED_VERIFIER`].
+    pub fn redacted(&self) -> Self {
+        let mut spec = self.clone();
+        for login in &mut spec.logins {
+            if let Some(password) = &mut login.password
+                && password.scram_verifier.is_some()
+            {
+                password.scram_verifier = Some(REDACTED_VERIFIER.to_owned());
+            }
+        }
+        spec
+    }
+}
+
+impl LoginSpec {
+    /// The verifier the client gave in this request (not a recorded, redacted one).
+    pub fn given_verifier(&self) -> Option<&str> {
+        self.password
+            .as_ref()
+            .and_then(|p| p.scram_verifier.as_deref())
+            .filter(|v| *v != REDACTED_VERIFIER)
+    }
+
+    /// Whether the client manages this login's password (a verifier, given or recorded).
+    pub fn client_password(&self) -> bool {
+        self.password
+            .as_ref()
+            .is_some_and(|p| p.scram_verifier.is_some())
+    }
+}
+
+/// What the operator allows a tenant (config `tenants`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub allowed_extensions: Vec<String>,
+    pub max_logins: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let config = crate::config::TenantsConfig::default();
+        Self {
+            allowed_extensions: config.allowed_extensions,
+            max_logins: config.max_logins,
+        }
+    }
+}
+
 /// A spec with its defaults filled in, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
@@ -129,11 +183,14 @@ impl Resolved {
 }
 
 /// Checks `spec` for `tenant` (every problem, one line each) and fills in its defaults;
-/// `default_database` is the API's own database.
+/// `default_database` is the API's own database. A verifier must be a real one
+/// (`recorded` specs, read back from the store, carry [`REDACTED_VERIFIER`] instead).
 pub fn resolve(
     tenant: &str,
     spec: &TenantSpec,
     default_database: &str,
+    limits: &Limits,
+    recorded: bool,
 ) -> Result<Resolved, Vec<String>> {
     let mut problems = Vec::new();
     let mut check = |what: &str, name: &str| {
@@ -151,13 +208,48 @@ pub fn resolve(
     if spec.database.is_some() {
         check("database", &database);
     }
-    for extension in &spec.extensions {
-        check("extension", extension);
-    }
-    let mut seen = std::collections::BTreeSet::new();
     for login in &spec.logins {
         check("login", &login.name);
     }
+    if tenant.starts_with("pg_") {
+        problems.push(format!(
+            "tenant {tenant:?} is reserved: role names starting with pg_ are PostgreSQL's"
+        ));
+    }
+    if let Some(why) = names::reserved_schema(&schema) {
+        problems.push(format!("schema {schema:?} is reserved: {why}"));
+    }
+    if Group::ALL
+        .iter()
+        .any(|g| schema == format!("{tenant}_{}", g.suffix()))
+        || spec.logins.iter().any(|l| l.name == schema)
+    {
+        problems.push(format!(
+            "schema {schema:?} is reserved: it is the name of one of the tenant's roles"
+        ));
+    }
+    if let Some(why) = names::reserved_database(&database) {
+        problems.push(format!("database {database:?} is reserved: {why}"));
+    }
+    for extension in &spec.extensions {
+        if let Err(why) = names::check_extension(extension) {
+            problems.push(why);
+        } else if !limits.allowed_extensions.contains(extension) {
+            problems.push(format!(
+                "extension {extension:?} is not allowed: tenants may ask for {} \
+                 (an operator adds others to the config key tenants.allowed_extensions)",
+                limits.allowed_extensions.join(", ")
+            ));
+        }
+    }
+    if spec.logins.len() > limits.max_logins {
+        problems.push(format!(
+            "{} logins declared: a tenant has at most {} (config key tenants.max_logins)",
+            spec.logins.len(),
+            limits.max_logins
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
     // Group suffixes are 7 characters at most: a tenant leaves room for them.
     if tenant.len() > 63 - "_writer".len() {
         problems.push(format!(
@@ -197,12 +289,16 @@ pub fn resolve(
                     "login {:?}: password: generate or scramVerifier, not both",
                     login.name
                 )),
-                (Some(v), false) if !crate::scram::is_verifier(v) => problems.push(format!(
-                    "login {:?}: password.scramVerifier is not a SCRAM-SHA-256 verifier \
+                (Some(v), false)
+                    if !(crate::scram::is_verifier(v) || (recorded && v == REDACTED_VERIFIER)) =>
+                {
+                    problems.push(format!(
+                        "login {:?}: password.scramVerifier is not a SCRAM-SHA-256 verifier \
                      (SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>); a clear \
                      password is never accepted",
-                    login.name
-                )),
+                        login.name
+                    ))
+                }
                 _ => {}
             }
         }
@@ -251,14 +347,22 @@ mod tests {
                 "extensions": ["pgcrypto"], "revokePublic": true}"#,
         )
         .expect("reads");
-        let resolved = resolve("acme", &spec, "postgres").expect("valid");
+        let resolved =
+            resolve("acme", &spec, "postgres", &Limits::default(), false).expect("valid");
         assert_eq!(resolved.database, "dev_acme");
         assert!(resolved.create_database);
         assert_eq!(
             resolved.roles(),
             ["acme_owner", "acme_writer", "acme_reader", "acme_app"]
         );
-        let empty = resolve("acme", &TenantSpec::default(), "postgres").expect("valid");
+        let empty = resolve(
+            "acme",
+            &TenantSpec::default(),
+            "postgres",
+            &Limits::default(),
+            false,
+        )
+        .expect("valid");
         assert_eq!(
             (empty.schema.as_str(), empty.database.as_str()),
             ("acme", "postgres")
@@ -275,7 +379,8 @@ mod tests {
                {"name": "acme_b", "memberOf": "reader", "password": {"scramVerifier": "hunter2"}}]}"#,
         )
         .expect("reads");
-        let problems = resolve("Acme", &spec, "postgres").expect_err("refused");
+        let problems =
+            resolve("Acme", &spec, "postgres", &Limits::default(), false).expect_err("refused");
         let text = problems.join("\n");
         for part in [
             "tenant \"Acme\"",

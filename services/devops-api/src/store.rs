@@ -6,9 +6,9 @@ use std::{collections::BTreeMap, str::FromStr, sync::Mutex, time::Duration};
 
 use serde::Serialize;
 use sqlx::{
-    PgPool, Row,
+    PgConnection, PgPool, Row,
     migrate::Migrator,
-    postgres::{PgConnectOptions, PgPoolOptions},
+    postgres::{PgConnectOptions, PgPoolOptions, types::Oid},
 };
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -20,15 +20,79 @@ static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 /// The API's own schema.
 pub const SCHEMA: &str = "devops_api";
 
+/// The `search_path` of every connection the API opens: nothing a tenant creates is on
+/// it (`pg_temp` last, so no temporary object shadows a catalog one either).
+pub const PINNED_SEARCH_PATH: &str = "pg_catalog,pg_temp";
+
+/// What kind of object a tenant owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Role,
+    Schema,
+    Database,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Role => "role",
+            Self::Schema => "schema",
+            Self::Database => "database",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "role" => Some(Self::Role),
+            "schema" => Some(Self::Schema),
+            "database" => Some(Self::Database),
+            _ => None,
+        }
+    }
+}
+
+/// An object a tenant's PUT created, by identity: its OID (with, for a schema, the OID of
+/// its database).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Owned {
+    pub kind: Kind,
+    /// The database's OID for a schema; 0 for roles and databases.
+    pub scope: u32,
+    pub oid: u32,
+    /// The name it was created with.
+    pub name: String,
+    /// For a role: `owner`, `writer`, `reader` or `login`.
+    pub role_kind: Option<String>,
+}
+
 /// A tenant as the API recorded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantRecord {
     pub name: String,
+    /// The spec of the last successful PUT, with any SCRAM verifier redacted.
     pub spec: serde_json::Value,
     pub database: String,
-    pub created_database: bool,
     pub verifiers: BTreeMap<String, String>,
     pub status: String,
+    /// What its PUTs created.
+    pub owned: Vec<Owned>,
+}
+
+impl TenantRecord {
+    /// Whether the role with this OID is the tenant's.
+    pub fn owns_role(&self, oid: u32) -> bool {
+        self.owned
+            .iter()
+            .any(|o| o.kind == Kind::Role && o.oid == oid)
+    }
+
+    /// The OID of the database the tenant created, if it did.
+    pub fn created_database(&self) -> Option<u32> {
+        self.owned
+            .iter()
+            .find(|o| o.kind == Kind::Database)
+            .map(|o| o.oid)
+    }
 }
 
 /// One audit entry.
@@ -90,7 +154,10 @@ impl Store {
     pub fn new(config: &DatabaseConfig) -> Result<Self, String> {
         let options = PgConnectOptions::from_str(config.url.expose())
             .map_err(|e| format!("database.url: {e}"))?
-            .application_name("devops-api");
+            .application_name("devops-api")
+            // No name a tenant picks can put code on the API's path: functions and
+            // operators resolve in pg_catalog only (pg_temp last: never a function).
+            .options([("search_path", PINNED_SEARCH_PATH)]);
         let admin_database = options
             .get_database()
             .map(str::to_owned)
@@ -177,27 +244,64 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(self.config.acquire_timeout_secs))
-            .connect_with(self.options.clone().options([("search_path", SCHEMA)]))
+            .connect_with(
+                self.options
+                    .clone()
+                    .options([("search_path", format!("{SCHEMA},pg_catalog,pg_temp"))]),
+            )
             .await?;
         let migrated = MIGRATIONS.run(&pool).await;
         pool.close().await;
         migrated.map_err(|e| sqlx::Error::Migrate(Box::new(e)))
     }
 
-    pub async fn tenant(&self, name: &str) -> Result<Option<TenantRecord>, sqlx::Error> {
+    /// The tenant's record and what it owns, read on `conn` (inside the caller's
+    /// transaction, under the tenant's lock, so it cannot change meanwhile).
+    pub async fn tenant(
+        conn: &mut PgConnection,
+        name: &str,
+    ) -> Result<Option<TenantRecord>, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT name, spec, database, created_database, verifiers, status
+            "SELECT name, spec, database, verifiers, status
              FROM devops_api.tenants WHERE name = $1",
         )
         .bind(name)
-        .fetch_optional(&self.admin)
+        .fetch_optional(&mut *conn)
         .await?;
-        row.map(|row| record(&row)).transpose()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut record = record(&row)?;
+        record.owned = Self::owned(conn, name).await?;
+        Ok(Some(record))
     }
 
+    async fn owned(conn: &mut PgConnection, tenant: &str) -> Result<Vec<Owned>, sqlx::Error> {
+        let rows: Vec<(String, Oid, Oid, String, Option<String>)> = sqlx::query_as(
+            "SELECT kind, scope, oid, name, role_kind FROM devops_api.owned
+             WHERE tenant = $1 ORDER BY kind, scope, oid",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(kind, scope, oid, name, role_kind)| {
+                Some(Owned {
+                    kind: Kind::parse(&kind)?,
+                    scope: scope.0,
+                    oid: oid.0,
+                    name,
+                    role_kind,
+                })
+            })
+            .collect())
+    }
+
+    /// Every tenant, by name.
     pub async fn tenants(&self) -> Result<Vec<TenantRecord>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT name, spec, database, created_database, verifiers, status
+            "SELECT name, spec, database, verifiers, status
              FROM devops_api.tenants ORDER BY name",
         )
         .fetch_all(&self.admin)
@@ -205,28 +309,141 @@ impl Store {
         rows.iter().map(record).collect()
     }
 
-    /// Records the tenant (before its statements run, so that roles a failed run left
-    /// are known to be this tenant's).
-    pub async fn save_tenant(&self, record: &TenantRecord) -> Result<(), sqlx::Error> {
+    /// Writes the tenant's record and what it owns (replacing what was recorded), inside
+    /// the caller's transaction: the record changes with the catalog or not at all.
+    pub async fn save_tenant(
+        conn: &mut PgConnection,
+        record: &TenantRecord,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO devops_api.tenants (name, spec, database, created_database, verifiers, status)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO devops_api.tenants (name, spec, database, verifiers, status)
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec, database = EXCLUDED.database,
-                 created_database = devops_api.tenants.created_database OR EXCLUDED.created_database,
-                 verifiers = EXCLUDED.verifiers, status = EXCLUDED.status, updated_at = now()",
+                 verifiers = EXCLUDED.verifiers, status = EXCLUDED.status, updated_at = pg_catalog.now()",
         )
         .bind(&record.name)
         .bind(&record.spec)
         .bind(&record.database)
-        .bind(record.created_database)
         .bind(serde_json::to_value(&record.verifiers).unwrap_or_default())
         .bind(&record.status)
-        .execute(&self.admin)
-        .await
-        .map(drop)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("DELETE FROM devops_api.owned WHERE tenant = $1")
+            .bind(&record.name)
+            .execute(&mut *conn)
+            .await?;
+        for owned in &record.owned {
+            sqlx::query(
+                "INSERT INTO devops_api.owned (tenant, kind, scope, oid, name, role_kind)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&record.name)
+            .bind(owned.kind.as_str())
+            .bind(Oid(owned.scope))
+            .bind(Oid(owned.oid))
+            .bind(&owned.name)
+            .bind(&owned.role_kind)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
     }
 
-    pub async fn audit(&self, entry: NewAudit<'_>) -> Result<i64, sqlx::Error> {
+    /// Records that `tenant` created the database `oid`, committed at once: `CREATE
+    /// DATABASE` runs outside any transaction, so what it made is known to be the
+    /// tenant's even if the rest of the PUT fails. A tenant with no record yet gets a
+    /// record marked `pending` (which nothing can drop through, and the next PUT adopts).
+    pub async fn record_created_database(
+        &self,
+        tenant: &str,
+        database: &str,
+        oid: u32,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.admin.begin().await?;
+        sqlx::query(
+            "INSERT INTO devops_api.tenants (name, spec, database, status)
+             VALUES ($1, '{}', $2, 'pending') ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(database)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO devops_api.owned (tenant, kind, scope, oid, name)
+             VALUES ($1, 'database', 0, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(Oid(oid))
+        .bind(database)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    /// The tenant (other than `except`) that recorded the object, if one did.
+    pub async fn owner_of(
+        conn: &mut PgConnection,
+        kind: Kind,
+        scope: u32,
+        oid: u32,
+    ) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT tenant FROM devops_api.owned WHERE kind = $1 AND scope = $2 AND oid = $3",
+        )
+        .bind(kind.as_str())
+        .bind(Oid(scope))
+        .bind(Oid(oid))
+        .fetch_optional(&mut *conn)
+        .await
+    }
+
+    /// Live tenants whose roles could share names with `tenant`'s: one name is the
+    /// other's followed by `_` (tenant `a`'s logins are `a_*`, which holds `a_b_owner`).
+    pub async fn overlapping(
+        conn: &mut PgConnection,
+        tenant: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT name FROM devops_api.tenants
+             WHERE status IN ('active', 'revoked') AND name <> $1
+               AND (pg_catalog.starts_with(name, $1 || '_') OR pg_catalog.starts_with($1, name || '_'))
+             ORDER BY name",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *conn)
+        .await
+    }
+
+    /// Live tenants other than `except` whose schema is in `database`.
+    pub async fn tenants_in(
+        conn: &mut PgConnection,
+        database: &str,
+        except: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT name FROM devops_api.tenants
+             WHERE database = $1 AND name <> $2 AND status IN ('active', 'revoked')
+             ORDER BY name",
+        )
+        .bind(database)
+        .bind(except)
+        .fetch_all(&mut *conn)
+        .await
+    }
+
+    /// Every role any tenant recorded (their OIDs): a database a tenant created may carry
+    /// grants to other tenants' roles, which are not strangers there.
+    pub async fn tenant_role_oids(conn: &mut PgConnection) -> Result<Vec<u32>, sqlx::Error> {
+        let oids: Vec<Oid> =
+            sqlx::query_scalar("SELECT oid FROM devops_api.owned WHERE kind = 'role'")
+                .fetch_all(&mut *conn)
+                .await?;
+        Ok(oids.into_iter().map(|o| o.0).collect())
+    }
+
+    /// Appends an audit entry on `conn` (inside the change's transaction: a change that
+    /// cannot be audited does not happen).
+    pub async fn audit(conn: &mut PgConnection, entry: NewAudit<'_>) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar(
             "INSERT INTO devops_api.audit_log (actor, request_id, tenant, action, dry_run, plan, outcome, detail)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
@@ -239,7 +456,7 @@ impl Store {
         .bind(&entry.plan)
         .bind(entry.outcome)
         .bind(&entry.detail)
-        .fetch_one(&self.admin)
+        .fetch_one(&mut *conn)
         .await
     }
 
@@ -286,8 +503,8 @@ fn record(row: &sqlx::postgres::PgRow) -> Result<TenantRecord, sqlx::Error> {
         name: row.try_get("name")?,
         spec: row.try_get("spec")?,
         database: row.try_get("database")?,
-        created_database: row.try_get("created_database")?,
         verifiers: serde_json::from_value(verifiers).unwrap_or_default(),
         status: row.try_get("status")?,
+        owned: Vec::new(),
     })
 }

@@ -1,21 +1,38 @@
-//! The operations on a tenant: PUT (plan, and apply it in one transaction), GET (what
-//! exists and the drift), rotate, DELETE (revoke or drop). Every change runs under a
-//! per-tenant advisory lock, with `lock_timeout` and `statement_timeout`, and is audited.
+//! The operations on a tenant: PUT (plan, and apply it), GET (what exists and the drift),
+//! rotate, DELETE (revoke or drop).
+//!
+//! One lock, one truth: every change takes the tenant's advisory lock in the API's own
+//! database and keeps that transaction open while the catalog changes in the tenant's
+//! database; the record, what the tenant owns (by OID) and the audit entry are written in
+//! it, and it commits right after the tenant database's transaction (when the tenant lives
+//! in the API's database, both are the same transaction). Plans that change rows shared
+//! with other tenants (the database's ACL, `public`, extensions) also take the database's
+//! lock; a transaction that still collides is retried, then answered 409 + Retry-After.
+//!
+//! Nothing that is not the tenant's, by OID, is ever altered, granted, rotated, revoked or
+//! dropped: a name that exists and is not its own is a 409 before any SQL changes anything.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
-use sqlx::{Acquire as _, PgConnection};
+use sqlx::{Acquire as _, PgConnection, Postgres, Transaction, pool::PoolConnection};
 use utoipa::ToSchema;
 
 use crate::{
     catalog::{self, RoleState, State},
-    names::{ident, literal},
-    plan::{self, Credential, Plan, REDACTED, Statement, Step},
+    names::ident,
+    plan::{self, Credential, Password, Plan, REDACTED, Statement, Step},
     scram,
-    spec::{Resolved, TenantSpec},
-    store::{NewAudit, Store, TenantRecord},
+    spec::{Group, Limits, Resolved, TenantSpec},
+    store::{Kind, NewAudit, Owned, Store, TenantRecord},
 };
+
+/// Attempts of a change whose transaction collided with another's on a shared catalog row.
+const ATTEMPTS: u32 = 3;
 
 /// Why an operation did not happen (each maps to one HTTP status).
 #[derive(Debug, thiserror::Error)]
@@ -29,10 +46,12 @@ pub enum Failure {
     /// 409: it conflicts with what exists.
     #[error("{0}")]
     Conflict(String),
-    /// 409 with Retry-After: another change of the tenant held the lock too long.
+    /// 409 with Retry-After: another change held a lock too long, or collided with this
+    /// one; trying again later works.
     #[error("{0}")]
     Busy(String),
-    /// 503 with Retry-After: the database cannot be reached.
+    /// 503 with Retry-After: the database cannot be reached, refuses the API's
+    /// credentials, or is too slow.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
     /// 422: a statement failed; everything was rolled back.
@@ -42,32 +61,59 @@ pub enum Failure {
         step: Step,
         error: String,
     },
-    /// 500: what should not happen.
+    /// 500: what should not happen (the cause is logged, not answered).
     #[error("{0}")]
     Internal(String),
 }
 
+/// SQLSTATEs that say "try again": lock not available, serialization failure, deadlock.
+fn contended(code: &str, message: &str) -> bool {
+    matches!(code, "55P03" | "40001" | "40P01")
+        || (code == "XX000" && message.contains("tuple concurrently"))
+}
+
+/// SQLSTATEs that say the database cannot serve the API now: connection exceptions,
+/// authentication, too many connections, shutting down, a timed-out statement.
+fn unavailable(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("28")
+        || code.starts_with("57P")
+        || matches!(code, "53300" | "57014")
+}
+
 impl Failure {
     /// A database error outside a planned statement.
-    fn database(err: sqlx::Error) -> Self {
+    pub(crate) fn database(err: sqlx::Error) -> Self {
         match &err {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
-                Self::Busy("another change of this tenant is under way; try again".into())
-            }
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => {
-                Self::Unavailable("a statement timed out".into())
-            }
             sqlx::Error::Database(db) => {
-                Self::Internal(format!("database error: {}", db.message()))
+                let code = db.code().unwrap_or_default().into_owned();
+                if contended(&code, db.message()) {
+                    tracing::info!(%code, error = %db.message(), "contended");
+                    Self::Busy("another change is under way; try again".into())
+                } else if unavailable(&code) {
+                    tracing::warn!(%code, error = %db.message(), "the database refused or is unavailable");
+                    Self::Unavailable(
+                        "the admin connection failed or timed out; try again later".into(),
+                    )
+                } else if matches!(code.as_str(), "3D000" | "55000" | "42P04") {
+                    Self::Invalid(vec![format!("{} (SQLSTATE {code})", db.message())])
+                } else {
+                    Self::Internal(format!("database error {code}: {}", db.message()))
+                }
             }
             sqlx::Error::PoolTimedOut => {
                 Self::Unavailable("no connection within the acquire timeout".into())
             }
-            sqlx::Error::Io(e) => Self::Unavailable(e.to_string()),
-            sqlx::Error::Tls(e) => Self::Unavailable(e.to_string()),
             sqlx::Error::PoolClosed => Self::Unavailable("shutting down".into()),
-            other => Self::Unavailable(other.to_string()),
+            other => {
+                tracing::warn!(error = %other, "the database is unavailable");
+                Self::Unavailable("the database cannot be reached; try again later".into())
+            }
         }
+    }
+
+    fn retryable(&self) -> bool {
+        matches!(self, Self::Busy(_))
     }
 }
 
@@ -94,11 +140,15 @@ pub struct TenantView {
     /// `active`, `revoked` or `dropped`.
     pub status: String,
     pub database: String,
+    /// The recorded spec (a given verifier shows as `<redacted>`).
     #[schema(value_type = Object)]
     pub spec: serde_json::Value,
     pub exists: Existing,
     /// The statements a PUT of the spec would run now (empty: no drift).
     pub drift: Vec<Step>,
+    /// What a PUT could not repair: a missing database, a name taken by someone else.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -107,6 +157,7 @@ pub struct Existing {
     pub database: bool,
     pub schema: bool,
     pub schema_owner: Option<String>,
+    /// The tenant's roles as they are (its own only, by OID).
     pub roles: Vec<RoleState>,
     pub extensions: Vec<String>,
 }
@@ -128,6 +179,9 @@ pub struct ChangeResult {
     pub plan: Vec<Step>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<Credential>,
+    /// Sessions of the tenant's logins ended (revoke, drop).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terminated_sessions: Option<i64>,
 }
 
 /// Who asks, for the audit log.
@@ -141,24 +195,46 @@ pub struct Caller {
 #[derive(Debug, Clone)]
 pub struct Tenants {
     store: Arc<Store>,
+    limits: Arc<Limits>,
+}
+
+/// The connection a change runs its statements on: the admin transaction itself when the
+/// tenant lives in the API's database, or a transaction in the tenant's database.
+enum Work<'c> {
+    Same,
+    Other(Transaction<'c, Postgres>),
+}
+
+/// The connection statements run on.
+fn on<'a>(admin: &'a mut PgConnection, work: &'a mut Work<'_>) -> &'a mut PgConnection {
+    match work {
+        Work::Same => admin,
+        Work::Other(tx) => tx,
+    }
+}
+
+/// The advisory lock keys: one per tenant, one for new tenant names, one per database.
+fn lock_key(kind: &str, name: &str) -> String {
+    format!("devops-api/{kind}/{name}")
 }
 
 impl Tenants {
-    pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<Store>, limits: Limits) -> Self {
+        Self {
+            store,
+            limits: Arc::new(limits),
+        }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    /// Starts a change in `database`: a transaction with the timeouts, the tenant's lock
-    /// taken (its wait measured).
+    /// A transaction with the configured timeouts.
     async fn begin<'c>(
         &self,
-        conn: &'c mut PgConnection,
-        tenant: &str,
-    ) -> Result<sqlx::Transaction<'c, sqlx::Postgres>, Failure> {
+        conn: &'c mut PoolConnection<Postgres>,
+    ) -> Result<Transaction<'c, Postgres>, Failure> {
         let config = self.store.config();
         let mut tx = conn.begin().await.map_err(Failure::database)?;
         // SET LOCAL takes no parameters: the values are numbers the config holds.
@@ -174,49 +250,39 @@ impl Tenants {
                 .await
                 .map_err(Failure::database)?;
         }
-        let waited = Instant::now();
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtextextended('devops-api/tenant/' || $1, 0))",
-        )
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await
-        .map_err(Failure::database)?;
-        metrics::histogram!("devops_api_lock_wait_seconds").record(waited.elapsed().as_secs_f64());
         Ok(tx)
     }
 
-    /// Everything the plan needs, read on `conn` (a connection to the tenant database, or
-    /// `None` when it does not exist: then only the cluster-wide part is read).
-    async fn state(&self, r: &Resolved, conn: Option<&mut PgConnection>) -> Result<State, Failure> {
-        match conn {
-            Some(conn) => {
-                let mut state = catalog::read_global(&mut *conn, &r.roles(), &r.database)
-                    .await
-                    .map_err(Failure::database)?;
-                state.local = Some(
-                    catalog::read_local(conn, &r.schema)
-                        .await
-                        .map_err(Failure::database)?,
-                );
-                Ok(state)
-            }
-            None => {
-                let mut admin = self
-                    .store
-                    .admin()
-                    .acquire()
-                    .await
-                    .map_err(Failure::database)?;
-                catalog::read_global(&mut admin, &r.roles(), &r.database)
-                    .await
-                    .map_err(Failure::database)
-            }
-        }
+    /// Takes an advisory lock until the end of the transaction (its wait measured,
+    /// bounded by `lock_timeout`). Schema-qualified, with exact argument types: nothing
+    /// a tenant creates can stand in for these functions.
+    async fn lock(conn: &mut PgConnection, key: &str) -> Result<(), Failure> {
+        let waited = Instant::now();
+        sqlx::query(
+            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended($1::text, 0::bigint))",
+        )
+        .bind(key)
+        .execute(&mut *conn)
+        .await
+        .map_err(Failure::database)?;
+        metrics::histogram!("devops_api_lock_wait_seconds").record(waited.elapsed().as_secs_f64());
+        Ok(())
     }
 
-    async fn record(&self, tenant: &str) -> Result<Option<TenantRecord>, Failure> {
-        self.store.tenant(tenant).await.map_err(Failure::database)
+    fn resolve(
+        &self,
+        tenant: &str,
+        spec: &TenantSpec,
+        recorded: bool,
+    ) -> Result<Resolved, Failure> {
+        crate::spec::resolve(
+            tenant,
+            spec,
+            self.store.admin_database(),
+            &self.limits,
+            recorded,
+        )
+        .map_err(Failure::Invalid)
     }
 
     /// `PUT /v1/tenants/{tenant}`.
@@ -227,78 +293,113 @@ impl Tenants {
         dry_run: bool,
         caller: &Caller,
     ) -> Result<PutResult, Failure> {
-        let r = crate::spec::resolve(tenant, spec, self.store.admin_database())
-            .map_err(Failure::Invalid)?;
-        let result = self.put_resolved(&r, spec, dry_run).await;
-        let (plan, outcome, detail) = match &result {
-            Ok(done) if dry_run => (done.plan.clone(), "planned", None),
-            Ok(done) if done.plan.is_empty() => (Vec::new(), "unchanged", None),
-            Ok(done) => (done.plan.clone(), "applied", None),
-            Err(Failure::Statement { step, .. }) => (
-                vec![step.clone()],
-                "failed",
-                Some(
-                    result
-                        .as_ref()
-                        .err()
-                        .map(ToString::to_string)
-                        .unwrap_or_default(),
-                ),
-            ),
-            Err(err) => (Vec::new(), "failed", Some(err.to_string())),
-        };
-        self.audit(caller, tenant, "put", dry_run, &plan, outcome, detail)
-            .await;
-        result
+        let r = self.resolve(tenant, spec, false)?;
+        let mut attempt = 1;
+        loop {
+            match self.put_attempt(&r, spec, dry_run, caller).await {
+                Err(failure) if failure.retryable() && attempt < ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(failure) => {
+                    self.audit_failure(caller, tenant, "put", dry_run, &failure)
+                        .await;
+                    return Err(failure);
+                }
+                Ok(done) => return Ok(done),
+            }
+        }
     }
 
-    async fn put_resolved(
+    async fn put_attempt(
         &self,
         r: &Resolved,
         spec: &TenantSpec,
         dry_run: bool,
+        caller: &Caller,
     ) -> Result<PutResult, Failure> {
-        let previous = self.record(&r.tenant).await?;
-        let known = previous.as_ref().filter(|p| p.status != "dropped");
-        if let Some(known) = known
-            && known.database != r.database
+        let mut admin_conn = self.acquire_admin().await?;
+        let mut admin = self.begin(&mut admin_conn).await?;
+        Self::lock(&mut admin, &lock_key("tenant", &r.tenant)).await?;
+        let previous = Store::tenant(&mut admin, &r.tenant)
+            .await
+            .map_err(Failure::database)?;
+        let live = previous.as_ref().filter(|p| is_live(&p.status));
+        if let Some(live) = live
+            && live.database != r.database
         {
             return Err(Failure::Conflict(format!(
                 "tenant {} lives in database {}; its database cannot change (DELETE it first)",
-                r.tenant, known.database
+                r.tenant, live.database
             )));
         }
-        let recorded = known.map(|k| k.verifiers.clone()).unwrap_or_default();
-        let before = self.state(r, None).await?;
-        if known.is_none()
-            && let Some(role) = r
-                .roles()
-                .into_iter()
-                .find(|name| before.roles.contains_key(name))
-        {
-            return Err(Failure::Conflict(format!(
-                "role {role} exists and is not managed by the API: it is not taken over"
-            )));
+        if live.is_none() {
+            // New names are taken one at a time, so two overlapping tenants cannot both
+            // pass this check.
+            Self::lock(&mut admin, &lock_key("names", "")).await?;
+            let overlapping = Store::overlapping(&mut admin, &r.tenant)
+                .await
+                .map_err(Failure::database)?;
+            if !overlapping.is_empty() {
+                return Err(Failure::Conflict(format!(
+                    "tenant {} would share role names with tenant {}: one name followed by '_' \
+                     begins the other (a tenant's roles are all named <tenant>_...)",
+                    r.tenant,
+                    overlapping.join(", ")
+                )));
+            }
         }
-        let mut api_database = known.is_some_and(|k| k.created_database);
-        let will_create = !before.database_exists && r.create_database;
-        let first =
-            plan::put(r, &before, &recorded, api_database || will_create).map_err(plan_failure)?;
+        let mut record = previous.clone().unwrap_or_else(|| TenantRecord {
+            name: r.tenant.clone(),
+            spec: serde_json::Value::Null,
+            database: r.database.clone(),
+            verifiers: BTreeMap::new(),
+            status: "pending".into(),
+            owned: Vec::new(),
+        });
+        if !is_live(&record.status) {
+            // Verifiers recorded for a dropped tenant are not this PUT's.
+            record.verifiers.clear();
+        }
+        let names = self.role_names(r, &record);
+        let mut state = catalog::read_global(&mut admin, &names, &r.database)
+            .await
+            .map_err(Failure::database)?;
+        self.check_names(&mut admin, r, &record, &state).await?;
         let mut steps = Vec::new();
-        if let Some(create) = &first.create_database {
+        if state.database.is_none() && r.create_database && !dry_run {
+            steps.push(self.create_database(r, &mut record).await?);
+            state.database = catalog::read_global(&mut admin, &[], &r.database)
+                .await
+                .map_err(Failure::database)?
+                .database;
+        }
+        let mut tenant_conn;
+        let mut work = if r.database == self.store.admin_database() || state.database.is_none() {
+            Work::Same
+        } else {
+            tenant_conn = self
+                .store
+                .pool(&r.database)
+                .acquire()
+                .await
+                .map_err(Failure::database)?;
+            Work::Other(self.begin(&mut tenant_conn).await?)
+        };
+        let mut plan = self
+            .plan_put(r, &record, &mut admin, &mut work, &mut state)
+            .await?;
+        if plan.shared() {
+            // Rows other tenants change too: under the database's lock, read again.
+            Self::lock(&mut admin, &lock_key("database", &r.database)).await?;
+            plan = self
+                .plan_put(r, &record, &mut admin, &mut work, &mut state)
+                .await?;
+        }
+        if let Some(create) = &plan.create_database {
             steps.push(create.step.clone());
-            api_database = true;
         }
         if dry_run {
-            // What the transaction would run: read in the database when it exists.
-            let plan = if before.database_exists {
-                let pool = self.store.pool(&r.database);
-                let mut conn = pool.acquire().await.map_err(Failure::database)?;
-                let state = self.state(r, Some(&mut conn)).await?;
-                plan::put(r, &state, &recorded, api_database).map_err(plan_failure)?
-            } else {
-                first
-            };
             steps.extend(plan.statements.iter().map(|s| s.step.clone()));
             return Ok(PutResult {
                 tenant: r.tenant.clone(),
@@ -308,69 +409,90 @@ impl Tenants {
                 created: false,
             });
         }
-        let mut record = TenantRecord {
-            name: r.tenant.clone(),
-            spec: serde_json::to_value(spec).unwrap_or_default(),
-            database: r.database.clone(),
-            created_database: api_database && known.is_some_and(|k| k.created_database),
-            verifiers: recorded.clone(),
-            status: "active".into(),
-        };
-        self.store
-            .save_tenant(&record)
-            .await
-            .map_err(Failure::database)?;
-        if let Some(create) = &first.create_database {
-            let started = Instant::now();
-            match sqlx::query(&create.execute)
-                .execute(self.store.admin())
-                .await
-            {
-                Ok(_) => {}
-                // Made meanwhile by a concurrent PUT: there it is.
-                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {}
-                Err(err) => {
-                    return Err(statement_failure(0, create, err));
-                }
-            }
-            metrics::histogram!("devops_api_statement_seconds")
-                .record(started.elapsed().as_secs_f64());
-            record.created_database = true;
-            self.store
-                .save_tenant(&record)
-                .await
-                .map_err(Failure::database)?;
-        }
-        let pool = self.store.pool(&r.database);
-        let mut conn = pool.acquire().await.map_err(Failure::database)?;
-        let mut tx = self.begin(&mut conn, &r.tenant).await?;
-        let state = self.state(r, Some(&mut tx)).await?;
-        let plan = plan::put(r, &state, &recorded, api_database).map_err(plan_failure)?;
+        let (credentials, verifiers) = generate(plan.generated()).await?;
         let offset = steps.len();
-        execute(&mut tx, &plan.statements, offset).await?;
-        tx.commit().await.map_err(Failure::database)?;
+        execute(
+            on(&mut admin, &mut work),
+            &plan.statements,
+            &verifiers,
+            offset,
+        )
+        .await?;
         metrics::histogram!("devops_api_plan_statements")
             .record((offset + plan.statements.len()) as f64);
-        let created = plan.statements.iter().any(|s| {
-            s.step.sql
-                == format!(
-                    "CREATE ROLE {} NOLOGIN",
-                    ident(&r.group(crate::spec::Group::Owner))
-                )
-        });
-        if !plan.verifiers.is_empty() && plan.verifiers != recorded {
-            record.verifiers = plan.verifiers.clone();
-            self.store
-                .save_tenant(&record)
-                .await
-                .map_err(Failure::database)?;
+        // What the tenant owns now: its roles and schema as they are after the statements
+        // (read in the transaction that made them), the database it created.
+        let conn = on(&mut admin, &mut work);
+        let current = catalog::role_oids(conn, &names)
+            .await
+            .map_err(Failure::database)?;
+        let schema_oid = catalog::schema_oid(conn, &r.schema)
+            .await
+            .map_err(Failure::database)?;
+        let database_oid = state.database.as_ref().map_or(0, |d| d.oid);
+        let removed = removed_logins(r, &record, &state);
+        let mut owned: Vec<Owned> = record
+            .owned
+            .iter()
+            .filter(|o| o.kind == Kind::Database)
+            .cloned()
+            .collect();
+        for (name, oid) in &current {
+            let role_kind = role_kind(r, name);
+            let keep =
+                r.roles().contains(name) || (removed.contains(name) && record.owns_role(*oid));
+            if keep {
+                owned.push(Owned {
+                    kind: Kind::Role,
+                    scope: 0,
+                    oid: *oid,
+                    name: name.clone(),
+                    role_kind: Some(role_kind.into()),
+                });
+            }
         }
-        let Plan {
-            statements,
-            credentials,
-            ..
-        } = plan;
-        steps.extend(statements.into_iter().map(|s| s.step));
+        if let Some(oid) = schema_oid {
+            owned.push(Owned {
+                kind: Kind::Schema,
+                scope: database_oid,
+                oid,
+                name: r.schema.clone(),
+                role_kind: None,
+            });
+        }
+        let created = !is_live(&record.status);
+        let removed_oids: Vec<u32> = removed
+            .iter()
+            .filter_map(|name| current.get(name).copied())
+            .collect();
+        record.spec = serde_json::to_value(spec.redacted()).unwrap_or_default();
+        record.database = r.database.clone();
+        record.verifiers = plan.verifiers.clone();
+        record.status = "active".into();
+        record.owned = owned;
+        Store::save_tenant(&mut admin, &record)
+            .await
+            .map_err(Failure::database)?;
+        steps.extend(plan.statements.iter().map(|s| s.step.clone()));
+        let outcome = if steps.is_empty() {
+            "unchanged"
+        } else {
+            "applied"
+        };
+        Self::audit(
+            &mut admin, caller, &r.tenant, "put", false, &steps, outcome, None,
+        )
+        .await?;
+        if let Work::Other(tx) = work {
+            tx.commit().await.map_err(Failure::database)?;
+        }
+        admin.commit().await.map_err(Failure::database)?;
+        if !removed_oids.is_empty() {
+            // Logins the spec no longer declares keep no session.
+            if let Err(error) = self.terminate(&removed_oids).await {
+                tracing::warn!(error = %error, "cannot end the sessions of removed logins");
+            }
+        }
         Ok(PutResult {
             tenant: r.tenant.clone(),
             dry_run,
@@ -380,30 +502,278 @@ impl Tenants {
         })
     }
 
+    /// Every role name the tenant's plan looks at: its groups, its logins, and the logins
+    /// it created before that its spec no longer declares.
+    fn role_names(&self, r: &Resolved, record: &TenantRecord) -> Vec<String> {
+        let mut names = r.roles();
+        for owned in &record.owned {
+            if owned.kind == Kind::Role && !names.contains(&owned.name) {
+                names.push(owned.name.clone());
+            }
+        }
+        names
+    }
+
+    /// Refuses (before any change) a database that is a template or closed, a schema
+    /// named like a role, and any role of the tenant's names that is not its own.
+    async fn check_names(
+        &self,
+        admin: &mut PgConnection,
+        r: &Resolved,
+        record: &TenantRecord,
+        state: &State,
+    ) -> Result<(), Failure> {
+        let mut invalid = Vec::new();
+        if let Some(database) = &state.database {
+            if database.is_template {
+                invalid.push(format!(
+                    "database {:?} is a template: every database created later would copy the tenant",
+                    r.database
+                ));
+            }
+            if !database.allow_connections {
+                invalid.push(format!(
+                    "database {:?} does not allow connections",
+                    r.database
+                ));
+            }
+        }
+        if catalog::role_named(admin, &r.schema)
+            .await
+            .map_err(Failure::database)?
+            && !r.roles().contains(&r.schema)
+        {
+            invalid.push(format!(
+                "schema {:?} is reserved: a role has that name (the schema would be on its \
+                 search_path as \"$user\")",
+                r.schema
+            ));
+        }
+        if !invalid.is_empty() {
+            return Err(Failure::Invalid(invalid));
+        }
+        for name in r.roles() {
+            if let Some(role) = state.roles.get(&name)
+                && !record.owns_role(role.oid)
+            {
+                let owner = Store::owner_of(admin, Kind::Role, 0, role.oid)
+                    .await
+                    .map_err(Failure::database)?;
+                return Err(Failure::Conflict(match owner {
+                    Some(other) => format!("role {name} exists and belongs to tenant {other}"),
+                    None => format!(
+                        "role {name} exists and is not managed by the API: it is not taken over"
+                    ),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// `CREATE DATABASE` (its own step, outside any transaction), recorded as the
+    /// tenant's at once, by OID.
+    async fn create_database(
+        &self,
+        r: &Resolved,
+        record: &mut TenantRecord,
+    ) -> Result<Step, Failure> {
+        let plan =
+            plan::put(r, &State::default(), &plan::Context::default()).map_err(plan_failure)?;
+        let Some(create) = plan.create_database else {
+            return Err(Failure::Internal("no CREATE DATABASE planned".into()));
+        };
+        let started = Instant::now();
+        match sqlx::query(&create.step.sql)
+            .execute(self.store.admin())
+            .await
+        {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {
+                // Made meanwhile by someone else: it is not this tenant's.
+                return Err(Failure::Busy(format!(
+                    "database {} was created meanwhile by someone else; try again",
+                    r.database
+                )));
+            }
+            Err(err) => return Err(statement_failure(0, &create, err)),
+        }
+        metrics::histogram!("devops_api_statement_seconds").record(started.elapsed().as_secs_f64());
+        let mut admin = self.acquire_admin().await?;
+        let database = catalog::read_global(&mut admin, &[], &r.database)
+            .await
+            .map_err(Failure::database)?
+            .database
+            .ok_or_else(|| Failure::Internal("the database just created is missing".into()))?;
+        self.store
+            .record_created_database(&r.tenant, &r.database, database.oid)
+            .await
+            .map_err(Failure::database)?;
+        record.owned.push(Owned {
+            kind: Kind::Database,
+            scope: 0,
+            oid: database.oid,
+            name: r.database.clone(),
+            role_kind: None,
+        });
+        Ok(create.step)
+    }
+
+    /// Reads the tenant's side of the catalogs (on the work connection, so it sees what
+    /// this transaction did) and makes the plan. 409 when the schema is not the tenant's.
+    async fn plan_put(
+        &self,
+        r: &Resolved,
+        record: &TenantRecord,
+        admin: &mut PgConnection,
+        work: &mut Work<'_>,
+        state: &mut State,
+    ) -> Result<Plan, Failure> {
+        let names = self.role_names(r, record);
+        let database = state.database.clone();
+        if let Some(database) = &database {
+            let conn = on(admin, work);
+            let mut read = catalog::read_global(conn, &names, &r.database)
+                .await
+                .map_err(Failure::database)?;
+            if r.database == self.store.admin_database() || matches!(work, Work::Other(_)) {
+                read.local = Some(
+                    catalog::read_local(on(admin, work), &r.schema)
+                        .await
+                        .map_err(Failure::database)?,
+                );
+            }
+            *state = read;
+            if let Some(local) = &state.local
+                && let Some(oid) = local.schema_oid
+                && !self.owns_schema(record, state, database.oid, oid)
+            {
+                let owner = Store::owner_of(admin, Kind::Schema, database.oid, oid)
+                    .await
+                    .map_err(Failure::database)?;
+                return Err(Failure::Conflict(match owner {
+                    Some(other) => format!(
+                        "schema {} in database {} belongs to tenant {other}",
+                        r.schema, r.database
+                    ),
+                    None => format!(
+                        "schema {} exists in database {} and is not managed by the API: it is not taken over",
+                        r.schema, r.database
+                    ),
+                }));
+            }
+        }
+        let owns_database = match &state.database {
+            Some(d) => record.created_database() == Some(d.oid),
+            None => r.create_database,
+        };
+        let tenant_roles = if owns_database {
+            Store::tenant_role_oids(admin)
+                .await
+                .map_err(Failure::database)?
+                .into_iter()
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        let context = plan::Context {
+            recorded: record.verifiers.clone(),
+            removed_logins: removed_logins(r, record, state),
+            owns_database,
+            tenant_roles,
+        };
+        plan::put(r, state, &context).map_err(plan_failure)
+    }
+
+    /// Whether the schema with this OID is the tenant's: recorded as created by it, or
+    /// owned by its owner role (what the previous version of the API recorded by name).
+    fn owns_schema(&self, record: &TenantRecord, state: &State, database: u32, oid: u32) -> bool {
+        let recorded = record
+            .owned
+            .iter()
+            .any(|o| o.kind == Kind::Schema && o.scope == database && o.oid == oid);
+        let by_owner = state
+            .local
+            .as_ref()
+            .and_then(|l| l.schema_owner_oid)
+            .is_some_and(|owner| {
+                record.owned.iter().any(|o| {
+                    o.kind == Kind::Role
+                        && o.role_kind.as_deref() == Some("owner")
+                        && o.oid == owner
+                })
+            });
+        recorded || by_owner
+    }
+
     /// `GET /v1/tenants/{tenant}`.
     pub async fn get(&self, tenant: &str) -> Result<TenantView, Failure> {
         crate::names::check("tenant", tenant).map_err(|e| Failure::Invalid(vec![e]))?;
-        let record = self
-            .record(tenant)
-            .await?
-            .ok_or_else(|| Failure::NotFound(format!("tenant {tenant} is not known")))?;
-        let spec: TenantSpec = serde_json::from_value(record.spec.clone())
-            .map_err(|e| Failure::Internal(format!("the recorded spec cannot be read: {e}")))?;
-        let r = crate::spec::resolve(tenant, &spec, self.store.admin_database())
-            .map_err(Failure::Invalid)?;
-        let global = self.state(&r, None).await?;
-        let state = if global.database_exists {
-            let pool = self.store.pool(&r.database);
-            let mut conn = pool.acquire().await.map_err(Failure::database)?;
-            self.state(&r, Some(&mut conn)).await?
-        } else {
-            global
+        let (record, r) = self.known(tenant, true).await?;
+        let names = self.role_names(&r, &record);
+        let mut admin = self.acquire_admin().await?;
+        let mut state = catalog::read_global(&mut admin, &names, &r.database)
+            .await
+            .map_err(Failure::database)?;
+        if state.database.is_some() {
+            let mut conn = self
+                .store
+                .pool(&r.database)
+                .acquire()
+                .await
+                .map_err(Failure::database)?;
+            state.local = Some(
+                catalog::read_local(&mut conn, &r.schema)
+                    .await
+                    .map_err(Failure::database)?,
+            );
+        }
+        let mut problems = Vec::new();
+        // Only the tenant's own roles are shown and planned for.
+        let strangers: Vec<String> = state
+            .roles
+            .values()
+            .filter(|role| !record.owns_role(role.oid))
+            .map(|role| role.name.clone())
+            .collect();
+        for name in &strangers {
+            state.roles.remove(name);
+            problems.push(format!("role {name} exists and is not the tenant's"));
+        }
+        if let (Some(database), Some(local)) = (&state.database, &state.local)
+            && let Some(oid) = local.schema_oid
+            && !self.owns_schema(&record, &state, database.oid, oid)
+        {
+            problems.push(format!(
+                "schema {} exists and is not the tenant's",
+                r.schema
+            ));
+        }
+        let owns_database = match &state.database {
+            Some(d) => record.created_database() == Some(d.oid),
+            None => false,
         };
-        let drift = if record.status == "active" {
-            match plan::put(&r, &state, &record.verifiers, record.created_database) {
+        let tenant_roles = if owns_database {
+            Store::tenant_role_oids(&mut admin)
+                .await
+                .map_err(Failure::database)?
+                .into_iter()
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        let drift = if record.status == "active" && problems.is_empty() {
+            let context = plan::Context {
+                recorded: record.verifiers.clone(),
+                removed_logins: removed_logins(&r, &record, &state),
+                owns_database,
+                tenant_roles,
+            };
+            match plan::put(&r, &state, &context) {
                 Ok(plan) => plan.steps(),
-                Err(plan::PlanError::NoDatabase(_)) => Vec::new(),
-                Err(err) => return Err(plan_failure(err)),
+                Err(plan::PlanError::NoDatabase(database)) => {
+                    problems.push(format!("database {database} does not exist"));
+                    Vec::new()
+                }
             }
         } else {
             Vec::new()
@@ -415,7 +785,7 @@ impl Tenants {
             database: record.database,
             spec: record.spec,
             exists: Existing {
-                database: state.database_exists,
+                database: state.database.is_some(),
                 schema: local.schema_owner.is_some(),
                 schema_owner: local.schema_owner.clone(),
                 roles: state.roles.values().cloned().collect(),
@@ -427,6 +797,7 @@ impl Tenants {
                     .collect(),
             },
             drift,
+            problems,
         })
     }
 
@@ -435,6 +806,7 @@ impl Tenants {
         let records = self.store.tenants().await.map_err(Failure::database)?;
         Ok(records
             .into_iter()
+            .filter(|r| r.status != "pending")
             .map(|r| TenantSummary {
                 tenant: r.name,
                 database: r.database,
@@ -443,22 +815,32 @@ impl Tenants {
             .collect())
     }
 
-    /// The recorded tenant, resolved (404 when it is not known or was dropped).
+    /// The recorded tenant, resolved (404 when it is not known, or was dropped and
+    /// `dropped_ok` is false). Read outside the tenant's lock: for GET.
     async fn known(
         &self,
         tenant: &str,
         dropped_ok: bool,
     ) -> Result<(TenantRecord, Resolved), Failure> {
-        crate::names::check("tenant", tenant).map_err(|e| Failure::Invalid(vec![e]))?;
-        let record = self
-            .record(tenant)
-            .await?
-            .filter(|r| dropped_ok || r.status != "dropped")
+        let mut admin = self.acquire_admin().await?;
+        let record = Store::tenant(&mut admin, tenant)
+            .await
+            .map_err(Failure::database)?;
+        self.resolve_record(tenant, record, dropped_ok)
+    }
+
+    fn resolve_record(
+        &self,
+        tenant: &str,
+        record: Option<TenantRecord>,
+        dropped_ok: bool,
+    ) -> Result<(TenantRecord, Resolved), Failure> {
+        let record = record
+            .filter(|r| is_live(&r.status) || (dropped_ok && r.status == "dropped"))
             .ok_or_else(|| Failure::NotFound(format!("tenant {tenant} is not known")))?;
         let spec: TenantSpec = serde_json::from_value(record.spec.clone())
             .map_err(|e| Failure::Internal(format!("the recorded spec cannot be read: {e}")))?;
-        let r = crate::spec::resolve(tenant, &spec, self.store.admin_database())
-            .map_err(Failure::Invalid)?;
+        let r = self.resolve(tenant, &spec, true)?;
         Ok((record, r))
     }
 
@@ -469,63 +851,78 @@ impl Tenants {
         login: &str,
         caller: &Caller,
     ) -> Result<ChangeResult, Failure> {
-        let result = self.rotate_inner(tenant, login).await;
-        let (plan, outcome, detail) = match &result {
-            Ok(done) => (done.plan.clone(), "applied", None),
-            Err(err) => (Vec::new(), "failed", Some(err.to_string())),
-        };
-        self.audit(caller, tenant, "rotate", false, &plan, outcome, detail)
-            .await;
-        result
+        let mut attempt = 1;
+        loop {
+            match self.rotate_attempt(tenant, login, caller).await {
+                Err(failure) if failure.retryable() && attempt < ATTEMPTS => attempt += 1,
+                Err(failure) => {
+                    self.audit_failure(caller, tenant, "rotate", false, &failure)
+                        .await;
+                    return Err(failure);
+                }
+                Ok(done) => return Ok(done),
+            }
+        }
     }
 
-    async fn rotate_inner(&self, tenant: &str, login: &str) -> Result<ChangeResult, Failure> {
+    async fn rotate_attempt(
+        &self,
+        tenant: &str,
+        login: &str,
+        caller: &Caller,
+    ) -> Result<ChangeResult, Failure> {
+        crate::names::check("tenant", tenant).map_err(|e| Failure::Invalid(vec![e]))?;
         crate::names::check("login", login).map_err(|e| Failure::Invalid(vec![e]))?;
-        let (record, r) = self.known(tenant, false).await?;
+        let mut admin_conn = self.acquire_admin().await?;
+        let mut admin = self.begin(&mut admin_conn).await?;
+        Self::lock(&mut admin, &lock_key("tenant", tenant)).await?;
+        let record = Store::tenant(&mut admin, tenant)
+            .await
+            .map_err(Failure::database)?;
+        let (record, r) = self.resolve_record(tenant, record, false)?;
         let declared = r.logins.iter().find(|l| l.name == login).ok_or_else(|| {
             Failure::NotFound(format!("tenant {tenant} declares no login {login}"))
         })?;
-        if declared
-            .password
-            .as_ref()
-            .is_some_and(|p| p.scram_verifier.is_some())
-        {
+        if declared.client_password() {
             return Err(Failure::Conflict(format!(
                 "login {login}'s password is given as a SCRAM verifier: PUT a new verifier instead"
             )));
         }
-        let pool = self.store.pool(&record.database);
-        let mut conn = pool.acquire().await.map_err(Failure::database)?;
-        let mut tx = self.begin(&mut conn, tenant).await?;
-        let state = self.state(&r, Some(&mut tx)).await?;
-        if !state.roles.contains_key(login) {
+        let state = catalog::read_global(&mut admin, &[login.to_owned()], &r.database)
+            .await
+            .map_err(Failure::database)?;
+        let Some(role) = state.roles.get(login) else {
             return Err(Failure::NotFound(format!(
                 "login {login} does not exist yet: PUT the tenant first"
             )));
+        };
+        if !record.owns_role(role.oid) {
+            return Err(Failure::Conflict(format!(
+                "role {login} exists and is not the tenant's: its password is not changed"
+            )));
         }
-        let password = scram::generate().map_err(|e| Failure::Internal(e.to_string()))?;
-        let verifier = scram::verifier(&password).map_err(|e| Failure::Internal(e.to_string()))?;
         let statement = Statement {
             step: Step {
                 action: "alter role".into(),
                 object: format!("role {login}"),
                 sql: format!("ALTER ROLE {} PASSWORD {REDACTED}", ident(login)),
             },
-            execute: format!(
-                "ALTER ROLE {} PASSWORD {}",
-                ident(login),
-                literal(&verifier)
-            ),
+            password: Some(Password::Generate(login.to_owned())),
+            shared: false,
         };
-        execute(&mut tx, std::slice::from_ref(&statement), 0).await?;
-        tx.commit().await.map_err(Failure::database)?;
+        let (credentials, verifiers) = generate(vec![login.to_owned()]).await?;
+        execute(&mut admin, std::slice::from_ref(&statement), &verifiers, 0).await?;
+        let steps = vec![statement.step];
+        Self::audit(
+            &mut admin, caller, tenant, "rotate", false, &steps, "applied", None,
+        )
+        .await?;
+        admin.commit().await.map_err(Failure::database)?;
         Ok(ChangeResult {
             tenant: tenant.to_owned(),
-            plan: vec![statement.step],
-            credentials: vec![Credential {
-                login: login.to_owned(),
-                password,
-            }],
+            plan: steps,
+            credentials,
+            terminated_sessions: None,
         })
     }
 
@@ -536,92 +933,269 @@ impl Tenants {
         drop: bool,
         caller: &Caller,
     ) -> Result<ChangeResult, Failure> {
-        let result = self.delete_inner(tenant, drop).await;
-        let (plan, outcome, detail) = match &result {
-            Ok(done) if done.plan.is_empty() => (Vec::new(), "unchanged", None),
-            Ok(done) => (done.plan.clone(), "applied", None),
-            Err(err) => (Vec::new(), "failed", Some(err.to_string())),
-        };
+        crate::names::check("tenant", tenant).map_err(|e| Failure::Invalid(vec![e]))?;
         let action = if drop { "drop" } else { "revoke" };
-        self.audit(caller, tenant, action, false, &plan, outcome, detail)
-            .await;
-        result
+        let mut attempt = 1;
+        loop {
+            match self.delete_attempt(tenant, drop, caller).await {
+                Err(failure) if failure.retryable() && attempt < ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(failure) => {
+                    self.audit_failure(caller, tenant, action, false, &failure)
+                        .await;
+                    return Err(failure);
+                }
+                Ok(done) => return Ok(done),
+            }
+        }
     }
 
-    async fn delete_inner(&self, tenant: &str, drop: bool) -> Result<ChangeResult, Failure> {
-        let (mut record, r) = self.known(tenant, true).await?;
+    async fn delete_attempt(
+        &self,
+        tenant: &str,
+        drop: bool,
+        caller: &Caller,
+    ) -> Result<ChangeResult, Failure> {
+        let action = if drop { "drop" } else { "revoke" };
+        let mut admin_conn = self.acquire_admin().await?;
+        let mut admin = self.begin(&mut admin_conn).await?;
+        Self::lock(&mut admin, &lock_key("tenant", tenant)).await?;
+        let record = Store::tenant(&mut admin, tenant)
+            .await
+            .map_err(Failure::database)?;
+        let (mut record, r) = self.resolve_record(tenant, record, true)?;
         if record.status == "dropped" && !drop {
             return Err(Failure::Conflict(format!("tenant {tenant} was dropped")));
         }
-        let global = self.state(&r, None).await?;
-        let mut steps = Vec::new();
-        if global.database_exists {
-            let pool = self.store.pool(&record.database);
-            let mut conn = pool.acquire().await.map_err(Failure::database)?;
-            let mut tx = self.begin(&mut conn, tenant).await?;
-            let state = self.state(&r, Some(&mut tx)).await?;
-            let statements = if drop {
-                plan::drop(&r, &state)
-            } else {
-                plan::revoke(&r, &state)
-            };
-            execute(&mut tx, &statements, 0).await?;
-            tx.commit().await.map_err(Failure::database)?;
-            steps.extend(statements.into_iter().map(|s| s.step));
-        } else if drop {
-            // No database: only the roles are left to drop.
-            let statements: Vec<Statement> = plan::drop(&r, &global)
-                .into_iter()
-                .filter(|s| s.step.action == "drop role")
-                .collect();
-            let mut admin = self
-                .store
-                .admin()
-                .acquire()
-                .await
-                .map_err(Failure::database)?;
-            let mut tx = self.begin(&mut admin, tenant).await?;
-            execute(&mut tx, &statements, 0).await?;
-            tx.commit().await.map_err(Failure::database)?;
-            steps.extend(statements.into_iter().map(|s| s.step));
-        }
-        if drop && record.created_database && global.database_exists {
-            self.store.forget(&record.database).await;
-            let statement = Statement {
-                step: Step {
-                    action: "drop database".into(),
-                    object: format!("database {}", record.database),
-                    sql: format!(
-                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                        ident(&record.database)
-                    ),
-                },
-                execute: format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    ident(&record.database)
-                ),
-            };
-            sqlx::query(&statement.execute)
-                .execute(self.store.admin())
-                .await
-                .map_err(|e| statement_failure(steps.len(), &statement, e))?;
-            steps.push(statement.step);
-        }
-        record.status = if drop { "dropped" } else { "revoked" }.into();
-        self.store
-            .save_tenant(&record)
+        let names = self.role_names(&r, &record);
+        let global = catalog::read_global(&mut admin, &names, &r.database)
             .await
             .map_err(Failure::database)?;
+        // Only the roles the tenant owns, by OID: a name someone else holds now is left.
+        let owned_roles: Vec<String> = names
+            .iter()
+            .filter(|n| {
+                global
+                    .roles
+                    .get(*n)
+                    .is_some_and(|role| record.owns_role(role.oid))
+            })
+            .cloned()
+            .collect();
+        let owned_logins: Vec<String> = owned_roles
+            .iter()
+            .filter(|n| !Group::ALL.iter().any(|g| **n == r.group(*g)))
+            .cloned()
+            .collect();
+        let login_oids: Vec<u32> = owned_logins
+            .iter()
+            .filter_map(|n| global.roles.get(n).map(|role| role.oid))
+            .collect();
+        let database_oid = global.database.as_ref().map(|d| d.oid);
+        let drop_database =
+            drop && database_oid.is_some() && record.created_database() == database_oid;
+        if drop_database {
+            let others = Store::tenants_in(&mut admin, &r.database, tenant)
+                .await
+                .map_err(Failure::database)?;
+            if !others.is_empty() {
+                return Err(Failure::Conflict(format!(
+                    "database {} holds other tenants ({}): drop them first, or it is not dropped",
+                    r.database,
+                    others.join(", ")
+                )));
+            }
+        }
+        let mut terminated = 0;
+        let mut steps = Vec::new();
+        if global.database.is_some() || drop {
+            if global.database.is_some() {
+                Self::lock(&mut admin, &lock_key("database", &r.database)).await?;
+            }
+            if drop {
+                // Open transactions of the logins would hold locks DROP OWNED waits for.
+                terminated += self
+                    .terminate(&login_oids)
+                    .await
+                    .map_err(Failure::database)?;
+            }
+            let mut tenant_conn;
+            let mut work = if global.database.is_none() || r.database == self.store.admin_database()
+            {
+                Work::Same
+            } else {
+                tenant_conn = self
+                    .store
+                    .pool(&r.database)
+                    .acquire()
+                    .await
+                    .map_err(Failure::database)?;
+                Work::Other(self.begin(&mut tenant_conn).await?)
+            };
+            let mut state = global.clone();
+            if let Some(database) = &global.database {
+                let local = catalog::read_local(on(&mut admin, &mut work), &r.schema)
+                    .await
+                    .map_err(Failure::database)?;
+                let schema_ours = local.schema_oid.is_some_and(|oid| {
+                    let probe = State {
+                        local: Some(local.clone()),
+                        ..State::default()
+                    };
+                    self.owns_schema(&record, &probe, database.oid, oid)
+                });
+                state.local = Some(local);
+                let statements = if drop {
+                    plan::drop(
+                        &owned_roles,
+                        &r.group(Group::Owner),
+                        schema_ours.then_some(r.schema.as_str()),
+                        true,
+                    )
+                } else {
+                    plan::revoke(&r, &owned_logins, &state)
+                };
+                execute(on(&mut admin, &mut work), &statements, &BTreeMap::new(), 0).await?;
+                steps.extend(statements.into_iter().map(|s| s.step));
+            } else {
+                // No database: only the roles are left to drop.
+                let statements: Vec<Statement> =
+                    plan::drop(&owned_roles, &r.group(Group::Owner), None, false);
+                execute(&mut admin, &statements, &BTreeMap::new(), 0).await?;
+                steps.extend(statements.into_iter().map(|s| s.step));
+            }
+            record.status = action_status(drop).into();
+            if drop {
+                // What is left of it: the database it created, until that is dropped below.
+                record
+                    .owned
+                    .retain(|o| o.kind == Kind::Database && drop_database);
+            }
+            Store::save_tenant(&mut admin, &record)
+                .await
+                .map_err(Failure::database)?;
+            let outcome = if steps.is_empty() {
+                "unchanged"
+            } else {
+                "applied"
+            };
+            Self::audit(
+                &mut admin, caller, tenant, action, false, &steps, outcome, None,
+            )
+            .await?;
+            if let Work::Other(tx) = work {
+                tx.commit().await.map_err(Failure::database)?;
+            }
+            admin.commit().await.map_err(Failure::database)?;
+        } else {
+            // Revoke with no database: the logins stop, nothing else is left.
+            let statements = plan::revoke(&r, &owned_logins, &global);
+            execute(&mut admin, &statements, &BTreeMap::new(), 0).await?;
+            steps.extend(statements.into_iter().map(|s| s.step));
+            record.status = action_status(drop).into();
+            Store::save_tenant(&mut admin, &record)
+                .await
+                .map_err(Failure::database)?;
+            let outcome = if steps.is_empty() {
+                "unchanged"
+            } else {
+                "applied"
+            };
+            Self::audit(
+                &mut admin, caller, tenant, action, false, &steps, outcome, None,
+            )
+            .await?;
+            admin.commit().await.map_err(Failure::database)?;
+        }
+        // After the change committed: no session of the tenant's logins survives it.
+        terminated += self
+            .terminate(&login_oids)
+            .await
+            .map_err(Failure::database)?;
+        if drop_database {
+            steps.push(self.drop_database(tenant, &r.database, caller).await?);
+        }
         Ok(ChangeResult {
             tenant: tenant.to_owned(),
             plan: steps,
             credentials: Vec::new(),
+            terminated_sessions: Some(terminated),
         })
     }
 
+    /// Drops the database the tenant created (no other tenant lives in it: checked under
+    /// the tenant's lock), then forgets it.
+    async fn drop_database(
+        &self,
+        tenant: &str,
+        database: &str,
+        caller: &Caller,
+    ) -> Result<Step, Failure> {
+        self.store.forget(database).await;
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(database));
+        let statement = Statement {
+            step: Step {
+                action: "drop database".into(),
+                object: format!("database {database}"),
+                sql: sql.clone(),
+            },
+            password: None,
+            shared: false,
+        };
+        sqlx::query(&sql)
+            .execute(self.store.admin())
+            .await
+            .map_err(|e| statement_failure(0, &statement, e))?;
+        let mut admin_conn = self.acquire_admin().await?;
+        let mut admin = self.begin(&mut admin_conn).await?;
+        Self::lock(&mut admin, &lock_key("tenant", tenant)).await?;
+        if let Some(mut record) = Store::tenant(&mut admin, tenant)
+            .await
+            .map_err(Failure::database)?
+        {
+            record.owned.retain(|o| o.kind != Kind::Database);
+            Store::save_tenant(&mut admin, &record)
+                .await
+                .map_err(Failure::database)?;
+        }
+        Self::audit(
+            &mut admin,
+            caller,
+            tenant,
+            "drop",
+            false,
+            std::slice::from_ref(&statement.step),
+            "applied",
+            None,
+        )
+        .await?;
+        admin.commit().await.map_err(Failure::database)?;
+        Ok(statement.step)
+    }
+
+    /// Ends the sessions of these roles; how many.
+    async fn terminate(&self, roles: &[u32]) -> Result<i64, sqlx::Error> {
+        if roles.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.store.admin().acquire().await?;
+        catalog::terminate_sessions(&mut conn, roles).await
+    }
+
+    async fn acquire_admin(&self) -> Result<PoolConnection<Postgres>, Failure> {
+        self.store
+            .admin()
+            .acquire()
+            .await
+            .map_err(Failure::database)
+    }
+
+    /// Appends the audit entry of a change, in its transaction.
     #[allow(clippy::too_many_arguments)]
     async fn audit(
-        &self,
+        conn: &mut PgConnection,
         caller: &Caller,
         tenant: &str,
         action: &str,
@@ -629,7 +1203,7 @@ impl Tenants {
         plan: &[Step],
         outcome: &str,
         detail: Option<String>,
-    ) {
+    ) -> Result<(), Failure> {
         let entry = NewAudit {
             actor: &caller.actor,
             request_id: &caller.request_id,
@@ -640,21 +1214,132 @@ impl Tenants {
             outcome,
             detail,
         };
-        if let Err(error) = self.store.audit(entry).await {
-            tracing::error!(%error, tenant, action, "cannot write the audit entry");
+        Store::audit(conn, entry)
+            .await
+            .map(drop)
+            .map_err(Failure::database)
+    }
+
+    /// Appends the audit entry of a change that did not happen (on its own: the change's
+    /// transaction rolled back). Dry runs and refusals before any SQL are in the request
+    /// log only.
+    async fn audit_failure(
+        &self,
+        caller: &Caller,
+        tenant: &str,
+        action: &str,
+        dry_run: bool,
+        failure: &Failure,
+    ) {
+        if dry_run || matches!(failure, Failure::Invalid(_) | Failure::NotFound(_)) {
+            return;
+        }
+        let plan = match failure {
+            Failure::Statement { step, .. } => vec![step.clone()],
+            _ => Vec::new(),
+        };
+        let written = async {
+            let mut conn = self.store.admin().acquire().await?;
+            Store::audit(
+                &mut conn,
+                NewAudit {
+                    actor: &caller.actor,
+                    request_id: &caller.request_id,
+                    tenant,
+                    action,
+                    dry_run,
+                    plan: serde_json::to_value(&plan).unwrap_or_default(),
+                    outcome: "failed",
+                    detail: Some(failure.to_string()),
+                },
+            )
+            .await
+        }
+        .await;
+        if let Err(error) = written {
+            tracing::error!(%error, tenant, action, "cannot write the audit entry of a failure");
         }
     }
+}
+
+fn is_live(status: &str) -> bool {
+    matches!(status, "active" | "revoked")
+}
+
+fn action_status(drop: bool) -> &'static str {
+    if drop { "dropped" } else { "revoked" }
+}
+
+/// What a role of the tenant is: `owner`, `writer`, `reader` or `login`.
+fn role_kind(r: &Resolved, name: &str) -> &'static str {
+    Group::ALL
+        .iter()
+        .find(|g| r.group(**g) == name)
+        .map_or("login", |g| g.suffix())
+}
+
+/// Logins the tenant created (recorded by OID, still there) that its spec no longer
+/// declares.
+fn removed_logins(r: &Resolved, record: &TenantRecord, state: &State) -> Vec<String> {
+    record
+        .owned
+        .iter()
+        .filter(|o| o.kind == Kind::Role && o.role_kind.as_deref() == Some("login"))
+        .filter(|o| !r.logins.iter().any(|l| l.name == o.name))
+        .filter(|o| {
+            state
+                .roles
+                .get(&o.name)
+                .is_some_and(|role| role.oid == o.oid)
+        })
+        .map(|o| o.name.clone())
+        .collect()
+}
+
+/// New passwords for these logins and their verifiers, computed off the async runtime
+/// (PBKDF2 is seconds of CPU for many logins), once per change.
+async fn generate(
+    logins: Vec<String>,
+) -> Result<(Vec<Credential>, BTreeMap<String, String>), Failure> {
+    if logins.is_empty() {
+        return Ok((Vec::new(), BTreeMap::new()));
+    }
+    let made = tokio::task::spawn_blocking(move || {
+        logins
+            .into_iter()
+            .map(|login| {
+                let password = scram::generate()?;
+                let verifier = scram::verifier(&password)?;
+                Ok((Credential { login, password }, verifier))
+            })
+            .collect::<Result<Vec<_>, getrandom::Error>>()
+    })
+    .await
+    .map_err(|e| Failure::Internal(format!("password generation stopped: {e}")))?
+    .map_err(|e| Failure::Internal(format!("cannot generate a password: {e}")))?;
+    let verifiers = made
+        .iter()
+        .map(|(c, v)| (c.login.clone(), v.clone()))
+        .collect();
+    Ok((made.into_iter().map(|(c, _)| c).collect(), verifiers))
 }
 
 /// Runs the statements in order; the first failure names its statement.
 async fn execute(
     tx: &mut PgConnection,
     statements: &[Statement],
+    verifiers: &BTreeMap<String, String>,
     offset: usize,
 ) -> Result<(), Failure> {
     for (at, statement) in statements.iter().enumerate() {
+        let Some(sql) = statement.sql(verifiers) else {
+            return Err(Failure::Internal(format!(
+                "no password was generated for statement {}",
+                offset + at
+            )));
+        };
         let started = Instant::now();
-        sqlx::query(&statement.execute)
+        sqlx::query(&sql)
             .execute(&mut *tx)
             .await
             .map_err(|e| statement_failure(offset + at, statement, e))?;
@@ -665,20 +1350,24 @@ async fn execute(
 
 fn statement_failure(index: usize, statement: &Statement, err: sqlx::Error) -> Failure {
     match err {
-        sqlx::Error::Database(db) => match db.code().as_deref() {
-            Some("55P03") => Failure::Busy(
-                "a lock was not granted within lock_timeout; nothing was changed".into(),
-            ),
-            _ => Failure::Statement {
-                index,
-                step: statement.step.clone(),
-                error: format!(
-                    "{} (SQLSTATE {})",
-                    db.message(),
-                    db.code().unwrap_or_default()
-                ),
-            },
-        },
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default().into_owned();
+            if contended(&code, db.message()) {
+                Failure::Busy(
+                    "a lock was not granted in time, or another change collided with this one; \
+                     nothing was changed, try again"
+                        .into(),
+                )
+            } else if unavailable(&code) {
+                Failure::database(sqlx::Error::Database(db))
+            } else {
+                Failure::Statement {
+                    index,
+                    step: statement.step.clone(),
+                    error: format!("{} (SQLSTATE {code})", db.message()),
+                }
+            }
+        }
         other => Failure::database(other),
     }
 }
@@ -686,6 +1375,5 @@ fn statement_failure(index: usize, statement: &Statement, err: sqlx::Error) -> F
 fn plan_failure(err: plan::PlanError) -> Failure {
     match err {
         plan::PlanError::NoDatabase(_) => Failure::Invalid(vec![err.to_string()]),
-        plan::PlanError::Random(_) => Failure::Internal(err.to_string()),
     }
 }
