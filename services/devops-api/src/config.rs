@@ -49,7 +49,7 @@ pub struct DatabaseConfig {
     /// API's own schema `devops_api` (tenants and the audit log).
     #[schemars(with = "String")]
     pub url: SecretUrl,
-    /// Connections to each database (the admin one and each tenant's).
+    /// Connections to each database (the admin one and each tenant's); at least 2.
     pub max_connections: u32,
     /// Tenant databases the API keeps connections to at once (the least recently used
     /// is closed beyond it).
@@ -148,8 +148,11 @@ impl Validate for Config {
                 self.database.url.redacted()
             ));
         }
-        if self.database.max_connections == 0 {
-            problems.push("database.max_connections: must be at least 1".into());
+        if self.database.max_connections < 2 {
+            problems.push(
+                "database.max_connections: must be at least 2 (a change holds one while CREATE DATABASE uses another)"
+                    .into(),
+            );
         }
         if self.database.max_databases == 0 {
             problems.push("database.max_databases: must be at least 1".into());

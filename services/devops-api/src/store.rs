@@ -241,6 +241,19 @@ impl Store {
         sqlx::query("CREATE SCHEMA IF NOT EXISTS devops_api")
             .execute(&self.admin)
             .await?;
+        // A schema of that name someone else owns is not the API's: whoever owns it could
+        // rewrite the audit log or the record of what tenants own.
+        let owned_by_us: bool = sqlx::query_scalar(
+            "SELECT n.nspowner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = CURRENT_USER)
+             FROM pg_catalog.pg_namespace n WHERE n.nspname = 'devops_api'",
+        )
+        .fetch_one(&self.admin)
+        .await?;
+        if !owned_by_us {
+            return Err(sqlx::Error::Configuration(
+                "the schema devops_api exists and is not owned by the admin role: it is not used".into(),
+            ));
+        }
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(self.config.acquire_timeout_secs))
