@@ -387,13 +387,13 @@ impl Tenants {
             Work::Other(self.begin(&mut tenant_conn).await?)
         };
         let mut plan = self
-            .plan_put(r, &record, &mut admin, &mut work, &mut state)
+            .plan_put(r, &record, &mut admin, &mut work, &mut state, false)
             .await?;
         if plan.shared() {
             // Rows other tenants change too: under the database's lock, read again.
             Self::lock(&mut admin, &lock_key("database", &r.database)).await?;
             plan = self
-                .plan_put(r, &record, &mut admin, &mut work, &mut state)
+                .plan_put(r, &record, &mut admin, &mut work, &mut state, true)
                 .await?;
         }
         if let Some(create) = &plan.create_database {
@@ -465,14 +465,24 @@ impl Tenants {
             .iter()
             .filter_map(|name| current.get(name).copied())
             .collect();
+        let before = record.clone();
         record.spec = serde_json::to_value(spec.redacted()).unwrap_or_default();
         record.database = r.database.clone();
         record.verifiers = plan.verifiers.clone();
         record.status = "active".into();
+        owned.sort();
         record.owned = owned;
-        Store::save_tenant(&mut admin, &record)
-            .await
-            .map_err(Failure::database)?;
+        let mut previous_owned = before.owned.clone();
+        previous_owned.sort();
+        if record.spec != before.spec
+            || record.verifiers != before.verifiers
+            || record.status != before.status
+            || record.owned != previous_owned
+        {
+            Store::save_tenant(&mut admin, &record)
+                .await
+                .map_err(Failure::database)?;
+        }
         steps.extend(plan.statements.iter().map(|s| s.step.clone()));
         let outcome = if steps.is_empty() {
             "unchanged"
@@ -619,7 +629,8 @@ impl Tenants {
     }
 
     /// Reads the tenant's side of the catalogs (on the work connection, so it sees what
-    /// this transaction did) and makes the plan. 409 when the schema is not the tenant's.
+    /// this transaction did; the cluster-wide part again only with `reread`, under the
+    /// database's lock) and makes the plan. 409 when the schema is not the tenant's.
     async fn plan_put(
         &self,
         r: &Resolved,
@@ -627,14 +638,18 @@ impl Tenants {
         admin: &mut PgConnection,
         work: &mut Work<'_>,
         state: &mut State,
+        reread: bool,
     ) -> Result<Plan, Failure> {
         let names = self.role_names(r, record);
         let database = state.database.clone();
         if let Some(database) = &database {
-            let conn = on(admin, work);
-            let mut read = catalog::read_global(conn, &names, &r.database)
-                .await
-                .map_err(Failure::database)?;
+            let mut read = if reread {
+                catalog::read_global(on(admin, work), &names, &r.database)
+                    .await
+                    .map_err(Failure::database)?
+            } else {
+                state.clone()
+            };
             if r.database == self.store.admin_database() || matches!(work, Work::Other(_)) {
                 read.local = Some(
                     catalog::read_local(on(admin, work), &r.schema)
