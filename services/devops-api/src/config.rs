@@ -1,8 +1,9 @@
 //! devops-api's configuration (`--config`, env `DEVOPS_API__...`): the keys the spec
 //! fixes (`listen`, `admin_listen`, `database.url`, `auth.tokens_file`,
-//! `auth.identity_header`, `auth.trusted_proxies`) and the limits beside them.
+//! `auth.identity_header`, `auth.trusted_proxies`), who may touch which tenant
+//! (`auth.identity_scopes`), and the limits beside them.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 use platform::{config::Validate, secret::SecretUrl};
 use schemars::JsonSchema;
@@ -74,17 +75,22 @@ impl Default for DatabaseConfig {
     }
 }
 
-/// Who may call the API.
+/// Who may call the API, and which tenants each caller may touch.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// One `actor:token` per line (blank lines and `#` comments ignored); read again when
-    /// it changes, so a rotated Kubernetes Secret takes effect without a restart.
+    /// One `actor:token` (every tenant) or `actor:token:pattern[,pattern...]` (the tenants
+    /// matching one of the patterns) per line (blank lines and `#` comments ignored); read
+    /// again when it changes, so a rotated Kubernetes Secret takes effect without a restart.
     pub tokens_file: Option<PathBuf>,
     /// The header nginx `auth_request` sets to the authenticated user.
     pub identity_header: String,
-    /// Only peers in these networks may use the identity header (CIDR, or an address).
+    /// Only peers in these networks may use the identity header (CIDR, or an address);
+    /// empty (the default): the header is believed from nobody.
     pub trusted_proxies: Vec<String>,
+    /// Identity-header actor -> the patterns of the tenants it may touch (`*` any run of
+    /// characters, `?` one). An actor not listed is authenticated but touches no tenant.
+    pub identity_scopes: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for AuthConfig {
@@ -92,7 +98,8 @@ impl Default for AuthConfig {
         Self {
             tokens_file: None,
             identity_header: "X-Auth-Request-User".into(),
-            trusted_proxies: vec!["127.0.0.1/32".into()],
+            trusted_proxies: Vec::new(),
+            identity_scopes: BTreeMap::new(),
         }
     }
 }
@@ -132,12 +139,97 @@ impl Validate for Config {
                 self.auth.identity_header
             ));
         }
+        for (actor, patterns) in &self.auth.identity_scopes {
+            if actor.is_empty() || actor.len() > 128 || actor.chars().any(char::is_control) {
+                problems.push(format!(
+                    "auth.identity_scopes: {actor:?} is not an actor name (1-128 characters)"
+                ));
+            }
+            for pattern in patterns {
+                if let Err(why) = crate::auth::Pattern::parse(pattern) {
+                    problems.push(format!("auth.identity_scopes.{actor}: {pattern:?}: {why}"));
+                }
+            }
+        }
         if self.auth.tokens_file.is_none() && self.auth.trusted_proxies.is_empty() {
             problems.push(
                 "auth: neither tokens_file nor trusted_proxies is set: nobody could call the API"
                     .into(),
             );
+        } else if self.auth.tokens_file.is_none()
+            && self.auth.identity_scopes.values().all(Vec::is_empty)
+        {
+            problems.push(
+                "auth: no tokens_file and no identity_scopes: nobody could touch a tenant".into(),
+            );
         }
         problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(adjust: impl FnOnce(&mut Config)) -> Vec<String> {
+        let mut config = Config::default();
+        config.auth.tokens_file = Some("/run/secrets/devops-api/tokens".into());
+        adjust(&mut config);
+        config.problems()
+    }
+
+    #[test]
+    fn the_defaults_are_valid_once_someone_can_call() {
+        assert_eq!(problems(|_| {}), Vec::<String>::new());
+        let nobody = problems(|c| c.auth.tokens_file = None);
+        assert!(
+            nobody.iter().any(|p| p.contains("nobody could call")),
+            "{nobody:?}"
+        );
+        // The identity header is believed from nobody until proxies are named.
+        assert!(Config::default().auth.trusted_proxies.is_empty());
+        let only_proxies = problems(|c| {
+            c.auth.tokens_file = None;
+            c.auth.trusted_proxies = vec!["10.0.0.0/8".into()];
+        });
+        assert!(
+            only_proxies.len() == 1 && only_proxies[0].contains("nobody could touch a tenant"),
+            "{only_proxies:?}"
+        );
+        assert!(
+            problems(|c| {
+                c.auth.tokens_file = None;
+                c.auth.trusted_proxies = vec!["10.0.0.0/8".into()];
+                c.auth.identity_scopes = BTreeMap::from([("alice".into(), vec!["a_*".into()])]);
+            })
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_bad_identity_scope_names_its_key() {
+        let found = problems(|c| {
+            c.auth.identity_scopes = BTreeMap::from([
+                (
+                    "alice@example.com".into(),
+                    vec!["team_a_*".into(), "Team-B".into()],
+                ),
+                ("bob".into(), vec![String::new()]),
+                (String::new(), vec!["x".into()]),
+            ]);
+        });
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(
+            found[0].starts_with("auth.identity_scopes: \"\""),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("auth.identity_scopes.alice@example.com: \"Team-B\""),
+            "{found:?}"
+        );
+        assert!(
+            found[2].starts_with("auth.identity_scopes.bob: \"\""),
+            "{found:?}"
+        );
     }
 }
