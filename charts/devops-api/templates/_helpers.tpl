@@ -51,6 +51,10 @@ auth:
   identity_header: {{ .Values.auth.identityHeader | quote }}
   trusted_proxies: {{ .Values.auth.trustedProxies | default list | toJson }}
   identity_scopes: {{ .Values.auth.identityScopes | default dict | toJson }}
+http:
+  header_read_timeout_secs: {{ .Values.http.headerReadTimeoutSecs | int64 }}
+  max_connections: {{ .Values.http.maxConnections | int64 }}
+  request_timeout_secs: {{ .Values.http.requestTimeoutSecs | int64 }}
 max_body_bytes: {{ .Values.maxBodyBytes | int64 }}
 shutdown_grace_secs: {{ .Values.shutdownGraceSecs | int64 }}
 {{- end }}

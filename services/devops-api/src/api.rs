@@ -1,8 +1,12 @@
-//! The HTTP API: routes, request ids, authentication and each caller's scope, problem
-//! responses (RFC 9457) and the OpenAPI 3 document generated from the handlers and types
-//! below.
+//! The HTTP API: routes, request ids, authentication and each caller's scope, the
+//! request deadline, problem responses (RFC 9457) and the OpenAPI 3 document generated
+//! from the handlers and types below.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Extension, Json, Router,
@@ -343,7 +347,7 @@ fn tenant_in_scope(scope: &Scope, tenant: &str) -> Result<(), TenantRefused> {
         (status = 409, description = "Conflict or busy", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid names or spec, or a statement failed", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable, or the request timed out", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("identity" = [])))]
 async fn put_tenant(
@@ -521,8 +525,9 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(openapi())
 }
 
-/// The API's router (the caller serves it with `ConnectInfo<SocketAddr>`).
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// The API's router (the caller serves it with `ConnectInfo<SocketAddr>`): bodies up to
+/// `max_body_bytes`, every routed request answered within `request_timeout`.
+pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration) -> Router {
     let v1 = Router::new()
         .route("/v1/tenants", get(list_tenants))
         .route(
@@ -536,6 +541,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(v1)
         .route("/openapi.json", get(openapi_json))
+        .route_layer(middleware::from_fn_with_state(request_timeout, deadline))
         .route_layer(middleware::from_fn(count))
         .fallback(|| async {
             ProblemResponse::new(
@@ -569,6 +575,30 @@ async fn ready(State(state): State<AppState>, request: Request, next: Next) -> R
         .into_response();
     }
     next.run(request).await
+}
+
+/// 503 with Retry-After when the request is not answered within the request timeout. Its
+/// work is dropped there: a transaction under way is rolled back.
+async fn deadline(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(
+                timeout_secs = timeout.as_secs(),
+                "request not answered within the request timeout"
+            );
+            ProblemResponse {
+                retry_after: true,
+                ..ProblemResponse::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    "The request took too long",
+                    format!("no answer within {} s; try again", timeout.as_secs()),
+                )
+            }
+            .into_response()
+        }
+    }
 }
 
 /// The caller's [`Actor`] and [`Scope`] into the request, or 401/403.

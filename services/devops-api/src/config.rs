@@ -1,7 +1,7 @@
 //! devops-api's configuration (`--config`, env `DEVOPS_API__...`): the keys the spec
 //! fixes (`listen`, `admin_listen`, `database.url`, `auth.tokens_file`,
 //! `auth.identity_header`, `auth.trusted_proxies`), who may touch which tenant
-//! (`auth.identity_scopes`), and the limits beside them.
+//! (`auth.identity_scopes`), and the limits beside them (`http.*`).
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
@@ -21,6 +21,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
+    /// What one client can hold of the API's listener.
+    pub http: HttpConfig,
     /// The largest request body accepted, in bytes (413 beyond it).
     pub max_body_bytes: usize,
     /// How long requests under way get to finish on SIGTERM, in seconds.
@@ -34,6 +36,7 @@ impl Default for Config {
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             database: DatabaseConfig::default(),
             auth: AuthConfig::default(),
+            http: HttpConfig::default(),
             max_body_bytes: 64 * 1024,
             shutdown_grace_secs: 20,
         }
@@ -104,6 +107,36 @@ impl Default for AuthConfig {
     }
 }
 
+/// What one client can hold of the API's listener: a connection that never finishes its
+/// headers is closed, connections are capped, a request has a deadline.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Seconds a connection gets to send a request's complete headers (the first request,
+    /// or the next one on a kept-alive connection); it is closed beyond them.
+    pub header_read_timeout_secs: u64,
+    /// Connections open at once; beyond it new connections wait in the listen backlog
+    /// until one closes.
+    pub max_connections: usize,
+    /// Seconds a request may take, its body and its database work included; beyond them
+    /// it is answered 503 with Retry-After. More than `database.statement_timeout_ms`, so
+    /// that a slow statement ends with its own answer first.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 10,
+            max_connections: 1024,
+            request_timeout_secs: 60,
+        }
+    }
+}
+
+/// The most connections `http.max_connections` may allow.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+
 impl Validate for Config {
     fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -150,6 +183,22 @@ impl Validate for Config {
                     problems.push(format!("auth.identity_scopes.{actor}: {pattern:?}: {why}"));
                 }
             }
+        }
+        if self.http.header_read_timeout_secs == 0 {
+            problems.push("http.header_read_timeout_secs: must be at least 1".into());
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.http.max_connections) {
+            problems.push(format!(
+                "http.max_connections: must be between 1 and {MAX_CONNECTIONS}"
+            ));
+        }
+        if self.http.request_timeout_secs.saturating_mul(1000) <= self.database.statement_timeout_ms
+            || self.http.request_timeout_secs == 0
+        {
+            problems.push(format!(
+                "http.request_timeout_secs: {} s must be more than database.statement_timeout_ms ({} ms), and at least 1",
+                self.http.request_timeout_secs, self.database.statement_timeout_ms
+            ));
         }
         if self.auth.tokens_file.is_none() && self.auth.trusted_proxies.is_empty() {
             problems.push(
@@ -231,5 +280,28 @@ mod tests {
             found[2].starts_with("auth.identity_scopes.bob: \"\""),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn the_request_timeout_must_outlast_a_statement() {
+        let equal = problems(|c| {
+            c.database.statement_timeout_ms = 30_000;
+            c.http.request_timeout_secs = 30;
+        });
+        assert!(
+            equal.len() == 1 && equal[0].starts_with("http.request_timeout_secs"),
+            "{equal:?}"
+        );
+        assert!(
+            problems(|c| {
+                c.database.statement_timeout_ms = 1_000;
+                c.http.request_timeout_secs = 2;
+            })
+            .is_empty()
+        );
+        assert!(!problems(|c| c.http.request_timeout_secs = 0).is_empty());
+        assert!(!problems(|c| c.http.header_read_timeout_secs = 0).is_empty());
+        assert!(!problems(|c| c.http.max_connections = 0).is_empty());
+        assert!(!problems(|c| c.http.max_connections = usize::MAX).is_empty());
     }
 }

@@ -1,13 +1,26 @@
-//! Who may touch which tenant, tried the way an attacker would: a scoped token reaching
-//! for another team's tenant, a forged identity header, an identity the operator never
-//! gave a scope.
+//! Who may touch which tenant, and what one client can hold of the listener, tried the
+//! way an attacker would: a scoped token reaching for another team's tenant, a forged
+//! identity header, an identity the operator never gave a scope, connections that never
+//! finish their headers or hold every slot, a request that never ends.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use devops_api::auth::Pattern;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        TcpListener, TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+    sync::watch,
+};
 
 use crate::helpers::{Answer, Api, TOKEN, admin_url, answer, role_exists, unique};
 
@@ -434,5 +447,315 @@ async fn a_pattern_and_its_sql_like_form_agree_on_every_name() {
     }
     for bad in ["", "Team*", "a-b", "a%", "a\\_", "a b", "a,b", "*;drop"] {
         assert!(Pattern::parse(bad).is_err(), "{bad:?} was accepted");
+    }
+}
+
+/// The API's address, for raw connections.
+fn address(api: &Api) -> SocketAddr {
+    api.base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("an address")
+}
+
+/// A connection that sent `bytes` (not a whole request) and nothing more.
+async fn dangling(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    stream
+}
+
+/// Waits until the server closes `stream` (end of file, or a reset), whatever it sends
+/// before; false if it is still open at `deadline`.
+async fn closed_by(stream: &mut TcpStream, deadline: Instant) -> bool {
+    let mut buf = [0_u8; 1024];
+    tokio::time::timeout_at(deadline.into(), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn connections_that_never_finish_their_headers_are_closed_and_others_are_served() {
+    let api = Api::start_with(|c| c.http.header_read_timeout_secs = 1)
+        .await
+        .ready()
+        .await;
+    let addr = address(&api);
+    let mut slow = Vec::new();
+    for i in 0..200 {
+        // Half stop inside the request line, half inside the headers.
+        let bytes: &[u8] = if i % 2 == 0 {
+            b"GET /v1/tena"
+        } else {
+            b"GET /v1/tenants HTTP/1.1\r\nHost: devops-api\r\nAuthorization: Bearer "
+        };
+        slow.push(dangling(addr, bytes).await);
+    }
+    // One trickles a header byte every 200 ms: never idle, never done.
+    let trickler = tokio::spawn(async move {
+        let mut stream = dangling(addr, b"GET /v1/tenants HTTP/1.1\r\n").await;
+        let started = Instant::now();
+        for byte in b"X-Slow: ".iter().chain([b'a'; 200].iter()).cycle() {
+            if started.elapsed() > Duration::from_secs(30) {
+                return None;
+            }
+            if stream.write_all(&[*byte]).await.is_err()
+                || closed_by(&mut stream, Instant::now() + Duration::from_millis(200)).await
+            {
+                return Some(started.elapsed());
+            }
+        }
+        None
+    });
+
+    // Meanwhile a client that sends its request gets its answer.
+    let served = api.get("/v1/tenants").await;
+    assert_eq!(served.status, 200, "{served:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let closed = futures::future::join_all(slow.iter_mut().map(|s| closed_by(s, deadline))).await;
+    let open = closed.iter().filter(|c| !**c).count();
+    assert_eq!(
+        open, 0,
+        "{open} of 200 connections without complete headers are still open"
+    );
+    let trickled = trickler.await.expect("trickler");
+    assert!(
+        trickled.is_some_and(|t| t < Duration::from_secs(10)),
+        "a connection trickling its headers was not closed: {trickled:?}"
+    );
+    // Still serving.
+    assert_eq!(api.get("/v1/tenants").await.status, 200);
+}
+
+#[tokio::test]
+async fn headers_larger_than_the_head_buffer_are_refused_and_others_are_served() {
+    let api = Api::start().await.ready().await;
+    // A head of 300 KiB: within hyper's default buffer (~400 KiB, which 1024 connections
+    // would hold as 400 MiB), beyond what a connection may buffer here (64 KiB, about
+    // twice that as the buffer grows).
+    let mut stream = TcpStream::connect(address(&api)).await.expect("connect");
+    let request = format!(
+        "GET /openapi.json HTTP/1.1\r\nHost: devops-api\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(300 * 1024)
+    );
+    // The server may stop reading and close (reset) before all of it is written.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answered = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answered))
+        .await
+        .expect("the connection is answered and closed");
+    let text = String::from_utf8_lossy(&answered);
+    assert!(
+        read.is_err() || answered.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "{text}"
+    );
+    assert!(!text.contains("openapi"), "served: {text}");
+    assert_eq!(api.get("/v1/tenants").await.status, 200);
+}
+
+/// A whole request on a fresh connection (closed after the answer).
+const WHOLE_REQUEST: &[u8] =
+    b"GET /openapi.json HTTP/1.1\r\nHost: devops-api\r\nConnection: close\r\n\r\n";
+
+#[tokio::test]
+async fn beyond_the_connection_cap_a_connection_waits_until_one_closes() {
+    let api = Api::start_with(|c| {
+        c.http.max_connections = 8;
+        c.http.header_read_timeout_secs = 60;
+    })
+    .await
+    .ready()
+    .await;
+    let addr = address(&api);
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(dangling(addr, b"GET / HTTP/1.1\r\n").await);
+    }
+    let mut ninth = dangling(addr, WHOLE_REQUEST).await;
+    let mut buf = [0_u8; 64];
+    let early = tokio::time::timeout(Duration::from_secs(1), ninth.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "a ninth connection was served while eight were open: {early:?}"
+    );
+    // One of the eight goes: the ninth is taken and answered.
+    drop(idle.pop());
+    let read = tokio::time::timeout(Duration::from_secs(20), ninth.read(&mut buf))
+        .await
+        .expect("the ninth connection is served once a slot is free")
+        .expect("read");
+    assert!(
+        buf[..read].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..read])
+    );
+}
+
+#[tokio::test]
+async fn idle_connections_beyond_the_cap_are_timed_out_eight_at_a_time_and_a_request_is_then_served()
+ {
+    let api = Api::start_with(|c| {
+        c.http.max_connections = 8;
+        c.http.header_read_timeout_secs = 1;
+    })
+    .await
+    .ready()
+    .await;
+    let addr = address(&api);
+    let started = Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(dangling(addr, b"GET / HTTP/1.1\r\n").await);
+    }
+    let client = reqwest::Client::new();
+    let request = tokio::spawn(async move {
+        client
+            .get(format!("http://{addr}/openapi.json"))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    // Each connection gets its 1 s from the moment it is taken: a slot frees at the
+    // earliest 1 s after the start, and its next connection is closed 1 s later at the
+    // earliest. So before 2 s at most the first eight can have been closed, whatever
+    // the scheduling; without a cap all 50 would be closed after about 1 s.
+    let closed_at = futures::future::join_all(idle.iter_mut().map(|s| async move {
+        closed_by(s, Instant::now() + Duration::from_secs(60))
+            .await
+            .then(Instant::now)
+    }))
+    .await;
+    let early = closed_at
+        .iter()
+        .flatten()
+        .filter(|at| at.duration_since(started) < Duration::from_millis(1900))
+        .count();
+    assert!(
+        early <= 8,
+        "{early} connections were closed within the first header timeout: more than the cap were held"
+    );
+    let open = closed_at.iter().filter(|c| c.is_none()).count();
+    assert_eq!(open, 0, "{open} idle connections were never closed");
+    let status = request.await.expect("task").expect("served");
+    assert_eq!(status, 200);
+}
+
+/// A TCP relay to PostgreSQL that can stop relaying: the API's database calls then hang,
+/// as on a database that stopped answering without closing its connections.
+struct Relay {
+    addr: SocketAddr,
+    open: watch::Sender<bool>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (open, gate) = watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pump(client_read, server_write, gate.clone()));
+                tokio::spawn(pump(server_read, client_write, gate.clone()));
+            }
+        });
+        Self { addr, open }
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.send_replace(open);
+    }
+}
+
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut gate: watch::Receiver<bool>) {
+    let mut buf = vec![0_u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if gate.wait_for(|open| *open).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_over_the_request_timeout_gets_503_with_retry_after() {
+    let port: u16 = std::env::var("TEST_DATABASE_PORT")
+        .expect("TEST_DATABASE_PORT")
+        .parse()
+        .expect("port");
+    let relay = Relay::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let relayed = relay.addr;
+    let api = Api::start_with(|c| {
+        let url = c
+            .database
+            .url
+            .expose()
+            .replace(&format!("127.0.0.1:{port}"), &relayed.to_string());
+        c.database.url = url.parse().expect("url");
+        // Neither a statement nor a wait for a connection ends the request first.
+        c.database.statement_timeout_ms = 1000;
+        c.database.acquire_timeout_secs = 120;
+        c.http.request_timeout_secs = 2;
+    })
+    .await
+    .ready()
+    .await;
+    assert_eq!(api.get("/v1/tenants").await.status, 200);
+
+    relay.set_open(false);
+    let started = Instant::now();
+    let slow = answer(
+        api.client
+            .get(format!("{}/v1/tenants", api.base))
+            .bearer_auth(TOKEN)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .expect("an answer within 30 s"),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(slow.status, 503, "{slow:?}");
+    assert_eq!(
+        slow.body["type"], "https://devops-api.invalid/problems/timeout",
+        "{slow:?}"
+    );
+    assert_eq!(slow.headers["content-type"], "application/problem+json");
+    assert!(slow.headers.contains_key("retry-after"), "{slow:?}");
+    assert!(slow.body["requestId"].is_string(), "{slow:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        "answered after {took:?}"
+    );
+
+    // The database answers again: so does the API.
+    relay.set_open(true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = api.get("/v1/tenants").await.status;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {status} after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
