@@ -49,10 +49,12 @@ database:
 auth:
   tokens_file: /run/secrets/devops-api/{{ .Values.auth.tokensKey }}
   identity_header: {{ .Values.auth.identityHeader | quote }}
-  trusted_proxies:
-  {{- range .Values.auth.trustedProxies }}
-    - {{ . | quote }}
-  {{- end }}
+  trusted_proxies: {{ .Values.auth.trustedProxies | default list | toJson }}
+  identity_scopes: {{ .Values.auth.identityScopes | default dict | toJson }}
+http:
+  header_read_timeout_secs: {{ .Values.http.headerReadTimeoutSecs | int64 }}
+  max_connections: {{ .Values.http.maxConnections | int64 }}
+  request_timeout_secs: {{ .Values.http.requestTimeoutSecs | int64 }}
 max_body_bytes: {{ .Values.maxBodyBytes | int64 }}
 shutdown_grace_secs: {{ .Values.shutdownGraceSecs | int64 }}
 {{- end }}

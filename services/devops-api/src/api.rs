@@ -1,7 +1,12 @@
-//! The HTTP API: routes, request ids, authentication, problem responses (RFC 9457) and
-//! the OpenAPI 3 document generated from the handlers and types below.
+//! The HTTP API: routes, request ids, authentication and each caller's scope, the
+//! request deadline, problem responses (RFC 9457) and the OpenAPI 3 document generated
+//! from the handlers and types below.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Extension, Json, Router,
@@ -19,7 +24,7 @@ use tracing::Instrument as _;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::{
-    auth::{Authenticator, Refused},
+    auth::{Authenticator, Identity, Refused, Scope},
     plan::{Credential, Step},
     spec::{DatabaseSpec, Group, LoginSpec, PasswordSpec, TenantSpec},
     store::AuditEntry,
@@ -296,6 +301,40 @@ fn caller(actor: &Actor, id: &RequestId) -> Caller {
     }
 }
 
+/// Why a tenant in a path or a query is refused before any database work.
+#[derive(Debug)]
+enum TenantRefused {
+    /// 422: not a tenant name.
+    Invalid(String),
+    /// 403: outside the caller's scope.
+    OutOfScope(String),
+}
+
+impl From<TenantRefused> for ProblemResponse {
+    fn from(refused: TenantRefused) -> Self {
+        match refused {
+            TenantRefused::Invalid(why) => Failure::Invalid(vec![why]).into(),
+            TenantRefused::OutOfScope(tenant) => ProblemResponse::new(
+                StatusCode::FORBIDDEN,
+                "out-of-scope",
+                "Outside the caller's scope",
+                format!("tenant {tenant} is outside the caller's scope"),
+            ),
+        }
+    }
+}
+
+/// The tenant's name checked (422), then the caller's scope (403): both before any
+/// database work.
+fn tenant_in_scope(scope: &Scope, tenant: &str) -> Result<(), TenantRefused> {
+    crate::names::check("tenant", tenant).map_err(TenantRefused::Invalid)?;
+    if scope.allows(tenant) {
+        return Ok(());
+    }
+    tracing::warn!(tenant, "tenant outside the caller's scope refused");
+    Err(TenantRefused::OutOfScope(tenant.to_owned()))
+}
+
 /// Declares the tenant; applies the plan (or, with `dryRun=true`, only returns it).
 #[utoipa::path(put, path = "/v1/tenants/{name}", tag = "tenants",
     params(("name" = String, Path, description = "The tenant: ^[a-z_][a-z0-9_]{0,62}$"), PutQuery),
@@ -305,24 +344,25 @@ fn caller(actor: &Actor, id: &RequestId) -> Caller {
         (status = 200, description = "Changed, unchanged (empty plan), or planned", body = PutResult),
         (status = 400, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No credential", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Wrong credential", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Wrong credential, or a tenant outside the caller's scope", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Conflict or busy", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid names or spec, or a statement failed", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable, or the request timed out", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("identity" = [])))]
 async fn put_tenant(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
+    Extension(scope): Extension<Scope>,
     Extension(id): Extension<RequestId>,
     Path(name): Path<String>,
     query: Result<Query<PutQuery>, QueryRejection>,
     body: Result<Json<TenantSpec>, JsonRejection>,
 ) -> Result<Response, ProblemResponse> {
+    // The name and the scope first: refused whatever the query and the body say.
+    tenant_in_scope(&scope, &name)?;
     let Query(query) = query.map_err(query_problem)?;
-    // The name first: a hostile one is refused whatever the body says.
-    crate::names::check("tenant", &name).map_err(|e| Failure::Invalid(vec![e]))?;
     let Json(spec) = body.map_err(json_problem)?;
     let result = state
         .tenants
@@ -344,37 +384,46 @@ fn no_store() -> [(header::HeaderName, HeaderValue); 1] {
 /// The tenant's spec, what exists, and the drift.
 #[utoipa::path(get, path = "/v1/tenants/{name}", tag = "tenants",
     params(("name" = String, Path)),
-    responses((status = 200, body = TenantView), (status = 404, body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, body = TenantView), (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 403, description = "Outside the caller's scope", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []), ("identity" = [])))]
 async fn get_tenant(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     Path(name): Path<String>,
 ) -> Result<Json<TenantView>, ProblemResponse> {
+    tenant_in_scope(&scope, &name)?;
     Ok(Json(state.tenants.get(&name).await?))
 }
 
-/// Every tenant the API manages.
+/// Every tenant the API manages within the caller's scope.
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants",
     responses((status = 200, body = Vec<TenantSummary>)),
     security(("bearer" = []), ("identity" = [])))]
 async fn list_tenants(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
 ) -> Result<Json<Vec<TenantSummary>>, ProblemResponse> {
-    Ok(Json(state.tenants.list().await?))
+    let mut tenants = state.tenants.list().await?;
+    tenants.retain(|t| scope.allows(&t.tenant));
+    Ok(Json(tenants))
 }
 
 /// Revokes (keeps the data) or drops the tenant; both idempotent.
 #[utoipa::path(delete, path = "/v1/tenants/{name}", tag = "tenants",
     params(("name" = String, Path), DeleteQuery),
-    responses((status = 200, body = ChangeResult), (status = 404, body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, body = ChangeResult), (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 403, description = "Outside the caller's scope", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []), ("identity" = [])))]
 async fn delete_tenant(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
+    Extension(scope): Extension<Scope>,
     Extension(id): Extension<RequestId>,
     Path(name): Path<String>,
     query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<Json<ChangeResult>, ProblemResponse> {
+    tenant_in_scope(&scope, &name)?;
     let Query(query) = query.map_err(query_problem)?;
     let drop = matches!(query.mode, DeleteMode::Drop);
     Ok(Json(
@@ -389,14 +438,17 @@ async fn delete_tenant(
 #[utoipa::path(post, path = "/v1/tenants/{name}/logins/{login}/rotate", tag = "tenants",
     params(("name" = String, Path), ("login" = String, Path)),
     responses((status = 200, body = ChangeResult), (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 403, description = "Outside the caller's scope", body = Problem, content_type = "application/problem+json"),
               (status = 409, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []), ("identity" = [])))]
 async fn rotate(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
+    Extension(scope): Extension<Scope>,
     Extension(id): Extension<RequestId>,
     Path((name, login)): Path<(String, String)>,
 ) -> Result<Response, ProblemResponse> {
+    tenant_in_scope(&scope, &name)?;
     let done = state
         .tenants
         .rotate(&name, &login, &caller(&actor, &id))
@@ -404,24 +456,33 @@ async fn rotate(
     Ok((no_store(), Json(done)).into_response())
 }
 
-/// Who did what, when, with which plan (oldest first).
+/// Who did what, when, with which plan (oldest first), of the tenants in the caller's
+/// scope.
 #[utoipa::path(get, path = "/v1/audit", tag = "audit",
     params(AuditQuery),
-    responses((status = 200, body = Vec<AuditEntry>)),
+    responses((status = 200, body = Vec<AuditEntry>),
+              (status = 403, description = "`tenant` is outside the caller's scope", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []), ("identity" = [])))]
 async fn audit(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Vec<AuditEntry>>, ProblemResponse> {
     let Query(query) = query.map_err(query_problem)?;
     if let Some(tenant) = &query.tenant {
-        crate::names::check("tenant", tenant).map_err(|e| Failure::Invalid(vec![e]))?;
+        tenant_in_scope(&scope, tenant)?;
     }
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let within = scope.like_patterns();
     let entries = state
         .tenants
         .store()
-        .audit_entries(query.tenant.as_deref(), query.since, limit)
+        .audit_entries(
+            query.tenant.as_deref(),
+            within.as_deref(),
+            query.since,
+            limit,
+        )
         .await
         .map_err(Failure::database)?;
     Ok(Json(entries))
@@ -465,8 +526,9 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(openapi())
 }
 
-/// The API's router (the caller serves it with `ConnectInfo<SocketAddr>`).
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// The API's router (the caller serves it with `ConnectInfo<SocketAddr>`): bodies up to
+/// `max_body_bytes`, every routed request answered within `request_timeout`.
+pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration) -> Router {
     let v1 = Router::new()
         .route("/v1/tenants", get(list_tenants))
         .route(
@@ -480,6 +542,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(v1)
         .route("/openapi.json", get(openapi_json))
+        .route_layer(middleware::from_fn_with_state(request_timeout, deadline))
         .route_layer(middleware::from_fn(count))
         .fallback(|| async {
             ProblemResponse::new(
@@ -515,6 +578,31 @@ async fn ready(State(state): State<AppState>, request: Request, next: Next) -> R
     next.run(request).await
 }
 
+/// 503 with Retry-After when the request is not answered within the request timeout. Its
+/// work is dropped there: a transaction under way is rolled back.
+async fn deadline(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(
+                timeout_secs = timeout.as_secs(),
+                "request not answered within the request timeout"
+            );
+            ProblemResponse {
+                retry_after: true,
+                ..ProblemResponse::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    "The request took too long",
+                    format!("no answer within {} s; try again", timeout.as_secs()),
+                )
+            }
+            .into_response()
+        }
+    }
+}
+
+/// The caller's [`Actor`] and [`Scope`] into the request, or 401/403.
 async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let peer = request
         .extensions()
@@ -522,9 +610,10 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         .map(|c| c.0.ip())
         .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     match state.auth.authenticate(request.headers(), peer) {
-        Ok(actor) => {
+        Ok(Identity { actor, scope }) => {
             tracing::Span::current().record("actor", actor.as_str());
             request.extensions_mut().insert(Actor(actor));
+            request.extensions_mut().insert(scope);
             next.run(request).await
         }
         Err(refused) => {

@@ -1,8 +1,11 @@
-//! Who is calling: a bearer token from the tokens file (compared in constant time; the
-//! file is read again when it changes), or the identity header nginx `auth_request` sets,
-//! believed only from a trusted proxy.
+//! Who is calling, and which tenants it may touch: a bearer token from the tokens file
+//! (compared in constant time; the file is read again when it changes), or the identity
+//! header nginx `auth_request` sets, believed only from a trusted proxy. Each caller has a
+//! [`Scope`]: every tenant, or the tenants matching its [`Pattern`]s (a token's own, from
+//! its line; an identity's, from `auth.identity_scopes`).
 
 use std::{
+    collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
     sync::Mutex,
@@ -18,6 +21,140 @@ use crate::config::AuthConfig;
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
 /// The longest actor name taken from a token line or the identity header.
 const MAX_ACTOR: usize = 128;
+/// The longest pattern (a tenant name has at most 63 characters).
+const MAX_PATTERN: usize = 128;
+
+/// A glob over tenant names: `*` stands for any run of characters (none included), `?`
+/// for exactly one, and every other character (`a-z`, `0-9`, `_`) for itself. It
+/// matches a whole name: `teamb_*` matches `teamb_app`, not `teambx` nor `x_teamb_app`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern(String);
+
+impl Pattern {
+    /// A pattern of `a-z`, `0-9`, `_`, `*` and `?`, not empty.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("a pattern cannot be empty".into());
+        }
+        if text.len() > MAX_PATTERN {
+            return Err(format!("a pattern has at most {MAX_PATTERN} characters"));
+        }
+        if let Some(c) = text
+            .chars()
+            .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '*' | '?'))
+        {
+            return Err(format!(
+                "{c:?} is not allowed in a pattern (only a-z, 0-9, _, * and ?)"
+            ));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `name` (a checked tenant name: ASCII) matches the whole pattern.
+    pub fn matches(&self, name: &str) -> bool {
+        let (pattern, name) = (self.0.as_bytes(), name.as_bytes());
+        let (mut p, mut n) = (0, 0);
+        // The last `*` seen and the position in the name it was tried from: on a
+        // mismatch it takes one more character. At most |pattern| x |name| steps.
+        let mut star: Option<(usize, usize)> = None;
+        while n < name.len() {
+            match pattern.get(p) {
+                Some(b'*') => {
+                    star = Some((p, n));
+                    p += 1;
+                }
+                Some(&c) if c == b'?' || c == name[n] => {
+                    p += 1;
+                    n += 1;
+                }
+                _ => match star {
+                    Some((star_p, star_n)) => {
+                        star = Some((star_p, star_n + 1));
+                        p = star_p + 1;
+                        n = star_n + 1;
+                    }
+                    None => return false,
+                },
+            }
+        }
+        pattern[p..].iter().all(|&c| c == b'*')
+    }
+
+    /// The same pattern for SQL `LIKE` (whose escape character is `\`): `_` is
+    /// `\_`, `*` is `%`, `?` is `_`. A pattern has no `%` or `\` of its own.
+    pub fn to_like(&self) -> String {
+        let mut like = String::with_capacity(self.0.len() + 4);
+        for c in self.0.chars() {
+            match c {
+                '_' => like.push_str("\\_"),
+                '*' => like.push('%'),
+                '?' => like.push('_'),
+                other => like.push(other),
+            }
+        }
+        like
+    }
+}
+
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The tenants a caller may touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every tenant: a token line without patterns.
+    All,
+    /// The tenants matching one of these; none: no tenant at all.
+    Patterns(Vec<Pattern>),
+}
+
+impl Scope {
+    /// No tenant: an identity the operator gave no patterns.
+    pub fn none() -> Self {
+        Self::Patterns(Vec::new())
+    }
+
+    /// `pattern[,pattern...]`.
+    pub fn parse_list(text: &str) -> Result<Self, String> {
+        text.split(',')
+            .map(|p| {
+                Pattern::parse(p.trim()).map_err(|why| format!("pattern {:?}: {why}", p.trim()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self::Patterns)
+    }
+
+    /// Whether the caller may touch `tenant` (a checked tenant name).
+    pub fn allows(&self, tenant: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Patterns(patterns) => patterns.iter().any(|p| p.matches(tenant)),
+        }
+    }
+
+    /// The SQL `LIKE` patterns a tenant must match one of (`tenant LIKE ANY($1)`); `None`
+    /// for every tenant, no filter.
+    pub fn like_patterns(&self) -> Option<Vec<String>> {
+        match self {
+            Self::All => None,
+            Self::Patterns(patterns) => Some(patterns.iter().map(Pattern::to_like).collect()),
+        }
+    }
+}
+
+/// An authenticated caller: its name (for the audit log) and its scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub actor: String,
+    pub scope: Scope,
+}
 
 /// A network: an address and a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +224,7 @@ pub enum Refused {
 struct Token {
     actor: String,
     token: SecretString,
+    scope: Scope,
 }
 
 /// The tokens file as last read.
@@ -103,6 +241,8 @@ pub struct Authenticator {
     loaded: Mutex<Loaded>,
     identity_header: HeaderName,
     trusted: Vec<Network>,
+    /// Identity actor -> its scope (an actor not listed has no tenant).
+    identity_scopes: BTreeMap<String, Scope>,
 }
 
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
@@ -110,7 +250,8 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-/// The tokens of a file: `actor:token` per line.
+/// The tokens of a file: `actor:token` (every tenant) or `actor:token:pattern[,pattern...]`
+/// (the tenants matching one of the patterns) per line. A token has no `:`.
 fn read_tokens(path: &Path) -> Result<Vec<Token>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut tokens = Vec::new();
@@ -119,24 +260,27 @@ fn read_tokens(path: &Path) -> Result<Vec<Token>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let Some((actor, token)) = line.split_once(':') else {
-            return Err(format!(
-                "{} line {}: expected actor:token",
-                path.display(),
-                number + 1
+        let at = |why: &str| format!("{} line {}: {why}", path.display(), number + 1);
+        let mut fields = line.splitn(3, ':');
+        let (Some(actor), Some(token)) = (fields.next(), fields.next()) else {
+            return Err(at(
+                "expected actor:token or actor:token:pattern[,pattern...]",
             ));
         };
         let (actor, token) = (actor.trim(), token.trim());
         if actor.is_empty() || actor.len() > MAX_ACTOR || token.len() < 16 {
-            return Err(format!(
-                "{} line {}: an actor name (1-{MAX_ACTOR} characters) and a token of at least 16 characters",
-                path.display(),
-                number + 1
-            ));
+            return Err(at(&format!(
+                "an actor name (1-{MAX_ACTOR} characters) and a token of at least 16 characters"
+            )));
         }
+        let scope = match fields.next() {
+            None => Scope::All,
+            Some(patterns) => Scope::parse_list(patterns).map_err(|why| at(&why))?,
+        };
         tokens.push(Token {
             actor: actor.to_owned(),
             token: SecretString::from(token.to_owned()),
+            scope,
         });
     }
     Ok(tokens)
@@ -155,6 +299,18 @@ impl Authenticator {
             .iter()
             .map(|p| Network::parse(p))
             .collect::<Result<Vec<_>, _>>()?;
+        let identity_scopes = config
+            .identity_scopes
+            .iter()
+            .map(|(actor, patterns)| {
+                let patterns = patterns
+                    .iter()
+                    .map(|p| Pattern::parse(p))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|why| format!("identity_scopes.{actor}: {why}"))?;
+                Ok((actor.clone(), Scope::Patterns(patterns)))
+            })
+            .collect::<Result<BTreeMap<_, _>, String>>()?;
         Ok(Self {
             tokens_file: config.tokens_file.clone(),
             loaded: Mutex::new(Loaded {
@@ -165,11 +321,12 @@ impl Authenticator {
             identity_header: HeaderName::try_from(config.identity_header.as_str())
                 .map_err(|e| e.to_string())?,
             trusted,
+            identity_scopes,
         })
     }
 
-    /// The caller's actor name.
-    pub fn authenticate(&self, headers: &HeaderMap, peer: IpAddr) -> Result<String, Refused> {
+    /// The caller: its actor name and scope.
+    pub fn authenticate(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Identity, Refused> {
         if let Some(value) = headers.get(AUTHORIZATION) {
             let presented = value
                 .to_str()
@@ -188,14 +345,23 @@ impl Authenticator {
                 {
                     return Err(Refused::Wrong);
                 }
-                return Ok(actor.to_owned());
+                // An actor the operator gave no patterns is authenticated, for no tenant.
+                let scope = self
+                    .identity_scopes
+                    .get(actor)
+                    .cloned()
+                    .unwrap_or_else(Scope::none);
+                return Ok(Identity {
+                    actor: actor.to_owned(),
+                    scope,
+                });
             }
             tracing::warn!(%peer, header = %self.identity_header, "identity header from an untrusted peer ignored");
         }
         Err(Refused::Missing)
     }
 
-    fn token_actor(&self, presented: &str) -> Option<String> {
+    fn token_actor(&self, presented: &str) -> Option<Identity> {
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         self.reload_if_changed(&mut loaded);
         // Every token is compared, in constant time: the time taken does not say which
@@ -203,7 +369,10 @@ impl Authenticator {
         let mut found = None;
         for token in &loaded.tokens {
             if platform::secret::constant_time_eq(presented, &token.token) && found.is_none() {
-                found = Some(token.actor.clone());
+                found = Some(Identity {
+                    actor: token.actor.clone(),
+                    scope: token.scope.clone(),
+                });
             }
         }
         found
@@ -267,33 +436,56 @@ mod tests {
         assert!(Network::parse("nope").is_err());
     }
 
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(
+                HeaderName::try_from(*k).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        map
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        headers(&[("authorization", &format!("Bearer {token}"))])
+    }
+
+    fn config(tokens_file: Option<PathBuf>) -> AuthConfig {
+        AuthConfig {
+            tokens_file,
+            identity_header: "X-Auth-Request-User".into(),
+            trusted_proxies: vec!["10.0.0.0/8".into()],
+            identity_scopes: BTreeMap::new(),
+        }
+    }
+
+    fn identity(actor: &str, scope: Scope) -> Result<Identity, Refused> {
+        Ok(Identity {
+            actor: actor.into(),
+            scope,
+        })
+    }
+
+    fn patterns(list: &[&str]) -> Scope {
+        Scope::Patterns(
+            list.iter()
+                .map(|p| Pattern::parse(p).expect("pattern"))
+                .collect(),
+        )
+    }
+
     #[test]
     fn tokens_identify_the_header_only_from_trusted_peers_and_the_file_is_reread() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("tokens");
         std::fs::write(&path, "# ops\nalice:alice-token-0123456789\n").expect("write");
-        let auth = Authenticator::new(&AuthConfig {
-            tokens_file: Some(path.clone()),
-            identity_header: "X-Auth-Request-User".into(),
-            trusted_proxies: vec!["10.0.0.0/8".into()],
-        })
-        .expect("auth");
+        let auth = Authenticator::new(&config(Some(path.clone()))).expect("auth");
         let local: IpAddr = "127.0.0.1".parse().expect("ip");
         let proxy: IpAddr = "10.0.0.5".parse().expect("ip");
-        let headers = |pairs: &[(&str, &str)]| {
-            let mut map = HeaderMap::new();
-            for (k, v) in pairs {
-                map.insert(
-                    HeaderName::try_from(*k).expect("name"),
-                    v.parse().expect("value"),
-                );
-            }
-            map
-        };
-        let bearer = |t: &str| headers(&[("authorization", &format!("Bearer {t}"))]);
         assert_eq!(
             auth.authenticate(&bearer("alice-token-0123456789"), local),
-            Ok("alice".into())
+            identity("alice", Scope::All)
         );
         assert_eq!(
             auth.authenticate(&bearer("wrong"), local),
@@ -306,12 +498,13 @@ mod tests {
         let user = headers(&[("x-auth-request-user", "bob@example.com")]);
         assert_eq!(
             auth.authenticate(&user, proxy),
-            Ok("bob@example.com".into())
+            identity("bob@example.com", Scope::none())
         );
         assert_eq!(auth.authenticate(&user, local), Err(Refused::Missing));
 
-        // A rotated Secret: the old token stops working, the new one works.
-        std::fs::write(&path, "alice:rotated-token-9876543210xx\n").expect("write");
+        // A rotated Secret: the old token stops working, the new one works, with the
+        // scope its line gives now.
+        std::fs::write(&path, "alice:rotated-token-9876543210xx:team_a_*\n").expect("write");
         auth.loaded.lock().expect("lock").checked = Instant::now() - RELOAD_CHECK;
         assert_eq!(
             auth.authenticate(&bearer("alice-token-0123456789"), local),
@@ -319,7 +512,97 @@ mod tests {
         );
         assert_eq!(
             auth.authenticate(&bearer("rotated-token-9876543210xx"), local),
-            Ok("alice".into())
+            identity("alice", patterns(&["team_a_*"]))
         );
+    }
+
+    #[test]
+    fn token_lines_carry_their_patterns_and_a_malformed_one_names_file_and_line() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("tokens");
+        std::fs::write(
+            &path,
+            "ops:ops-token-0123456789ab\n\nteamb : teamb-token-0123456789 : teamb_* , shared_?\n",
+        )
+        .expect("write");
+        let tokens = read_tokens(&path).expect("tokens");
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(tokens[0].scope, Scope::All);
+        assert_eq!(tokens[1].actor, "teamb");
+        assert_eq!(tokens[1].scope, patterns(&["teamb_*", "shared_?"]));
+
+        for (line, expected) in [
+            ("teamb:teamb-token-0123456789:", "cannot be empty"),
+            ("teamb:teamb-token-0123456789:teamb_*,", "cannot be empty"),
+            ("teamb:teamb-token-0123456789:TeamB*", "not allowed"),
+            ("teamb:teamb-token-0123456789:teamb-*", "not allowed"),
+            ("teamb:teamb-token-0123456789:a:b", "not allowed"),
+            ("teamb:teamb-token-0123456789:%", "not allowed"),
+            ("teamb-without-token", "expected actor:token"),
+            ("teamb:short:teamb_*", "at least 16 characters"),
+        ] {
+            std::fs::write(&path, format!("ops:ops-token-0123456789ab\n{line}\n")).expect("write");
+            let err = read_tokens(&path)
+                .err()
+                .unwrap_or_else(|| panic!("{line} accepted"));
+            assert!(
+                err.contains(&format!("{} line 2:", path.display())) && err.contains(expected),
+                "{line}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn identity_actors_get_the_scope_the_config_gives_them_and_none_otherwise() {
+        let mut config = config(None);
+        config.identity_scopes = BTreeMap::from([
+            ("alice@example.com".into(), vec!["team_a_*".into()]),
+            ("root@example.com".into(), vec!["*".into()]),
+        ]);
+        let auth = Authenticator::new(&config).expect("auth");
+        let proxy: IpAddr = "10.1.2.3".parse().expect("ip");
+        let as_user = |user: &str| {
+            auth.authenticate(&headers(&[("x-auth-request-user", user)]), proxy)
+                .expect("authenticated")
+                .scope
+        };
+        let alice = as_user("alice@example.com");
+        assert!(alice.allows("team_a_app") && !alice.allows("team_b_app"));
+        assert!(as_user("root@example.com").allows("anything"));
+        let nobody = as_user("mallory@example.com");
+        assert!(!nobody.allows("team_a_app"));
+        assert_eq!(nobody.like_patterns(), Some(Vec::new()));
+
+        config.identity_scopes = BTreeMap::from([("a".into(), vec!["Team".into()])]);
+        let err = Authenticator::new(&config).expect_err("a bad pattern");
+        assert!(err.contains("identity_scopes.a"), "{err}");
+    }
+
+    #[test]
+    fn globs_match_whole_names_and_translate_to_like() {
+        let cases = [
+            ("teamb_*", "teamb_app", true),
+            ("teamb_*", "teamb_", true),
+            ("teamb_*", "teambx", false),
+            ("teamb_*", "x_teamb_app", false),
+            ("t?_x", "ta_x", true),
+            ("t?_x", "t_x", false),
+            ("*_prod", "a_b_prod", true),
+            ("a*b*c", "aXbYbc", true),
+            ("a*b*c", "acb", false),
+            ("*", "", true),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+        ];
+        for (pattern, name, expected) in cases {
+            let pattern = Pattern::parse(pattern).expect("pattern");
+            assert_eq!(pattern.matches(name), expected, "{pattern} on {name}");
+        }
+        assert_eq!(
+            Pattern::parse("team_?b*").expect("pattern").to_like(),
+            "team\\__b%"
+        );
+        assert_eq!(Scope::All.like_patterns(), None);
+        assert!(Pattern::parse(&"a".repeat(129)).is_err());
     }
 }

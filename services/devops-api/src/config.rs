@@ -1,8 +1,9 @@
 //! devops-api's configuration (`--config`, env `DEVOPS_API__...`): the keys the spec
 //! fixes (`listen`, `admin_listen`, `database.url`, `auth.tokens_file`,
-//! `auth.identity_header`, `auth.trusted_proxies`) and the limits beside them.
+//! `auth.identity_header`, `auth.trusted_proxies`), who may touch which tenant
+//! (`auth.identity_scopes`), and the limits beside them (`http.*`).
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 use platform::{config::Validate, secret::SecretUrl};
 use schemars::JsonSchema;
@@ -21,6 +22,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub tenants: TenantsConfig,
+    /// What one client can hold of the API's listener.
+    pub http: HttpConfig,
     /// The largest request body accepted, in bytes (413 beyond it).
     pub max_body_bytes: usize,
     /// How long requests under way get to finish on SIGTERM, in seconds.
@@ -35,6 +38,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             auth: AuthConfig::default(),
             tenants: TenantsConfig::default(),
+            http: HttpConfig::default(),
             max_body_bytes: 64 * 1024,
             shutdown_grace_secs: 20,
         }
@@ -110,17 +114,22 @@ impl Default for TenantsConfig {
     }
 }
 
-/// Who may call the API.
+/// Who may call the API, and which tenants each caller may touch.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// One `actor:token` per line (blank lines and `#` comments ignored); read again when
-    /// it changes, so a rotated Kubernetes Secret takes effect without a restart.
+    /// One `actor:token` (every tenant) or `actor:token:pattern[,pattern...]` (the tenants
+    /// matching one of the patterns) per line (blank lines and `#` comments ignored); read
+    /// again when it changes, so a rotated Kubernetes Secret takes effect without a restart.
     pub tokens_file: Option<PathBuf>,
     /// The header nginx `auth_request` sets to the authenticated user.
     pub identity_header: String,
-    /// Only peers in these networks may use the identity header (CIDR, or an address).
+    /// Only peers in these networks may use the identity header (CIDR, or an address);
+    /// empty (the default): the header is believed from nobody.
     pub trusted_proxies: Vec<String>,
+    /// Identity-header actor -> the patterns of the tenants it may touch (`*` any run of
+    /// characters, `?` one). An actor not listed is authenticated but touches no tenant.
+    pub identity_scopes: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for AuthConfig {
@@ -128,10 +137,41 @@ impl Default for AuthConfig {
         Self {
             tokens_file: None,
             identity_header: "X-Auth-Request-User".into(),
-            trusted_proxies: vec!["127.0.0.1/32".into()],
+            trusted_proxies: Vec::new(),
+            identity_scopes: BTreeMap::new(),
         }
     }
 }
+
+/// What one client can hold of the API's listener: a connection that never finishes its
+/// headers is closed, connections are capped, a request has a deadline.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Seconds a connection gets to send a request's complete headers (the first request,
+    /// or the next one on a kept-alive connection); it is closed beyond them.
+    pub header_read_timeout_secs: u64,
+    /// Connections open at once; beyond it new connections wait in the listen backlog
+    /// until one closes.
+    pub max_connections: usize,
+    /// Seconds a request may take, its body and its database work included; beyond them
+    /// it is answered 503 with Retry-After. More than `database.statement_timeout_ms`, so
+    /// that a slow statement ends with its own answer first.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 10,
+            max_connections: 1024,
+            request_timeout_secs: 60,
+        }
+    }
+}
+
+/// The most connections `http.max_connections` may allow.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
 
 impl Validate for Config {
     fn problems(&self) -> Vec<String> {
@@ -179,12 +219,136 @@ impl Validate for Config {
                 self.auth.identity_header
             ));
         }
+        for (actor, patterns) in &self.auth.identity_scopes {
+            if actor.is_empty() || actor.len() > 128 || actor.chars().any(char::is_control) {
+                problems.push(format!(
+                    "auth.identity_scopes: {actor:?} is not an actor name (1-128 characters)"
+                ));
+            }
+            for pattern in patterns {
+                if let Err(why) = crate::auth::Pattern::parse(pattern) {
+                    problems.push(format!("auth.identity_scopes.{actor}: {pattern:?}: {why}"));
+                }
+            }
+        }
+        if self.http.header_read_timeout_secs == 0 {
+            problems.push("http.header_read_timeout_secs: must be at least 1".into());
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.http.max_connections) {
+            problems.push(format!(
+                "http.max_connections: must be between 1 and {MAX_CONNECTIONS}"
+            ));
+        }
+        if self.http.request_timeout_secs.saturating_mul(1000) <= self.database.statement_timeout_ms
+            || self.http.request_timeout_secs == 0
+        {
+            problems.push(format!(
+                "http.request_timeout_secs: {} s must be more than database.statement_timeout_ms ({} ms), and at least 1",
+                self.http.request_timeout_secs, self.database.statement_timeout_ms
+            ));
+        }
         if self.auth.tokens_file.is_none() && self.auth.trusted_proxies.is_empty() {
             problems.push(
                 "auth: neither tokens_file nor trusted_proxies is set: nobody could call the API"
                     .into(),
             );
+        } else if self.auth.tokens_file.is_none()
+            && self.auth.identity_scopes.values().all(Vec::is_empty)
+        {
+            problems.push(
+                "auth: no tokens_file and no identity_scopes: nobody could touch a tenant".into(),
+            );
         }
         problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(adjust: impl FnOnce(&mut Config)) -> Vec<String> {
+        let mut config = Config::default();
+        config.auth.tokens_file = Some("/run/secrets/devops-api/tokens".into());
+        adjust(&mut config);
+        config.problems()
+    }
+
+    #[test]
+    fn the_defaults_are_valid_once_someone_can_call() {
+        assert_eq!(problems(|_| {}), Vec::<String>::new());
+        let nobody = problems(|c| c.auth.tokens_file = None);
+        assert!(
+            nobody.iter().any(|p| p.contains("nobody could call")),
+            "{nobody:?}"
+        );
+        // The identity header is believed from nobody until proxies are named.
+        assert!(Config::default().auth.trusted_proxies.is_empty());
+        let only_proxies = problems(|c| {
+            c.auth.tokens_file = None;
+            c.auth.trusted_proxies = vec!["10.0.0.0/8".into()];
+        });
+        assert!(
+            only_proxies.len() == 1 && only_proxies[0].contains("nobody could touch a tenant"),
+            "{only_proxies:?}"
+        );
+        assert!(
+            problems(|c| {
+                c.auth.tokens_file = None;
+                c.auth.trusted_proxies = vec!["10.0.0.0/8".into()];
+                c.auth.identity_scopes = BTreeMap::from([("alice".into(), vec!["a_*".into()])]);
+            })
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_bad_identity_scope_names_its_key() {
+        let found = problems(|c| {
+            c.auth.identity_scopes = BTreeMap::from([
+                (
+                    "alice@example.com".into(),
+                    vec!["team_a_*".into(), "Team-B".into()],
+                ),
+                ("bob".into(), vec![String::new()]),
+                (String::new(), vec!["x".into()]),
+            ]);
+        });
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(
+            found[0].starts_with("auth.identity_scopes: \"\""),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("auth.identity_scopes.alice@example.com: \"Team-B\""),
+            "{found:?}"
+        );
+        assert!(
+            found[2].starts_with("auth.identity_scopes.bob: \"\""),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn the_request_timeout_must_outlast_a_statement() {
+        let equal = problems(|c| {
+            c.database.statement_timeout_ms = 30_000;
+            c.http.request_timeout_secs = 30;
+        });
+        assert!(
+            equal.len() == 1 && equal[0].starts_with("http.request_timeout_secs"),
+            "{equal:?}"
+        );
+        assert!(
+            problems(|c| {
+                c.database.statement_timeout_ms = 1_000;
+                c.http.request_timeout_secs = 2;
+            })
+            .is_empty()
+        );
+        assert!(!problems(|c| c.http.request_timeout_secs = 0).is_empty());
+        assert!(!problems(|c| c.http.header_read_timeout_secs = 0).is_empty());
+        assert!(!problems(|c| c.http.max_connections = 0).is_empty());
+        assert!(!problems(|c| c.http.max_connections = usize::MAX).is_empty());
     }
 }

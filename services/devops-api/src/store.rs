@@ -251,7 +251,8 @@ impl Store {
         .await?;
         if !owned_by_us {
             return Err(sqlx::Error::Configuration(
-                "the schema devops_api exists and is not owned by the admin role: it is not used".into(),
+                "the schema devops_api exists and is not owned by the admin role: it is not used"
+                    .into(),
             ));
         }
         let pool = PgPoolOptions::new()
@@ -473,20 +474,26 @@ impl Store {
         .await
     }
 
-    /// Entries oldest first, of one tenant or all, from `since`, at most `limit`.
+    /// Entries oldest first, of one tenant or all, of the tenants matching one of
+    /// `within` (SQL `LIKE` patterns, [`crate::auth::Scope::like_patterns`]; `None`: every
+    /// tenant, an empty list: none), from `since`, at most `limit`.
     pub async fn audit_entries(
         &self,
         tenant: Option<&str>,
+        within: Option<&[String]>,
         since: Option<OffsetDateTime>,
         limit: i64,
     ) -> Result<Vec<AuditEntry>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT id, at, actor, request_id, tenant, action, dry_run, plan, outcome, detail
              FROM devops_api.audit_log
-             WHERE ($1::text IS NULL OR tenant = $1) AND ($2::timestamptz IS NULL OR at >= $2)
-             ORDER BY id LIMIT $3",
+             WHERE ($1::text IS NULL OR tenant = $1)
+               AND ($2::text[] IS NULL OR tenant LIKE ANY ($2::text[]))
+               AND ($3::timestamptz IS NULL OR at >= $3)
+             ORDER BY id LIMIT $4",
         )
         .bind(tenant)
+        .bind(within)
         .bind(since)
         .bind(limit)
         .fetch_all(&self.admin)

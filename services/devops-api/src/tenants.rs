@@ -285,8 +285,25 @@ impl Tenants {
         .map_err(Failure::Invalid)
     }
 
-    /// `PUT /v1/tenants/{tenant}`.
+    /// `PUT /v1/tenants/{tenant}`. The change runs on a task of its own: a client that
+    /// goes away, or the request timeout, does not cut it short between its commits.
     pub async fn put(
+        &self,
+        tenant: &str,
+        spec: &TenantSpec,
+        dry_run: bool,
+        caller: &Caller,
+    ) -> Result<PutResult, Failure> {
+        let (this, tenant, spec, caller) = (
+            self.clone(),
+            tenant.to_owned(),
+            spec.clone(),
+            caller.clone(),
+        );
+        detached(async move { this.put_inner(&tenant, &spec, dry_run, &caller).await }).await
+    }
+
+    async fn put_inner(
         &self,
         tenant: &str,
         spec: &TenantSpec,
@@ -859,8 +876,23 @@ impl Tenants {
         Ok((record, r))
     }
 
-    /// `POST /v1/tenants/{tenant}/logins/{login}/rotate`.
+    /// `POST /v1/tenants/{tenant}/logins/{login}/rotate` (on a task of its own, like PUT).
     pub async fn rotate(
+        &self,
+        tenant: &str,
+        login: &str,
+        caller: &Caller,
+    ) -> Result<ChangeResult, Failure> {
+        let (this, tenant, login, caller) = (
+            self.clone(),
+            tenant.to_owned(),
+            login.to_owned(),
+            caller.clone(),
+        );
+        detached(async move { this.rotate_inner(&tenant, &login, &caller).await }).await
+    }
+
+    async fn rotate_inner(
         &self,
         tenant: &str,
         login: &str,
@@ -941,8 +973,18 @@ impl Tenants {
         })
     }
 
-    /// `DELETE /v1/tenants/{tenant}?mode=revoke|drop`.
+    /// `DELETE /v1/tenants/{tenant}?mode=revoke|drop` (on a task of its own, like PUT).
     pub async fn delete(
+        &self,
+        tenant: &str,
+        drop: bool,
+        caller: &Caller,
+    ) -> Result<ChangeResult, Failure> {
+        let (this, tenant, caller) = (self.clone(), tenant.to_owned(), caller.clone());
+        detached(async move { this.delete_inner(&tenant, drop, &caller).await }).await
+    }
+
+    async fn delete_inner(
         &self,
         tenant: &str,
         drop: bool,
@@ -1275,6 +1317,16 @@ impl Tenants {
             tracing::error!(%error, tenant, action, "cannot write the audit entry of a failure");
         }
     }
+}
+
+/// Runs a change to its end on a task of its own, in the request's span.
+async fn detached<T: Send + 'static>(
+    change: impl std::future::Future<Output = Result<T, Failure>> + Send + 'static,
+) -> Result<T, Failure> {
+    use tracing::Instrument as _;
+    tokio::spawn(change.instrument(tracing::Span::current()))
+        .await
+        .map_err(|e| Failure::Internal(format!("the change stopped: {e}")))?
 }
 
 fn is_live(status: &str) -> bool {

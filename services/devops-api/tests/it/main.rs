@@ -3,5 +3,6 @@
 
 mod helpers;
 
+mod access;
 mod lifecycle;
 mod safety;

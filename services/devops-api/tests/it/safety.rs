@@ -145,6 +145,7 @@ async fn no_or_wrong_credentials_get_401_or_403_and_nothing_runs() {
 async fn the_identity_header_from_a_trusted_proxy_is_the_actor_of_the_audit_log() {
     let api = Api::start_with(|c| {
         c.auth.trusted_proxies = vec!["127.0.0.1/32".into()];
+        c.auth.identity_scopes = [("alice@example.com".into(), vec!["t_*".into()])].into();
     })
     .await
     .ready()
