@@ -13,7 +13,9 @@ pretty() { python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin), 
 
 API_PORT=$(free_port); ADMIN_PORT=$(free_port)
 TOKEN=demo-token-$(python3 -c 'import secrets; print(secrets.token_hex(12))')
-echo "ops:$TOKEN" > "$WORK/tokens"
+TEAMB_TOKEN=teamb-token-$(python3 -c 'import secrets; print(secrets.token_hex(12))')
+# ops may touch every tenant; teamb only tenants named teamb_*.
+printf 'ops:%s\nteamb:%s:teamb_*\n' "$TOKEN" "$TEAMB_TOKEN" > "$WORK/tokens"
 cat > "$WORK/devops-api.yaml" <<YAML
 listen: 127.0.0.1:$API_PORT
 admin_listen: 127.0.0.1:$ADMIN_PORT
@@ -68,8 +70,39 @@ curl -sS "$API/v1/tenants/acme" -H "$AUTH" | python3 -c 'import json,sys; print(
 curl -sS -X PUT "$API/v1/tenants/acme" -H "$AUTH" -H 'Content-Type: application/json' -d @"$WORK/acme.json" \
     | python3 -c 'import json,sys; print("repaired:", [s["sql"] for s in json.load(sys.stdin)["plan"]])'
 
+step "drift the other way: an outsider given SELECT on the tenant's table and made a member of its owner role; a PUT takes both back"
+psql -X -q -h 127.0.0.1 -p "$TEST_DATABASE_PORT" -U postgres -d postgres \
+    -c "CREATE ROLE outsider NOLOGIN; GRANT SELECT ON acme.orders TO outsider; GRANT acme_owner TO outsider"
+curl -sS "$API/v1/tenants/acme" -H "$AUTH" | python3 -c 'import json,sys; print("drift:", [s["sql"] for s in json.load(sys.stdin)["drift"]])'
+curl -sS -X PUT "$API/v1/tenants/acme" -H "$AUTH" -H 'Content-Type: application/json' -d @"$WORK/acme.json" \
+    | python3 -c 'import json,sys; print("converged:", [s["sql"] for s in json.load(sys.stdin)["plan"]])'
+
 step "a hostile name: 422, no SQL"
 curl -sS -X PUT "$API/v1/tenants/acme%22%3B%20DROP%20ROLE%20postgres" -H "$AUTH" -H 'Content-Type: application/json' -d '{}' | pretty
+
+step "names that are not a tenant's: a reserved schema (422), a role someone else holds (409), another team's tenant (403)"
+curl -sS -X PUT "$API/v1/tenants/mallory" -H "$AUTH" -H 'Content-Type: application/json' -d '{"schema": "pg_catalog"}' \
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["status"], d["errors"])'
+curl -sS -X PUT "$API/v1/tenants/mallory" -H "$AUTH" -H 'Content-Type: application/json' -d '{"schema": "acme"}' \
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["status"], d["detail"])'
+curl -sS -X PUT "$API/v1/tenants/acme" -H "Authorization: Bearer $TEAMB_TOKEN" -H 'Content-Type: application/json' -d @"$WORK/acme.json" \
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["status"], d["detail"])'
+
+step "revoke ends the tenant's open sessions; drop removes what it created, and only that"
+PGPASSWORD="$REPORT_PASSWORD" "${PSQL[@]}" -U acme_report -c "SELECT pg_sleep(30)" >/dev/null 2>&1 &
+SESSION=$!
+for _ in $(seq 50); do
+    psql -X -qtA -h 127.0.0.1 -p "$TEST_DATABASE_PORT" -U postgres -d postgres \
+        -c "SELECT count(*) FROM pg_stat_activity WHERE usename = 'acme_report'" | grep -q '^1$' && break
+    sleep 0.1
+done
+curl -sS -X DELETE "$API/v1/tenants/acme?mode=revoke" -H "$AUTH" \
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); print("revoked:", len(d["plan"]), "statements,", d["terminatedSessions"], "session(s) ended")'
+wait $SESSION 2>/dev/null || echo "acme_report's session was ended"
+curl -sS -X DELETE "$API/v1/tenants/acme?mode=drop" -H "$AUTH" \
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); print("dropped:", [s["sql"] for s in d["plan"]])'
+printf 'the outsider role, not the tenant'"'"'s, is still there: '
+psql -X -qtA -h 127.0.0.1 -p "$TEST_DATABASE_PORT" -U postgres -d postgres -c "SELECT count(*) FROM pg_roles WHERE rolname = 'outsider'"
 
 step "the audit log"
 curl -sS "$API/v1/audit?tenant=acme" -H "$AUTH" > "$WORK/audit.json"
