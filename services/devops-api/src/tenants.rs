@@ -1053,24 +1053,16 @@ impl Tenants {
         let database_oid = global.database.as_ref().map(|d| d.oid);
         let drop_database =
             drop && database_oid.is_some() && record.created_database() == database_oid;
+        if global.database.is_some() {
+            // Taken before the check below: a tenant moving into the database now waits.
+            Self::lock(&mut admin, &lock_key("database", &r.database)).await?;
+        }
         if drop_database {
-            let others = Store::tenants_in(&mut admin, &r.database, tenant)
-                .await
-                .map_err(Failure::database)?;
-            if !others.is_empty() {
-                return Err(Failure::Conflict(format!(
-                    "database {} holds other tenants ({}): drop them first, or it is not dropped",
-                    r.database,
-                    others.join(", ")
-                )));
-            }
+            Self::no_other_tenants(&mut admin, &r.database, tenant).await?;
         }
         let mut terminated = 0;
         let mut steps = Vec::new();
         if global.database.is_some() || drop {
-            if global.database.is_some() {
-                Self::lock(&mut admin, &lock_key("database", &r.database)).await?;
-            }
             if drop {
                 // Open transactions of the logins would hold locks DROP OWNED waits for.
                 terminated += self
@@ -1190,7 +1182,6 @@ impl Tenants {
         database: &str,
         caller: &Caller,
     ) -> Result<Step, Failure> {
-        self.store.forget(database).await;
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(database));
         let statement = Statement {
             step: Step {
@@ -1201,13 +1192,18 @@ impl Tenants {
             password: None,
             shared: false,
         };
+        // Under the tenant's and the database's locks, checked again: no tenant moved in
+        // since the drop committed (one that tries now waits for the database's lock).
+        let mut admin_conn = self.acquire_admin().await?;
+        let mut admin = self.begin(&mut admin_conn).await?;
+        Self::lock(&mut admin, &lock_key("tenant", tenant)).await?;
+        Self::lock(&mut admin, &lock_key("database", database)).await?;
+        Self::no_other_tenants(&mut admin, database, tenant).await?;
+        self.store.forget(database).await;
         sqlx::query(&sql)
             .execute(self.store.admin())
             .await
             .map_err(|e| statement_failure(0, &statement, e))?;
-        let mut admin_conn = self.acquire_admin().await?;
-        let mut admin = self.begin(&mut admin_conn).await?;
-        Self::lock(&mut admin, &lock_key("tenant", tenant)).await?;
         if let Some(mut record) = Store::tenant(&mut admin, tenant)
             .await
             .map_err(Failure::database)?
@@ -1230,6 +1226,24 @@ impl Tenants {
         .await?;
         admin.commit().await.map_err(Failure::database)?;
         Ok(statement.step)
+    }
+
+    /// 409 when another live tenant has its schema in `database`.
+    async fn no_other_tenants(
+        admin: &mut PgConnection,
+        database: &str,
+        tenant: &str,
+    ) -> Result<(), Failure> {
+        let others = Store::tenants_in(admin, database, tenant)
+            .await
+            .map_err(Failure::database)?;
+        if others.is_empty() {
+            return Ok(());
+        }
+        Err(Failure::Conflict(format!(
+            "database {database} holds other tenants ({}): drop them first, or it is not dropped",
+            others.join(", ")
+        )))
     }
 
     /// Ends the sessions of these roles; how many.
