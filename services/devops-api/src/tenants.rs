@@ -439,13 +439,24 @@ impl Tenants {
             .record((offset + plan.statements.len()) as f64);
         // What the tenant owns now: its roles and schema as they are after the statements
         // (read in the transaction that made them), the database it created.
-        let conn = on(&mut admin, &mut work);
-        let current = catalog::role_oids(conn, &names)
-            .await
-            .map_err(Failure::database)?;
-        let schema_oid = catalog::schema_oid(conn, &r.schema)
-            .await
-            .map_err(Failure::database)?;
+        let (current, schema_oid) = if plan.statements.is_empty() {
+            // Nothing ran: what the catalogs said before is what they say now.
+            let roles: BTreeMap<String, u32> = state
+                .roles
+                .iter()
+                .map(|(name, role)| (name.clone(), role.oid))
+                .collect();
+            (roles, state.local.as_ref().and_then(|l| l.schema_oid))
+        } else {
+            let conn = on(&mut admin, &mut work);
+            let roles = catalog::role_oids(conn, &names)
+                .await
+                .map_err(Failure::database)?;
+            let schema = catalog::schema_oid(conn, &r.schema)
+                .await
+                .map_err(Failure::database)?;
+            (roles, schema)
+        };
         let database_oid = state.database.as_ref().map_or(0, |d| d.oid);
         let removed = removed_logins(r, &record, &state);
         let mut owned: Vec<Owned> = record
