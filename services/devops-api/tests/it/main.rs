@@ -3,5 +3,6 @@
 
 mod helpers;
 
+mod hostile;
 mod lifecycle;
 mod safety;
