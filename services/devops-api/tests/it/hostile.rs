@@ -822,6 +822,42 @@ async fn a_database_other_tenants_live_in_is_not_dropped_with_the_tenant_that_cr
     );
 }
 
+#[tokio::test]
+async fn a_database_made_again_by_hand_under_the_tenant_s_database_name_is_not_dropped() {
+    let api = Api::start().await.ready().await;
+    let tenant = unique("t");
+    let database = format!("{tenant}_db");
+    let created = api
+        .put(
+            &tenant,
+            json!({"database": {"name": database, "create": true}}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    // The API's database goes by hand and someone makes one of that name: another OID.
+    let mut admin = api.admin().await;
+    run(
+        &mut admin,
+        &format!("DROP DATABASE {database} WITH (FORCE)"),
+    )
+    .await;
+    run(&mut admin, &format!("CREATE DATABASE {database}")).await;
+    run(
+        &mut admin_of(&database).await,
+        "CREATE TABLE public.keep (v text); INSERT INTO public.keep VALUES ('k')",
+    )
+    .await;
+    let dropped = delete(&api, &tenant, "drop").await;
+    assert!(
+        database_exists(&mut admin, &database).await,
+        "the database made by hand was dropped: {dropped:?}"
+    );
+    assert!(
+        relation_exists(&mut admin_of(&database).await, "public.keep").await,
+        "its table is gone"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Finding 4: roles that are not the tenant's are taken over.
 
@@ -965,12 +1001,55 @@ async fn a_role_the_api_did_not_create_is_not_claimed_as_a_login_on_a_second_put
         Vec::<String>::new(),
         "the hand-made role was put in the tenant's groups"
     );
+    assert!(
+        ask(
+            &mut admin,
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_db_role_setting WHERE setrole = to_regrole($1)::oid)",
+            &[&role],
+        )
+        .await,
+        "the hand-made role was given settings"
+    );
     assert!(is_problem(&put, 409), "{put:?}");
     assert!(names_object(detail(&put), "role", &role), "{put:?}");
     assert!(
         rotated.status >= 400 && rotated.body.get("credentials").is_none(),
         "{rotated:?}"
     );
+}
+
+#[tokio::test]
+async fn a_login_dropped_and_made_again_by_hand_is_neither_rotated_nor_dropped_by_the_api() {
+    let api = Api::start().await.ready().await;
+    let tenant = unique("t");
+    let login = format!("{tenant}_app");
+    let spec = json!({"logins": [{"name": login, "memberOf": "writer"}]});
+    assert_eq!(api.put(&tenant, spec.clone()).await.status, 201);
+    // The tenant's login goes by hand and someone makes a role of that name: another OID.
+    let mut admin = api.admin().await;
+    run(
+        &mut admin,
+        &format!("DROP ROLE {login}; CREATE ROLE {login} LOGIN PASSWORD 'someone-else-s'"),
+    )
+    .await;
+    let rotated = rotate(&api, &tenant, &login).await;
+    let put = api.put(&tenant, spec).await;
+    let dropped = delete(&api, &tenant, "drop").await;
+    assert!(
+        api.login(&login, "someone-else-s", None).await.is_ok(),
+        "the role made by hand lost its password or its existence: rotate {rotated:?}, drop {dropped:?}"
+    );
+    assert_eq!(
+        groups_of(&mut admin, &login).await,
+        Vec::<String>::new(),
+        "the role made by hand was put in the tenant's groups: {put:?}"
+    );
+    assert!(
+        rotated.status >= 400 && rotated.body.get("credentials").is_none(),
+        "{rotated:?}"
+    );
+    assert!(is_problem(&put, 409), "{put:?}");
+    assert!(names_object(detail(&put), "role", &login), "{put:?}");
 }
 
 // ---------------------------------------------------------------------------------------
