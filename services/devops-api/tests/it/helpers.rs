@@ -271,3 +271,39 @@ pub async fn snapshot(conn: &mut PgConnection, tenant: &str, schema: &str) -> Ve
     lines.sort();
     lines
 }
+
+impl Api {
+    /// The API on an existing `database`, `adjust` applied to its config: a second
+    /// instance beside a running one (fresh pools, so fresh sessions), or one on a
+    /// database the test prepared.
+    pub async fn start_on(database: &str, adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, format!("ops:{TOKEN}\n")).expect("tokens");
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            admin_listen: "127.0.0.1:0".parse().expect("addr"),
+            database: DatabaseConfig {
+                url: with_database(&admin_url(), database).parse().expect("url"),
+                ..DatabaseConfig::default()
+            },
+            auth: AuthConfig {
+                tokens_file: Some(tokens),
+                ..AuthConfig::default()
+            },
+            ..Config::default()
+        };
+        adjust(&mut config);
+        Self::serve(config, database.to_owned(), dir).await
+    }
+}
+
+/// A URL that logs `role` in with `password` to `database` over the Unix socket (where
+/// the server asks for passwords).
+pub fn socket_url(role: &str, password: &str, database: &str) -> String {
+    format!(
+        "postgres://{role}:{password}@localhost/{database}?host={}&port={}",
+        env("TEST_DATABASE_SOCKET_DIR"),
+        env("TEST_DATABASE_PORT")
+    )
+}

@@ -4,5 +4,6 @@
 mod helpers;
 
 mod access;
+mod hostile;
 mod lifecycle;
 mod safety;
