@@ -221,6 +221,12 @@ fn granted_by(grantor: &str, owner: &str) -> String {
     }
 }
 
+/// Whether `grantee` holds `privilege` in `acl`.
+fn holds(acl: &[Entry], grantee: &str, privilege: &str) -> bool {
+    acl.iter()
+        .any(|e| e.grantee == grantee && e.privilege == privilege)
+}
+
 fn grantee(name: &str) -> String {
     if name == PUBLIC {
         PUBLIC.to_owned()
@@ -577,10 +583,7 @@ fn database_acl(
         ),
     };
     for group in &roles.groups {
-        if !acl
-            .iter()
-            .any(|e| e.grantee == *group && e.privilege == "CONNECT")
-        {
+        if !holds(&acl, group, "CONNECT") {
             out.push(shared(
                 "grant",
                 object.clone(),
@@ -659,10 +662,7 @@ fn schema(r: &Resolved, roles: &Roles<'_>, local: &Local, out: &mut Vec<Statemen
     let current_owner = local.schema_owner.clone().unwrap_or_else(|| owner.clone());
     let acl: &[Entry] = if ours { &local.schema_acl } else { &[] };
     for role in [&roles.writer, &roles.reader] {
-        if !acl
-            .iter()
-            .any(|e| e.grantee == *role && e.privilege == "USAGE")
-        {
+        if !holds(acl, role, "USAGE") {
             out.push(statement(
                 "grant",
                 object.clone(),
@@ -818,12 +818,7 @@ fn objects(roles: &Roles<'_>, local: &Local, out: &mut Vec<Statement>) {
             let missing: Vec<&str> = privileges
                 .iter()
                 .copied()
-                .filter(|p| {
-                    !item
-                        .acl
-                        .iter()
-                        .any(|e| e.grantee == *role && e.privilege == *p)
-                })
+                .filter(|p| !holds(&item.acl, role, p))
                 .collect();
             if !missing.is_empty() {
                 out.push(statement(
@@ -919,11 +914,7 @@ pub fn revoke(r: &Resolved, logins: &[String], state: &State) -> Vec<Statement> 
     }
     if let Some(database) = &state.database {
         for group in &groups {
-            if database
-                .acl
-                .iter()
-                .any(|e| e.grantee == *group && e.privilege == "CONNECT")
-            {
+            if holds(&database.acl, group, "CONNECT") {
                 out.push(shared(
                     "revoke",
                     format!("database {}", r.database),
@@ -939,11 +930,7 @@ pub fn revoke(r: &Resolved, logins: &[String], state: &State) -> Vec<Statement> 
     if let Some(local) = &state.local {
         for group in [Group::Writer, Group::Reader] {
             let role = r.group(group);
-            if local
-                .schema_acl
-                .iter()
-                .any(|e| e.grantee == role && e.privilege == "USAGE")
-            {
+            if holds(&local.schema_acl, &role, "USAGE") {
                 out.push(statement(
                     "revoke",
                     format!("schema {}", r.schema),

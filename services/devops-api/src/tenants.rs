@@ -205,6 +205,16 @@ enum Work<'c> {
     Other(Transaction<'c, Postgres>),
 }
 
+impl Work<'_> {
+    /// Commits the tenant database's transaction (the admin one is committed after it).
+    async fn commit(self) -> Result<(), Failure> {
+        match self {
+            Self::Same => Ok(()),
+            Self::Other(tx) => tx.commit().await.map_err(Failure::database),
+        }
+    }
+}
+
 /// The connection statements run on.
 fn on<'a>(admin: &'a mut PgConnection, work: &'a mut Work<'_>) -> &'a mut PgConnection {
     match work {
@@ -251,6 +261,27 @@ impl Tenants {
                 .map_err(Failure::database)?;
         }
         Ok(tx)
+    }
+
+    /// Where a change in `database` runs its statements: the admin transaction when the
+    /// tenant lives in the API's database (or its database does not exist yet), else a
+    /// transaction on a connection to it (kept in `conn`).
+    async fn work<'c>(
+        &self,
+        database: &str,
+        exists: bool,
+        conn: &'c mut Option<PoolConnection<Postgres>>,
+    ) -> Result<Work<'c>, Failure> {
+        if !exists || database == self.store.admin_database() {
+            return Ok(Work::Same);
+        }
+        let acquired = self
+            .store
+            .pool(database)
+            .acquire()
+            .await
+            .map_err(Failure::database)?;
+        Ok(Work::Other(self.begin(conn.insert(acquired)).await?))
     }
 
     /// Takes an advisory lock until the end of the transaction (its wait measured,
@@ -311,15 +342,35 @@ impl Tenants {
         caller: &Caller,
     ) -> Result<PutResult, Failure> {
         let r = self.resolve(tenant, spec, false)?;
+        self.attempts(caller, tenant, "put", dry_run, || {
+            self.put_attempt(&r, spec, dry_run, caller)
+        })
+        .await
+    }
+
+    /// Runs a change again while it collides with another (up to [`ATTEMPTS`], waiting a
+    /// little longer each time), and audits the failure it ends with.
+    async fn attempts<T, F, Fut>(
+        &self,
+        caller: &Caller,
+        tenant: &str,
+        action: &str,
+        dry_run: bool,
+        mut change: F,
+    ) -> Result<T, Failure>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
         let mut attempt = 1;
         loop {
-            match self.put_attempt(&r, spec, dry_run, caller).await {
+            match change().await {
                 Err(failure) if failure.retryable() && attempt < ATTEMPTS => {
                     tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt))).await;
                     attempt += 1;
                 }
                 Err(failure) => {
-                    self.audit_failure(caller, tenant, "put", dry_run, &failure)
+                    self.audit_failure(caller, tenant, action, dry_run, &failure)
                         .await;
                     return Err(failure);
                 }
@@ -391,18 +442,10 @@ impl Tenants {
                 .map_err(Failure::database)?
                 .database;
         }
-        let mut tenant_conn;
-        let mut work = if r.database == self.store.admin_database() || state.database.is_none() {
-            Work::Same
-        } else {
-            tenant_conn = self
-                .store
-                .pool(&r.database)
-                .acquire()
-                .await
-                .map_err(Failure::database)?;
-            Work::Other(self.begin(&mut tenant_conn).await?)
-        };
+        let mut tenant_conn = None;
+        let mut work = self
+            .work(&r.database, state.database.is_some(), &mut tenant_conn)
+            .await?;
         let mut plan = self
             .plan_put(r, &record, &mut admin, &mut work, &mut state, false)
             .await?;
@@ -521,9 +564,7 @@ impl Tenants {
             &mut admin, caller, &r.tenant, "put", false, &steps, outcome, None,
         )
         .await?;
-        if let Work::Other(tx) = work {
-            tx.commit().await.map_err(Failure::database)?;
-        }
+        work.commit().await?;
         admin.commit().await.map_err(Failure::database)?;
         if !removed_oids.is_empty() {
             // Logins the spec no longer declares keep no session.
@@ -909,18 +950,10 @@ impl Tenants {
         login: &str,
         caller: &Caller,
     ) -> Result<ChangeResult, Failure> {
-        let mut attempt = 1;
-        loop {
-            match self.rotate_attempt(tenant, login, caller).await {
-                Err(failure) if failure.retryable() && attempt < ATTEMPTS => attempt += 1,
-                Err(failure) => {
-                    self.audit_failure(caller, tenant, "rotate", false, &failure)
-                        .await;
-                    return Err(failure);
-                }
-                Ok(done) => return Ok(done),
-            }
-        }
+        self.attempts(caller, tenant, "rotate", false, || {
+            self.rotate_attempt(tenant, login, caller)
+        })
+        .await
     }
 
     async fn rotate_attempt(
@@ -1003,21 +1036,10 @@ impl Tenants {
     ) -> Result<ChangeResult, Failure> {
         crate::names::check("tenant", tenant).map_err(|e| Failure::Invalid(vec![e]))?;
         let action = if drop { "drop" } else { "revoke" };
-        let mut attempt = 1;
-        loop {
-            match self.delete_attempt(tenant, drop, caller).await {
-                Err(failure) if failure.retryable() && attempt < ATTEMPTS => {
-                    tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt))).await;
-                    attempt += 1;
-                }
-                Err(failure) => {
-                    self.audit_failure(caller, tenant, action, false, &failure)
-                        .await;
-                    return Err(failure);
-                }
-                Ok(done) => return Ok(done),
-            }
-        }
+        self.attempts(caller, tenant, action, false, || {
+            self.delete_attempt(tenant, drop, caller)
+        })
+        .await
     }
 
     async fn delete_attempt(
@@ -1072,30 +1094,20 @@ impl Tenants {
             Self::no_other_tenants(&mut admin, &r.database, tenant).await?;
         }
         let mut terminated = 0;
-        let mut steps = Vec::new();
-        if global.database.is_some() || drop {
-            if drop {
-                // Open transactions of the logins would hold locks DROP OWNED waits for.
-                terminated += self
-                    .terminate(&login_oids)
-                    .await
-                    .map_err(Failure::database)?;
-            }
-            let mut tenant_conn;
-            let mut work = if global.database.is_none() || r.database == self.store.admin_database()
-            {
-                Work::Same
-            } else {
-                tenant_conn = self
-                    .store
-                    .pool(&r.database)
-                    .acquire()
-                    .await
-                    .map_err(Failure::database)?;
-                Work::Other(self.begin(&mut tenant_conn).await?)
-            };
-            let mut state = global.clone();
-            if let Some(database) = &global.database {
+        if drop {
+            // Open transactions of the logins would hold locks DROP OWNED waits for.
+            terminated += self
+                .terminate(&login_oids)
+                .await
+                .map_err(Failure::database)?;
+        }
+        let mut tenant_conn = None;
+        let mut work = self
+            .work(&r.database, global.database.is_some(), &mut tenant_conn)
+            .await?;
+        let owner = r.group(Group::Owner);
+        let statements = match &global.database {
+            Some(database) => {
                 let local = catalog::read_local(on(&mut admin, &mut work), &r.schema)
                     .await
                     .map_err(Failure::database)?;
@@ -1106,69 +1118,46 @@ impl Tenants {
                     };
                     self.owns_schema(&record, &probe, database.oid, oid)
                 });
-                state.local = Some(local);
-                let statements = if drop {
-                    plan::drop(
-                        &owned_roles,
-                        &r.group(Group::Owner),
-                        schema_ours.then_some(r.schema.as_str()),
-                        true,
-                    )
+                if drop {
+                    let schema = schema_ours.then_some(r.schema.as_str());
+                    plan::drop(&owned_roles, &owner, schema, true)
                 } else {
+                    let state = State {
+                        local: Some(local),
+                        ..global.clone()
+                    };
                     plan::revoke(&r, &owned_logins, &state)
-                };
-                execute(on(&mut admin, &mut work), &statements, &BTreeMap::new(), 0).await?;
-                steps.extend(statements.into_iter().map(|s| s.step));
-            } else {
-                // No database: only the roles are left to drop.
-                let statements: Vec<Statement> =
-                    plan::drop(&owned_roles, &r.group(Group::Owner), None, false);
-                execute(&mut admin, &statements, &BTreeMap::new(), 0).await?;
-                steps.extend(statements.into_iter().map(|s| s.step));
+                }
             }
-            record.status = action_status(drop).into();
-            if drop {
-                // What is left of it: the database it created, until that is dropped below.
-                record
-                    .owned
-                    .retain(|o| o.kind == Kind::Database && drop_database);
-            }
-            Store::save_tenant(&mut admin, &record)
-                .await
-                .map_err(Failure::database)?;
-            let outcome = if steps.is_empty() {
-                "unchanged"
-            } else {
-                "applied"
-            };
-            Self::audit(
-                &mut admin, caller, tenant, action, false, &steps, outcome, None,
-            )
-            .await?;
-            if let Work::Other(tx) = work {
-                tx.commit().await.map_err(Failure::database)?;
-            }
-            admin.commit().await.map_err(Failure::database)?;
-        } else {
-            // Revoke with no database: the logins stop, nothing else is left.
-            let statements = plan::revoke(&r, &owned_logins, &global);
-            execute(&mut admin, &statements, &BTreeMap::new(), 0).await?;
-            steps.extend(statements.into_iter().map(|s| s.step));
-            record.status = action_status(drop).into();
-            Store::save_tenant(&mut admin, &record)
-                .await
-                .map_err(Failure::database)?;
-            let outcome = if steps.is_empty() {
-                "unchanged"
-            } else {
-                "applied"
-            };
-            Self::audit(
-                &mut admin, caller, tenant, action, false, &steps, outcome, None,
-            )
-            .await?;
-            admin.commit().await.map_err(Failure::database)?;
+            // No database: only the roles are left.
+            None if drop => plan::drop(&owned_roles, &owner, None, false),
+            None => plan::revoke(&r, &owned_logins, &global),
+        };
+        execute(on(&mut admin, &mut work), &statements, &BTreeMap::new(), 0).await?;
+        let mut steps: Vec<Step> = statements.into_iter().map(|s| s.step).collect();
+        record.status = action_status(drop).into();
+        if drop {
+            // What is left of it: the database it created, until that is dropped below.
+            record
+                .owned
+                .retain(|o| o.kind == Kind::Database && drop_database);
         }
+        Store::save_tenant(&mut admin, &record)
+            .await
+            .map_err(Failure::database)?;
+        let outcome = if steps.is_empty() {
+            "unchanged"
+        } else {
+            "applied"
+        };
+        Self::audit(
+            &mut admin, caller, tenant, action, false, &steps, outcome, None,
+        )
+        .await?;
+        work.commit().await?;
+        admin.commit().await.map_err(Failure::database)?;
+        // Back to its pool now: dropping the database closes that pool, which waits for it.
+        std::mem::drop(tenant_conn);
         // After the change committed: no session of the tenant's logins survives it.
         terminated += self
             .terminate(&login_oids)
