@@ -139,6 +139,18 @@ pub struct Server {
     pub admin: String,
     /// `server_version_num`.
     pub version: i32,
+    /// Whether the admin role is a superuser.
+    pub superuser: bool,
+}
+
+impl Server {
+    /// Whether the admin must be made a member of each role it creates to act for it
+    /// (create its schema, set its default privileges, drop what it owns, end its
+    /// sessions): a role with CREATEROLE that is not a superuser, before PostgreSQL 16
+    /// (from 16 on, `createrole_self_grant` gives the admin the roles it creates).
+    pub fn grants_itself(&self) -> bool {
+        !self.superuser && self.version < 160_000
+    }
 }
 
 /// Everything a plan is made from.
@@ -227,8 +239,9 @@ pub async fn read_global(
     roles: &[String],
     database: &str,
 ) -> Result<State, sqlx::Error> {
-    let (admin, version): (String, i32) = sqlx::query_as(
-        "SELECT CURRENT_USER::text, pg_catalog.current_setting('server_version_num')::integer",
+    let (admin, version, superuser): (String, i32, bool) = sqlx::query_as(
+        "SELECT CURRENT_USER::text, pg_catalog.current_setting('server_version_num')::integer,
+                (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)",
     )
     .fetch_one(&mut *conn)
     .await?;
@@ -296,7 +309,11 @@ pub async fn read_global(
     }
     let database = read_database(conn, database).await?;
     Ok(State {
-        server: Server { admin, version },
+        server: Server {
+            admin,
+            version,
+            superuser,
+        },
         roles,
         memberships: memberships
             .into_iter()

@@ -482,6 +482,30 @@ fn memberships(r: &Resolved, roles: &Roles<'_>, state: &State, out: &mut Vec<Sta
             ));
         }
     }
+    if state.server.grants_itself() {
+        // Every role of the tenant, as it is created (or found without it): the admin
+        // acts for it.
+        let admin = &state.server.admin;
+        let all = roles
+            .groups
+            .iter()
+            .map(String::as_str)
+            .chain(roles.logins.iter().map(|l| l.name.as_str()))
+            .chain(roles.removed.iter().map(String::as_str));
+        for role in all {
+            if !state
+                .memberships
+                .iter()
+                .any(|m| m.role == role && m.member == *admin)
+            {
+                out.push(statement(
+                    "grant",
+                    format!("role {role}"),
+                    format!("GRANT {} TO {}", ident(role), ident(admin)),
+                ));
+            }
+        }
+    }
     for m in &state.memberships {
         if roles.groups.contains(&m.role)
             && !roles.is_tenant(&m.member)
@@ -1018,6 +1042,7 @@ mod tests {
         Server {
             admin: "postgres".into(),
             version: 150_000,
+            superuser: true,
         }
     }
 
