@@ -168,6 +168,15 @@ impl From<Failure> for ProblemResponse {
                 retry_after: true,
                 ..Self::new(StatusCode::CONFLICT, "busy", "The tenant is busy", detail)
             },
+            Failure::TooMany(_) => Self {
+                retry_after: true,
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too-many",
+                    "Too many changes under way",
+                    detail,
+                )
+            },
             Failure::Unavailable(_) => Self {
                 retry_after: true,
                 ..Self::new(

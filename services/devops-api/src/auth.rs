@@ -338,6 +338,17 @@ impl Authenticator {
         }
         if let Some(value) = headers.get(&self.identity_header) {
             if self.trusted.iter().any(|n| n.contains(peer)) {
+                // Two values: a proxy that appends instead of replacing, with the client's
+                // own value first. Neither is believed.
+                if headers
+                    .get_all(&self.identity_header)
+                    .iter()
+                    .nth(1)
+                    .is_some()
+                {
+                    tracing::warn!(%peer, header = %self.identity_header, "identity header given twice: refused");
+                    return Err(Refused::Wrong);
+                }
                 let actor = value.to_str().map_err(|_| Refused::Wrong)?.trim();
                 if actor.is_empty()
                     || actor.len() > MAX_ACTOR

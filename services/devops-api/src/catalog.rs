@@ -28,6 +28,8 @@ pub struct Entry {
     pub grantee_oid: u32,
     pub privilege: String,
     pub grantor: String,
+    /// Held WITH GRANT OPTION: the grantee may pass it on.
+    pub grantable: bool,
 }
 
 /// A role's setting (`ALTER ROLE ... [IN DATABASE ...] SET`).
@@ -85,10 +87,10 @@ pub struct RoleState {
 /// A table, view, sequence or function in the tenant's schema, with its ACL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
-    /// `TABLE`, `SEQUENCE` or `FUNCTION`: the word GRANT takes.
+    /// `TABLE`, `SEQUENCE`, `FUNCTION` (functions, procedures, aggregates) or `TYPE`.
     pub kind: &'static str,
-    /// The object as a statement names it: `"schema"."table"`, or for a function its
-    /// `regprocedure` text (PostgreSQL's own quoting, arguments included).
+    /// The object as a statement names it: `"schema"."table"`, for a routine its
+    /// `regprocedure` text and for a type its `regtype` text (PostgreSQL's own quoting).
     pub target: String,
     pub owner: String,
     pub acl: Vec<Entry>,
@@ -103,6 +105,7 @@ pub struct DefaultEntry {
     pub object_type: String,
     pub grantee: String,
     pub privilege: String,
+    pub grantable: bool,
 }
 
 /// What the tenant's database holds of it.
@@ -117,7 +120,8 @@ pub struct Local {
     /// Tables, views, sequences and functions in the schema.
     pub objects: Vec<Object>,
     pub default_acl: BTreeSet<DefaultEntry>,
-    pub extensions: BTreeSet<String>,
+    /// Extensions installed in the database (one copy each), and the schema each is in.
+    pub extensions: BTreeMap<String, String>,
     /// What PUBLIC may do in the `public` schema.
     pub public_schema_grants: BTreeSet<String>,
 }
@@ -129,6 +133,8 @@ pub struct DatabaseState {
     pub owner: String,
     pub is_template: bool,
     pub allow_connections: bool,
+    /// `UTF8`, `SQL_ASCII`, ...
+    pub encoding: String,
     pub acl: Vec<Entry>,
 }
 
@@ -190,38 +196,38 @@ type RoleRow = (
 
 /// An entry of an object's ACL as a LEFT JOIN reads it: grantee, grantee OID, privilege,
 /// grantor (all NULL for an object with an empty ACL).
-type MaybeEntry = (Option<String>, Option<Oid>, Option<String>, Option<String>);
-/// A relation's row: name, relkind, owner, then one entry of its ACL.
-type RelationRow = (
-    String,
-    String,
-    String,
+type MaybeEntry = (
     Option<String>,
     Option<Oid>,
     Option<String>,
     Option<String>,
+    Option<bool>,
 );
-/// A function's row: `regprocedure` text, owner, then one entry of its ACL.
-type FunctionRow = (
+/// An object's row: its kind (`TABLE`, `SEQUENCE`, `FUNCTION`, `TYPE`), how a statement
+/// names it, its owner, then one entry of its ACL.
+type ObjectRow = (
+    String,
     String,
     String,
     Option<String>,
     Option<Oid>,
     Option<String>,
     Option<String>,
+    Option<bool>,
 );
 
-/// An exploded ACL row: grantee, grantee OID, privilege, grantor.
-type AclRow = (String, Oid, String, String);
+/// An exploded ACL row: grantee, grantee OID, privilege, grantor, grant option.
+type AclRow = (String, Oid, String, String, bool);
 
 fn entries(rows: Vec<AclRow>) -> Vec<Entry> {
     let mut out: Vec<Entry> = rows
         .into_iter()
-        .map(|(grantee, oid, privilege, grantor)| Entry {
+        .map(|(grantee, oid, privilege, grantor, grantable)| Entry {
             grantee,
             grantee_oid: oid.0,
             privilege,
             grantor,
+            grantable,
         })
         .collect();
     out.sort();
@@ -231,7 +237,7 @@ fn entries(rows: Vec<AclRow>) -> Vec<Entry> {
 /// The grantee's name of an exploded ACL (`PUBLIC` for 0).
 const GRANTEE: &str =
     "CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END,
-     a.grantee, a.privilege_type, pg_catalog.pg_get_userbyid(a.grantor)::text";
+     a.grantee, a.privilege_type, pg_catalog.pg_get_userbyid(a.grantor)::text, a.is_grantable";
 
 /// The cluster-wide part: the server, the roles and the database.
 pub async fn read_global(
@@ -332,14 +338,15 @@ async fn read_database(
     conn: &mut PgConnection,
     name: &str,
 ) -> Result<Option<DatabaseState>, sqlx::Error> {
-    let row: Option<(Oid, String, bool, bool)> = sqlx::query_as(
-        "SELECT d.oid, pg_catalog.pg_get_userbyid(d.datdba)::text, d.datistemplate, d.datallowconn
+    let row: Option<(Oid, String, bool, bool, String)> = sqlx::query_as(
+        "SELECT d.oid, pg_catalog.pg_get_userbyid(d.datdba)::text, d.datistemplate, d.datallowconn,
+                pg_catalog.pg_encoding_to_char(d.encoding)::text
          FROM pg_catalog.pg_database d WHERE d.datname = $1::text",
     )
     .bind(name)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some((oid, owner, is_template, allow_connections)) = row else {
+    let Some((oid, owner, is_template, allow_connections, encoding)) = row else {
         return Ok(None);
     };
     let acl: Vec<AclRow> = sqlx::query_as(&format!(
@@ -356,6 +363,7 @@ async fn read_database(
         owner,
         is_template,
         allow_connections,
+        encoding,
         acl: entries(acl),
     }))
 }
@@ -369,10 +377,12 @@ pub async fn read_local(conn: &mut PgConnection, schema: &str) -> Result<Local, 
     .bind(schema)
     .fetch_optional(&mut *conn)
     .await?;
-    let extensions: Vec<String> =
-        sqlx::query_scalar("SELECT e.extname::text FROM pg_catalog.pg_extension e")
-            .fetch_all(&mut *conn)
-            .await?;
+    let extensions: Vec<(String, String)> = sqlx::query_as(
+        "SELECT e.extname::text, n.nspname::text
+         FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     let public: Vec<String> = sqlx::query_scalar(
         "SELECT a.privilege_type
          FROM pg_catalog.pg_namespace n,
@@ -402,61 +412,56 @@ pub async fn read_local(conn: &mut PgConnection, schema: &str) -> Result<Local, 
     .fetch_all(&mut *conn)
     .await?;
     local.schema_acl = entries(acl);
-    // Relations and functions with their ACL entries, one row per entry (an object with
-    // an empty ACL still has one row, with NULL entry columns).
-    let relations: Vec<RelationRow> =
-        sqlx::query_as(
-            "SELECT c.relname::text, c.relkind::text, pg_catalog.pg_get_userbyid(c.relowner)::text,
-                    CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END,
-                    a.grantee, a.privilege_type, pg_catalog.pg_get_userbyid(a.grantor)::text
-             FROM pg_catalog.pg_class c
-             LEFT JOIN LATERAL pg_catalog.aclexplode(COALESCE(c.relacl, pg_catalog.acldefault(
-                     CASE WHEN c.relkind = 'S' THEN 's'::\"char\" ELSE 'r'::\"char\" END, c.relowner))) a ON true
+    // Relations, routines and types with their ACL entries, one row per entry (an object
+    // with an empty ACL still has one row, with NULL entry columns), an object's rows
+    // together.
+    let objects: Vec<ObjectRow> = sqlx::query_as(
+        "WITH o (kind, target, owner, acl) AS (
+             SELECT CASE WHEN c.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
+                    pg_catalog.format('%I.%I', n.nspname, c.relname), c.relowner,
+                    COALESCE(c.relacl, pg_catalog.acldefault(
+                        CASE WHEN c.relkind = 'S' THEN 's'::\"char\" ELSE 'r'::\"char\" END, c.relowner))
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
              WHERE c.relnamespace = $1::oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
-             ORDER BY 1, 4, 6",
-        )
-        .bind(oid)
-        .fetch_all(&mut *conn)
-        .await?;
-    let functions: Vec<FunctionRow> =
-        sqlx::query_as(
-            "SELECT p.oid::pg_catalog.regprocedure::text, pg_catalog.pg_get_userbyid(p.proowner)::text,
-                    CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END,
-                    a.grantee, a.privilege_type, pg_catalog.pg_get_userbyid(a.grantor)::text
+             UNION ALL
+             SELECT 'FUNCTION', p.oid::pg_catalog.regprocedure::text, p.proowner,
+                    COALESCE(p.proacl, pg_catalog.acldefault('f'::\"char\", p.proowner))
              FROM pg_catalog.pg_proc p
-             LEFT JOIN LATERAL pg_catalog.aclexplode(COALESCE(p.proacl,
-                     pg_catalog.acldefault('f'::\"char\", p.proowner))) a ON true
-             WHERE p.pronamespace = $1::oid AND p.prokind IN ('f', 'p')
-             ORDER BY 1, 3, 5",
-        )
-        .bind(oid)
-        .fetch_all(&mut *conn)
-        .await?;
-    let quoted_schema = crate::names::ident(schema);
-    for (name, relkind, owner, grantee, grantee_oid, privilege, grantor) in relations {
-        let target = format!("{quoted_schema}.{}", crate::names::ident(&name));
-        let kind = if relkind == "S" { "SEQUENCE" } else { "TABLE" };
+             WHERE p.pronamespace = $1::oid AND p.prokind IN ('f', 'p', 'a', 'w')
+             UNION ALL
+             SELECT 'TYPE', t.oid::pg_catalog.regtype::text, t.typowner,
+                    COALESCE(t.typacl, pg_catalog.acldefault('T'::\"char\", t.typowner))
+             FROM pg_catalog.pg_type t LEFT JOIN pg_catalog.pg_class r ON r.oid = t.typrelid
+             WHERE t.typnamespace = $1::oid AND t.typcategory <> 'A'
+               AND (t.typrelid = 0 OR r.relkind = 'c'))
+         SELECT o.kind, o.target, pg_catalog.pg_get_userbyid(o.owner)::text,
+                CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END,
+                a.grantee, a.privilege_type, pg_catalog.pg_get_userbyid(a.grantor)::text, a.is_grantable
+         FROM o LEFT JOIN LATERAL pg_catalog.aclexplode(o.acl) a ON true
+         ORDER BY 1, 2, 4, 6",
+    )
+    .bind(oid)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (kind, target, owner, grantee, grantee_oid, privilege, grantor, grantable) in objects {
+        let kind = match kind.as_str() {
+            "SEQUENCE" => "SEQUENCE",
+            "FUNCTION" => "FUNCTION",
+            "TYPE" => "TYPE",
+            _ => "TABLE",
+        };
         push_entry(
             &mut local.objects,
             kind,
             target,
             owner,
-            (grantee, grantee_oid, privilege, grantor),
+            (grantee, grantee_oid, privilege, grantor, grantable),
         );
     }
-    for (target, owner, grantee, grantee_oid, privilege, grantor) in functions {
-        push_entry(
-            &mut local.objects,
-            "FUNCTION",
-            target,
-            owner,
-            (grantee, grantee_oid, privilege, grantor),
-        );
-    }
-    let defaults: Vec<(String, String, String, String)> = sqlx::query_as(
+    let defaults: Vec<(String, String, String, String, bool)> = sqlx::query_as(
         "SELECT pg_catalog.pg_get_userbyid(d.defaclrole)::text, d.defaclobjtype::text,
                 CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END,
-                a.privilege_type
+                a.privilege_type, a.is_grantable
          FROM pg_catalog.pg_default_acl d, pg_catalog.aclexplode(d.defaclacl) a
          WHERE d.defaclnamespace = $1::oid",
     )
@@ -465,12 +470,15 @@ pub async fn read_local(conn: &mut PgConnection, schema: &str) -> Result<Local, 
     .await?;
     local.default_acl = defaults
         .into_iter()
-        .map(|(role, object_type, grantee, privilege)| DefaultEntry {
-            role,
-            object_type,
-            grantee,
-            privilege,
-        })
+        .map(
+            |(role, object_type, grantee, privilege, grantable)| DefaultEntry {
+                role,
+                object_type,
+                grantee,
+                privilege,
+                grantable,
+            },
+        )
         .collect();
     Ok(local)
 }
@@ -481,7 +489,7 @@ fn push_entry(
     kind: &'static str,
     target: String,
     owner: String,
-    (grantee, grantee_oid, privilege, grantor): MaybeEntry,
+    (grantee, grantee_oid, privilege, grantor, grantable): MaybeEntry,
 ) {
     let same = objects
         .last()
@@ -502,6 +510,7 @@ fn push_entry(
             grantee_oid: oid.0,
             privilege,
             grantor,
+            grantable: grantable.unwrap_or(false),
         });
     }
 }
@@ -537,6 +546,28 @@ pub async fn schema_oid(conn: &mut PgConnection, name: &str) -> Result<Option<u3
             .fetch_optional(&mut *conn)
             .await?;
     Ok(oid.map(|o| o.0))
+}
+
+/// The databases other than `except` where something depends on these roles: objects
+/// they own, privileges or default privileges granted to them (`pg_shdepend`). Their
+/// `DROP ROLE` waits for a `DROP OWNED BY` in each.
+pub async fn databases_depending_on(
+    conn: &mut PgConnection,
+    roles: &[u32],
+    except: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let oids: Vec<Oid> = roles.iter().map(|o| Oid(*o)).collect();
+    sqlx::query_scalar(
+        "SELECT DISTINCT d.datname::text
+         FROM pg_catalog.pg_shdepend s JOIN pg_catalog.pg_database d ON d.oid = s.dbid
+         WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass
+           AND s.refobjid = ANY($1::oid[]) AND d.datname <> $2::text
+         ORDER BY 1",
+    )
+    .bind(&oids)
+    .bind(except)
+    .fetch_all(&mut *conn)
+    .await
 }
 
 /// Ends every session of these roles (by OID, so a dropped role's sessions too); how many.

@@ -91,6 +91,9 @@ pub struct TenantsConfig {
     pub allowed_extensions: Vec<String>,
     /// The most logins one tenant may declare.
     pub max_logins: usize,
+    /// Changes (PUT, DELETE, rotate) one caller may have under way at once; beyond it,
+    /// 429 with Retry-After, so one caller cannot take every database connection.
+    pub max_changes_per_caller: usize,
 }
 
 impl Default for TenantsConfig {
@@ -110,6 +113,7 @@ impl Default for TenantsConfig {
             .map(String::from)
             .to_vec(),
             max_logins: 50,
+            max_changes_per_caller: 4,
         }
     }
 }
@@ -201,6 +205,9 @@ impl Validate for Config {
             if let Err(why) = crate::names::check_extension(extension) {
                 problems.push(format!("tenants.allowed_extensions: {why}"));
             }
+        }
+        if self.tenants.max_changes_per_caller == 0 {
+            problems.push("tenants.max_changes_per_caller: must be at least 1".into());
         }
         if self.tenants.max_logins == 0 || self.tenants.max_logins > 1000 {
             problems.push("tenants.max_logins: must be 1..=1000".into());

@@ -83,6 +83,7 @@ impl App {
                     spec::Limits {
                         allowed_extensions: config.tenants.allowed_extensions.clone(),
                         max_logins: config.tenants.max_logins,
+                        max_changes_per_caller: config.tenants.max_changes_per_caller,
                     },
                 ),
                 auth: Arc::new(auth),
@@ -136,7 +137,7 @@ impl App {
                     let store = Arc::clone(&probe_store);
                     async move {
                         sqlx::query("SELECT 1")
-                            .execute(store.admin())
+                            .execute(store.probe())
                             .await
                             .map(drop)
                             .map_err(|e| e.to_string())
@@ -154,6 +155,7 @@ impl App {
         serve(self.listener, router, &self.http, shutdown, self.grace).await;
         let _ = tokio::time::timeout(self.grace, ops).await;
         self.store.admin().close().await;
+        self.store.probe().close().await;
         Ok(())
     }
 }

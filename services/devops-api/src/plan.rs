@@ -52,6 +52,9 @@ pub struct Statement {
     /// Whether it changes a row other tenants' statements change too (the database's
     /// ACL, the `public` schema, an extension): such plans run under the database's lock.
     pub shared: bool,
+    /// Whether it takes back what someone outside the tenant's roles holds on the
+    /// tenant's objects (revoke does that too).
+    pub stranger: bool,
 }
 
 impl std::fmt::Debug for Statement {
@@ -85,6 +88,7 @@ fn statement(action: &str, object: impl Into<String>, sql: String) -> Statement 
         },
         password: None,
         shared: false,
+        stranger: false,
     }
 }
 
@@ -158,6 +162,11 @@ impl Plan {
 pub enum PlanError {
     #[error("database {0:?} does not exist; set database.create to create it")]
     NoDatabase(String),
+    #[error(
+        "extension {0} is installed in another schema of this database (a database holds one \
+         copy of an extension, in one schema): it cannot be given to this tenant"
+    )]
+    ExtensionElsewhere(String),
 }
 
 /// The hash a login's given verifier is recorded as.
@@ -211,16 +220,6 @@ impl Roles<'_> {
     }
 }
 
-/// ` GRANTED BY "grantor"` where the grantor is not the one a plain REVOKE acts as (the
-/// object's owner); the revocation then removes that grantor's entry too.
-fn granted_by(grantor: &str, owner: &str) -> String {
-    if grantor == owner {
-        String::new()
-    } else {
-        format!(" GRANTED BY {}", ident(grantor))
-    }
-}
-
 /// Whether `grantee` holds `privilege` in `acl`.
 fn holds(acl: &[Entry], grantee: &str, privilege: &str) -> bool {
     acl.iter()
@@ -232,6 +231,114 @@ fn grantee(name: &str) -> String {
         PUBLIC.to_owned()
     } else {
         ident(name)
+    }
+}
+
+/// One object's ACL, converged: each wanted grantee holds exactly its privileges, without
+/// grant option; every other entry the owner granted goes, unless `keep` says it is left
+/// alone. Entries granted by someone else than the owner hang on a grant option the owner
+/// gave: they go with it (`CASCADE`), which is how PostgreSQL lets them be taken back
+/// (before 16, `GRANTED BY` another role is refused).
+struct Acl<'a> {
+    /// `TABLE "s"."t"`, `SCHEMA "s"`, `DATABASE "d"`: what GRANT and REVOKE name.
+    target: String,
+    /// The plan's object: `table s.t`, ...
+    object: String,
+    owner: &'a str,
+    wanted: Vec<(&'a str, &'a [&'a str])>,
+    /// Whether the statements change a row other tenants change too.
+    shared: bool,
+}
+
+impl Acl<'_> {
+    fn converge(&self, acl: &[Entry], keep: impl Fn(&Entry) -> bool, out: &mut Vec<Statement>) {
+        let make = |sql: String, stranger: bool| Statement {
+            stranger,
+            shared: self.shared,
+            ..statement(
+                if sql.starts_with("GRANT") {
+                    "grant"
+                } else {
+                    "revoke"
+                },
+                self.object.clone(),
+                sql,
+            )
+        };
+        for (role, privileges) in &self.wanted {
+            let missing: Vec<&str> = privileges
+                .iter()
+                .copied()
+                .filter(|p| !holds(acl, role, p))
+                .collect();
+            if !missing.is_empty() {
+                out.push(make(
+                    format!(
+                        "GRANT {} ON {} TO {}",
+                        missing.join(", "),
+                        self.target,
+                        ident(role)
+                    ),
+                    false,
+                ));
+            }
+        }
+        // grantee -> (everything, the privileges it should not hold, the grant options)
+        let mut extra: BTreeMap<&str, (bool, Vec<&str>, Vec<&str>)> = BTreeMap::new();
+        for e in acl {
+            if e.grantee == self.owner || e.grantor != self.owner || keep(e) {
+                continue;
+            }
+            let slot = extra.entry(e.grantee.as_str()).or_default();
+            match self.wanted.iter().find(|(role, _)| *role == e.grantee) {
+                Some((_, privileges)) if privileges.contains(&e.privilege.as_str()) => {
+                    if e.grantable {
+                        slot.2.push(&e.privilege);
+                    }
+                }
+                Some(_) => slot.1.push(&e.privilege),
+                None => slot.0 = true,
+            }
+        }
+        for (who, (all, privileges, options)) in extra {
+            let stranger = !self.wanted.iter().any(|(role, _)| *role == who);
+            // PUBLIC never holds a grant option: nothing hangs on its entries.
+            let cascade = if who == PUBLIC { "" } else { " CASCADE" };
+            if all {
+                out.push(make(
+                    format!(
+                        "REVOKE ALL ON {} FROM {}{cascade}",
+                        self.target,
+                        grantee(who)
+                    ),
+                    stranger,
+                ));
+                continue;
+            }
+            if !privileges.is_empty() {
+                out.push(make(
+                    format!(
+                        "REVOKE {} ON {} FROM {}{cascade}",
+                        privileges.join(", "),
+                        self.target,
+                        grantee(who)
+                    ),
+                    stranger,
+                ));
+            }
+            if !options.is_empty() {
+                // What the grantee passed on goes with its grant option.
+                out.push(make(
+                    format!(
+                        "REVOKE GRANT OPTION FOR {} ON {} FROM {} CASCADE",
+                        options.join(", "),
+                        self.target,
+                        grantee(who)
+                    ),
+                    true,
+                ));
+            }
+        }
     }
 }
 
@@ -306,7 +413,12 @@ pub fn put(r: &Resolved, state: &State, context: &Context) -> Result<Plan, PlanE
     schema(r, &roles, local, &mut plan.statements);
     let schema = ident(&r.schema);
     for extension in &r.extensions {
-        if !local.extensions.contains(extension) {
+        if let Some(elsewhere) = local.extensions.get(extension)
+            && *elsewhere != r.schema
+        {
+            return Err(PlanError::ExtensionElsewhere(extension.clone()));
+        }
+        if !local.extensions.contains_key(extension) {
             plan.statements.push(shared(
                 "create extension",
                 format!("extension {extension}"),
@@ -317,7 +429,8 @@ pub fn put(r: &Resolved, state: &State, context: &Context) -> Result<Plan, PlanE
             ));
         }
     }
-    if r.revoke_public && local.public_schema_grants.contains("CREATE") {
+    // `public` belongs to the database: only a tenant that created it decides for it.
+    if r.revoke_public && context.owns_database && local.public_schema_grants.contains("CREATE") {
         plan.statements.push(shared(
             "revoke",
             "schema public",
@@ -511,16 +624,19 @@ fn memberships(r: &Resolved, roles: &Roles<'_>, state: &State, out: &mut Vec<Sta
             && !roles.is_tenant(&m.member)
             && m.member != state.server.admin
         {
-            out.push(statement(
-                "revoke",
-                format!("role {}", m.role),
-                format!(
-                    "REVOKE {} FROM {}{}",
-                    ident(&m.role),
-                    ident(&m.member),
-                    by(&m.grantor)
-                ),
-            ));
+            out.push(Statement {
+                stranger: true,
+                ..statement(
+                    "revoke",
+                    format!("role {}", m.role),
+                    format!(
+                        "REVOKE {} FROM {}{}",
+                        ident(&m.role),
+                        ident(&m.member),
+                        by(&m.grantor)
+                    ),
+                )
+            });
         }
     }
 }
@@ -581,7 +697,8 @@ fn settings(roles: &Roles<'_>, state: &State, out: &mut Vec<Statement>) {
 }
 
 /// CONNECT on the database for each group, nothing more for the tenant's roles; on a
-/// database the tenant created, nothing for PUBLIC (with `revokePublic`) or strangers.
+/// database the tenant created, nothing for PUBLIC (with `revokePublic`) or strangers
+/// (other tenants living there keep theirs).
 fn database_acl(
     r: &Resolved,
     roles: &Roles<'_>,
@@ -589,8 +706,6 @@ fn database_acl(
     context: &Context,
     out: &mut Vec<Statement>,
 ) {
-    let object = format!("database {}", r.database);
-    let database = ident(&r.database);
     let (acl, owner) = match &state.database {
         Some(d) => (d.acl.clone(), d.owner.clone()),
         // What CREATE DATABASE will make: PUBLIC may connect and create temporary tables.
@@ -601,60 +716,36 @@ fn database_acl(
                     grantee_oid: 0,
                     privilege: p.into(),
                     grantor: state.server.admin.clone(),
+                    grantable: false,
                 })
                 .to_vec(),
             state.server.admin.clone(),
         ),
     };
-    for group in &roles.groups {
-        if !holds(&acl, group, "CONNECT") {
-            out.push(shared(
-                "grant",
-                object.clone(),
-                format!("GRANT CONNECT ON DATABASE {database} TO {}", ident(group)),
-            ));
-        }
-    }
-    let mut revoked = BTreeSet::new();
-    for entry in &acl {
-        if entry.grantee == owner {
-            continue;
-        }
-        let sql = if roles.groups.contains(&entry.grantee) {
-            (entry.privilege != "CONNECT").then(|| {
-                format!(
-                    "REVOKE {} ON DATABASE {database} FROM {}{}",
-                    entry.privilege,
-                    ident(&entry.grantee),
-                    granted_by(&entry.grantor, &owner)
-                )
-            })
-        } else if entry.grantee == PUBLIC {
-            (context.owns_database && r.revoke_public).then(|| {
-                format!(
-                    "REVOKE ALL ON DATABASE {database} FROM PUBLIC{}",
-                    granted_by(&entry.grantor, &owner)
-                )
-            })
-        } else if roles.is_tenant(&entry.grantee)
-            || (context.owns_database
-                && !context.tenant_roles.contains(&entry.grantee_oid)
-                && entry.grantee != state.server.admin)
-        {
-            Some(format!(
-                "REVOKE ALL ON DATABASE {database} FROM {}{} CASCADE",
-                ident(&entry.grantee),
-                granted_by(&entry.grantor, &owner)
-            ))
-        } else {
-            None
-        };
-        if let Some(sql) = sql
-            && revoked.insert(sql.clone())
-        {
-            out.push(shared("revoke", object.clone(), sql));
-        }
-    }
+    let connect: &[&str] = &["CONNECT"];
+    let converge = Acl {
+        target: format!("DATABASE {}", ident(&r.database)),
+        object: format!("database {}", r.database),
+        owner: &owner,
+        wanted: roles.groups.iter().map(|g| (g.as_str(), connect)).collect(),
+        shared: true,
+    };
+    converge.converge(
+        &acl,
+        |e| {
+            if roles.is_tenant(&e.grantee) {
+                return false;
+            }
+            // A database the tenant did not create: only its own roles' entries are its
+            // business. One it created: strangers go, but not the admin, other tenants
+            // living there, nor PUBLIC without revokePublic.
+            !context.owns_database
+                || e.grantee == state.server.admin
+                || (e.grantee == PUBLIC && !r.revoke_public)
+                || context.tenant_roles.contains(&e.grantee_oid)
+        },
+        out,
+    );
 }
 
 /// The schema, owned by the owner group, USAGE for the writer and the reader and nothing
@@ -685,44 +776,22 @@ fn schema(r: &Resolved, roles: &Roles<'_>, local: &Local, out: &mut Vec<Statemen
     };
     let current_owner = local.schema_owner.clone().unwrap_or_else(|| owner.clone());
     let acl: &[Entry] = if ours { &local.schema_acl } else { &[] };
-    for role in [&roles.writer, &roles.reader] {
-        if !holds(acl, role, "USAGE") {
-            out.push(statement(
-                "grant",
-                object.clone(),
-                format!("GRANT USAGE ON SCHEMA {schema} TO {}", ident(role)),
-            ));
-        }
-    }
-    let mut revoked = BTreeSet::new();
-    for entry in acl {
-        if entry.grantee == current_owner || entry.grantee == *owner {
-            continue;
-        }
-        let by = granted_by(&entry.grantor, &current_owner);
-        let sql = if entry.grantee == roles.writer || entry.grantee == roles.reader {
-            (entry.privilege != "USAGE").then(|| {
-                format!(
-                    "REVOKE {} ON SCHEMA {schema} FROM {}{by}",
-                    entry.privilege,
-                    ident(&entry.grantee)
-                )
-            })
-        } else if entry.grantee == PUBLIC {
-            r.revoke_public
-                .then(|| format!("REVOKE ALL ON SCHEMA {schema} FROM PUBLIC{by}"))
-        } else {
-            Some(format!(
-                "REVOKE ALL ON SCHEMA {schema} FROM {}{by} CASCADE",
-                ident(&entry.grantee)
-            ))
-        };
-        if let Some(sql) = sql
-            && revoked.insert(sql.clone())
-        {
-            out.push(statement("revoke", object.clone(), sql));
-        }
-    }
+    let usage: &[&str] = &["USAGE"];
+    let converge = Acl {
+        target: format!("SCHEMA {schema}"),
+        object,
+        owner: &current_owner,
+        wanted: vec![
+            (roles.writer.as_str(), usage),
+            (roles.reader.as_str(), usage),
+        ],
+        shared: false,
+    };
+    converge.converge(
+        acl,
+        |e| e.grantee == *owner || (e.grantee == PUBLIC && !r.revoke_public),
+        out,
+    );
     default_privileges(r, roles, if ours { Some(local) } else { None }, out);
     if ours {
         objects(roles, local, out);
@@ -774,6 +843,7 @@ fn default_privileges(
     // What is there and not wanted: extra privileges of the writer and the reader, and
     // every other entry (another grantee, another role's defaults, other object types).
     let mut extra: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
+    let mut options: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for e in &existing {
         let wanted_here = wanted.iter().any(|(kind, _, role, privileges)| {
             e.role == *owner
@@ -786,7 +856,28 @@ fn default_privileges(
                 .entry((e.role.clone(), e.object_type.clone(), e.grantee.clone()))
                 .or_default()
                 .push(e.privilege.clone());
+        } else if e.grantable {
+            options
+                .entry((e.object_type.clone(), e.grantee.clone()))
+                .or_default()
+                .push(e.privilege.clone());
         }
+    }
+    for ((kind, who), privileges) in options {
+        let objects = if kind == "r" { "TABLES" } else { "SEQUENCES" };
+        out.push(Statement {
+            stranger: true,
+            ..statement(
+                "alter default privileges",
+                object.clone(),
+                format!(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {schema} REVOKE GRANT OPTION FOR {} ON {objects} FROM {}",
+                    ident(owner),
+                    privileges.join(", "),
+                    ident(&who)
+                ),
+            )
+        });
     }
     for ((role, kind, who), privileges) in extra {
         let objects = match kind.as_str() {
@@ -803,102 +894,75 @@ fn default_privileges(
         } else {
             "ALL".to_owned()
         };
-        out.push(statement(
-            "alter default privileges",
-            object.clone(),
-            format!(
-                "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {schema} REVOKE {what} ON {objects} FROM {}",
-                ident(&role),
-                grantee(&who)
-            ),
-        ));
+        out.push(Statement {
+            stranger: !tenant_grantee,
+            ..statement(
+                "alter default privileges",
+                object.clone(),
+                format!(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {schema} REVOKE {what} ON {objects} FROM {}",
+                    ident(&role),
+                    grantee(&who)
+                ),
+            )
+        });
     }
 }
 
-/// The tables, sequences and functions the tenant's roles own in the schema: the writer
-/// and the reader hold exactly their privileges, nobody else holds any (PUBLIC keeps the
-/// EXECUTE on functions PostgreSQL gives it by default).
+/// The tables, sequences, routines and types the tenant's roles own in the schema: the
+/// writer and the reader hold exactly their privileges, nobody else holds any (PUBLIC
+/// keeps the EXECUTE on routines and the USAGE on types PostgreSQL gives it by default;
+/// the tenant's other roles keep what the tenant gave them).
 fn objects(roles: &Roles<'_>, local: &Local, out: &mut Vec<Statement>) {
+    let reads: &[&str] = &["SELECT"];
     for item in &local.objects {
         if !roles.is_tenant(&item.owner) {
             continue;
         }
-        let (keyword, wanted): (&str, [(&String, &[&str]); 2]) = match item.kind {
+        let (keyword, wanted): (&str, Vec<(&str, &[&str])>) = match item.kind {
             "TABLE" => (
                 "TABLE",
-                [(&roles.writer, &TABLE_WRITER), (&roles.reader, &["SELECT"])],
+                vec![
+                    (roles.writer.as_str(), &TABLE_WRITER),
+                    (roles.reader.as_str(), reads),
+                ],
             ),
             "SEQUENCE" => (
                 "SEQUENCE",
-                [
-                    (&roles.writer, &SEQUENCE_WRITER),
-                    (&roles.reader, &["SELECT"]),
+                vec![
+                    (roles.writer.as_str(), &SEQUENCE_WRITER),
+                    (roles.reader.as_str(), reads),
                 ],
             ),
-            _ => ("ROUTINE", [(&roles.writer, &[]), (&roles.reader, &[])]),
+            "TYPE" => ("TYPE", Vec::new()),
+            _ => ("ROUTINE", Vec::new()),
         };
-        let object = format!("{} {}", item.kind.to_lowercase(), item.target);
-        for (role, privileges) in wanted {
-            let missing: Vec<&str> = privileges
-                .iter()
-                .copied()
-                .filter(|p| !holds(&item.acl, role, p))
-                .collect();
-            if !missing.is_empty() {
-                out.push(statement(
-                    "grant",
-                    object.clone(),
-                    format!(
-                        "GRANT {} ON {keyword} {} TO {}",
-                        missing.join(", "),
-                        item.target,
-                        ident(role)
-                    ),
-                ));
-            }
-        }
-        let mut extra: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-        for e in &item.acl {
-            if e.grantee == item.owner {
-                continue;
-            }
-            let tenant_group = wanted.iter().find(|(role, _)| **role == e.grantee);
-            let unwanted = match tenant_group {
-                Some((_, privileges)) => !privileges.contains(&e.privilege.as_str()),
-                None if e.grantee == PUBLIC => keyword != "ROUTINE",
-                None => !roles.is_tenant(&e.grantee),
-            };
-            if unwanted {
-                extra
-                    .entry((e.grantee.clone(), e.grantor.clone()))
-                    .or_default()
-                    .push(e.privilege.clone());
-            }
-        }
-        for ((who, grantor), privileges) in extra {
-            let tenant_group = who == roles.writer || who == roles.reader;
-            let what = if tenant_group {
-                privileges.join(", ")
-            } else {
-                "ALL".to_owned()
-            };
-            out.push(statement(
-                "revoke",
-                object.clone(),
-                format!(
-                    "REVOKE {what} ON {keyword} {} FROM {}{} CASCADE",
-                    item.target,
-                    grantee(&who),
-                    granted_by(&grantor, &item.owner)
-                ),
-            ));
-        }
+        let public_by_default = matches!(keyword, "ROUTINE" | "TYPE");
+        let converge = Acl {
+            target: format!("{keyword} {}", item.target),
+            object: format!("{} {}", item.kind.to_lowercase(), item.target),
+            owner: &item.owner,
+            wanted,
+            shared: false,
+        };
+        converge.converge(
+            &item.acl,
+            |e| {
+                (e.grantee == PUBLIC && public_by_default)
+                    || (roles.is_tenant(&e.grantee)
+                        && e.grantee != roles.writer
+                        && e.grantee != roles.reader)
+            },
+            out,
+        );
     }
 }
 
 /// A timestamp as PostgreSQL reads it (UTC, seconds).
 fn timestamp(at: time::OffsetDateTime) -> String {
-    let at = at.to_offset(time::UtcOffset::UTC);
+    // Specs are checked to stay within years 1..=9999 in UTC; a recorded one that does not
+    // is written as it was given rather than panic.
+    let at = at.checked_to_offset(time::UtcOffset::UTC).unwrap_or(at);
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}+00",
         at.year(),
@@ -968,6 +1032,15 @@ pub fn revoke(r: &Resolved, logins: &[String], state: &State) -> Vec<Statement> 
         }
     }
     out
+}
+
+/// What a revoke takes back besides the tenant's own grants: whatever someone outside the
+/// tenant's roles was given on its objects (the same statements a PUT would run for them).
+pub fn strangers(r: &Resolved, state: &State, context: &Context) -> Vec<Statement> {
+    match put(r, state, context) {
+        Ok(plan) => plan.statements.into_iter().filter(|s| s.stranger).collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// `DELETE ?mode=drop`: everything the tenant's roles (`roles`: those it owns that exist,
@@ -1052,6 +1125,7 @@ mod tests {
             owner: "postgres".into(),
             is_template: false,
             allow_connections: true,
+            encoding: "UTF8".into(),
             acl: acl
                 .iter()
                 .map(|(g, p)| Entry {
@@ -1059,6 +1133,7 @@ mod tests {
                     grantee_oid: 1,
                     privilege: (*p).into(),
                     grantor: "postgres".into(),
+                    grantable: false,
                 })
                 .collect(),
         }

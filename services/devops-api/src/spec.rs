@@ -141,6 +141,7 @@ impl LoginSpec {
 pub struct Limits {
     pub allowed_extensions: Vec<String>,
     pub max_logins: usize,
+    pub max_changes_per_caller: usize,
 }
 
 impl Default for Limits {
@@ -149,6 +150,7 @@ impl Default for Limits {
         Self {
             allowed_extensions: config.allowed_extensions,
             max_logins: config.max_logins,
+            max_changes_per_caller: config.max_changes_per_caller,
         }
     }
 }
@@ -218,6 +220,14 @@ pub fn resolve(
     }
     if let Some(why) = names::reserved_schema(&schema) {
         problems.push(format!("schema {schema:?} is reserved: {why}"));
+    }
+    // The tenant's namespace, which no other tenant's names can enter (overlapping tenant
+    // names are refused): a schema elsewhere could be another tenant's login's "$user".
+    if schema != tenant && !schema.starts_with(&format!("{tenant}_")) {
+        problems.push(format!(
+            "schema {schema:?} is outside the tenant's namespace: name it {tenant:?} or \
+             \"{tenant}_...\""
+        ));
     }
     if Group::ALL
         .iter()
@@ -303,7 +313,28 @@ pub fn resolve(
             }
         }
     }
+    for login in &spec.logins {
+        if let Some(until) = login.valid_until
+            && until
+                .checked_to_offset(time::UtcOffset::UTC)
+                .is_none_or(|at| !(1..=9999).contains(&at.year()))
+        {
+            problems.push(format!(
+                "login {:?}: validUntil must fall between the years 1 and 9999 in UTC",
+                login.name
+            ));
+        }
+    }
     let encoding = spec.database.as_ref().and_then(|d| d.encoding.clone());
+    if let Some(encoding) = &encoding
+        && encoding.eq_ignore_ascii_case("SQL_ASCII")
+    {
+        problems.push(
+            "database.encoding SQL_ASCII is refused: names in such a database need not be \
+             text the API (or any client) can read; use UTF8"
+                .into(),
+        );
+    }
     if let Some(encoding) = &encoding
         && (encoding.is_empty()
             || encoding.len() > 32

@@ -61,6 +61,9 @@ pub enum Failure {
         step: Step,
         error: String,
     },
+    /// 429 with Retry-After: the caller has as many changes under way as it may.
+    #[error("{0}")]
+    TooMany(String),
     /// 500: what should not happen (the cause is logged, not answered).
     #[error("{0}")]
     Internal(String),
@@ -73,12 +76,15 @@ fn contended(code: &str, message: &str) -> bool {
 }
 
 /// SQLSTATEs that say the database cannot serve the API now: connection exceptions,
-/// authentication, too many connections, shutting down, a timed-out statement.
+/// authentication, insufficient resources (memory, the lock table, connections), shutting
+/// down, a timed-out statement.
 fn unavailable(code: &str) -> bool {
     code.starts_with("08")
         || code.starts_with("28")
         || code.starts_with("57P")
-        || matches!(code, "53300" | "57014")
+        // Insufficient resources: disk, memory, locks, connections.
+        || code.starts_with("53")
+        || code == "57014"
 }
 
 impl Failure {
@@ -196,6 +202,27 @@ pub struct Caller {
 pub struct Tenants {
     store: Arc<Store>,
     limits: Arc<Limits>,
+    /// Changes under way, by caller (an entry lives while its count is above 0: the map
+    /// holds at most as many entries as there are requests under way).
+    in_flight: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// A caller's change under way; its slot is given back when it is dropped.
+struct Slot {
+    in_flight: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    actor: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = in_flight.get_mut(&self.actor) {
+            *count -= 1;
+            if *count == 0 {
+                in_flight.remove(&self.actor);
+            }
+        }
+    }
 }
 
 /// The connection a change runs its statements on: the admin transaction itself when the
@@ -233,7 +260,27 @@ impl Tenants {
         Self {
             store,
             limits: Arc::new(limits),
+            in_flight: Arc::default(),
         }
+    }
+
+    /// A slot for one more change of `caller`, or 429.
+    fn slot(&self, caller: &Caller) -> Result<Slot, Failure> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let count = in_flight.entry(caller.actor.clone()).or_insert(0);
+        if *count >= self.limits.max_changes_per_caller {
+            metrics::counter!("devops_api_changes_refused_total").increment(1);
+            return Err(Failure::TooMany(format!(
+                "{} changes of this caller are under way (config key \
+                 tenants.max_changes_per_caller); try again when one is done",
+                self.limits.max_changes_per_caller
+            )));
+        }
+        *count += 1;
+        Ok(Slot {
+            in_flight: Arc::clone(&self.in_flight),
+            actor: caller.actor.clone(),
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -325,13 +372,18 @@ impl Tenants {
         dry_run: bool,
         caller: &Caller,
     ) -> Result<PutResult, Failure> {
+        let slot = self.slot(caller)?;
         let (this, tenant, spec, caller) = (
             self.clone(),
             tenant.to_owned(),
             spec.clone(),
             caller.clone(),
         );
-        detached(async move { this.put_inner(&tenant, &spec, dry_run, &caller).await }).await
+        detached(async move {
+            let _slot = slot;
+            this.put_inner(&tenant, &spec, dry_run, &caller).await
+        })
+        .await
     }
 
     async fn put_inner(
@@ -409,11 +461,11 @@ impl Tenants {
                 .await
                 .map_err(Failure::database)?;
             if !overlapping.is_empty() {
+                // Which tenant is not said: it may be outside the caller's scope.
                 return Err(Failure::Conflict(format!(
-                    "tenant {} would share role names with tenant {}: one name followed by '_' \
-                     begins the other (a tenant's roles are all named <tenant>_...)",
-                    r.tenant,
-                    overlapping.join(", ")
+                    "tenant {} would share role names with another tenant: one name followed \
+                     by '_' begins the other (a tenant's roles are all named <tenant>_...)",
+                    r.tenant
                 )));
             }
         }
@@ -429,10 +481,23 @@ impl Tenants {
             // Verifiers recorded for a dropped tenant are not this PUT's.
             record.verifiers.clear();
         }
+        if let Some(earlier) = record
+            .owned
+            .iter()
+            .find(|o| o.kind == Kind::Database && o.name != r.database)
+        {
+            return Err(Failure::Conflict(format!(
+                "tenant {} created database {} in an earlier attempt: PUT it with that database, \
+                 or DELETE it with mode=drop to remove that database",
+                r.tenant, earlier.name
+            )));
+        }
         let names = self.role_names(r, &record);
         let mut state = catalog::read_global(&mut admin, &names, &r.database)
             .await
             .map_err(Failure::database)?;
+        self.adopt_intended_database(&mut admin, r, &mut record, &state)
+            .await?;
         self.check_names(&mut admin, r, &record, &state).await?;
         let mut steps = Vec::new();
         if state.database.is_none() && r.create_database && !dry_run {
@@ -593,6 +658,46 @@ impl Tenants {
         names
     }
 
+    /// A database this tenant's earlier PUT created and could not record (the API stopped
+    /// right after `CREATE DATABASE`): its intent is on record, the admin owns it, no
+    /// tenant has it. It is the tenant's.
+    async fn adopt_intended_database(
+        &self,
+        admin: &mut PgConnection,
+        r: &Resolved,
+        record: &mut TenantRecord,
+        state: &State,
+    ) -> Result<(), Failure> {
+        let Some(database) = &state.database else {
+            return Ok(());
+        };
+        if record.created_database() == Some(database.oid)
+            || database.owner != state.server.admin
+            || !Store::database_intended(admin, &r.tenant, &r.database)
+                .await
+                .map_err(Failure::database)?
+            || Store::owner_of(admin, Kind::Database, 0, database.oid)
+                .await
+                .map_err(Failure::database)?
+                .is_some()
+        {
+            return Ok(());
+        }
+        tracing::info!(tenant = %r.tenant, database = %r.database, "database created by an earlier PUT adopted");
+        self.store
+            .record_created_database(&r.tenant, &r.database, database.oid)
+            .await
+            .map_err(Failure::database)?;
+        record.owned.push(Owned {
+            kind: Kind::Database,
+            scope: 0,
+            oid: database.oid,
+            name: r.database.clone(),
+            role_kind: None,
+        });
+        Ok(())
+    }
+
     /// Refuses (before any change) a database that is a template or closed, a schema
     /// named like a role, and any role of the tenant's names that is not its own.
     async fn check_names(
@@ -607,6 +712,13 @@ impl Tenants {
             if database.is_template {
                 invalid.push(format!(
                     "database {:?} is a template: every database created later would copy the tenant",
+                    r.database
+                ));
+            }
+            if database.encoding == "SQL_ASCII" {
+                invalid.push(format!(
+                    "database {:?} is SQL_ASCII: names in it need not be text the API can read; \
+                     put the tenant in a UTF8 database",
                     r.database
                 ));
             }
@@ -639,7 +751,7 @@ impl Tenants {
                     .await
                     .map_err(Failure::database)?;
                 return Err(Failure::Conflict(match owner {
-                    Some(other) => format!("role {name} exists and belongs to tenant {other}"),
+                    Some(_) => format!("role {name} exists and belongs to another tenant"),
                     None => format!(
                         "role {name} exists and is not managed by the API: it is not taken over"
                     ),
@@ -661,6 +773,10 @@ impl Tenants {
         let Some(create) = plan.create_database else {
             return Err(Failure::Internal("no CREATE DATABASE planned".into()));
         };
+        self.store
+            .record_database_intent(&r.tenant, &r.database)
+            .await
+            .map_err(Failure::database)?;
         let started = Instant::now();
         match sqlx::query(&create.step.sql)
             .execute(self.store.admin())
@@ -669,6 +785,10 @@ impl Tenants {
             Ok(_) => {}
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {
                 // Made meanwhile by someone else: it is not this tenant's.
+                self.store
+                    .forget_database_intent(&r.tenant, &r.database)
+                    .await
+                    .map_err(Failure::database)?;
                 return Err(Failure::Busy(format!(
                     "database {} was created meanwhile by someone else; try again",
                     r.database
@@ -735,8 +855,8 @@ impl Tenants {
                     .await
                     .map_err(Failure::database)?;
                 return Err(Failure::Conflict(match owner {
-                    Some(other) => format!(
-                        "schema {} in database {} belongs to tenant {other}",
+                    Some(_) => format!(
+                        "schema {} in database {} belongs to another tenant",
                         r.schema, r.database
                     ),
                     None => format!(
@@ -858,6 +978,10 @@ impl Tenants {
                     problems.push(format!("database {database} does not exist"));
                     Vec::new()
                 }
+                Err(err @ plan::PlanError::ExtensionElsewhere(_)) => {
+                    problems.push(err.to_string());
+                    Vec::new()
+                }
             }
         } else {
             Vec::new()
@@ -876,7 +1000,7 @@ impl Tenants {
                 extensions: r
                     .extensions
                     .iter()
-                    .filter(|e| local.extensions.contains(*e))
+                    .filter(|e| local.extensions.get(*e) == Some(&r.schema))
                     .cloned()
                     .collect(),
             },
@@ -935,13 +1059,18 @@ impl Tenants {
         login: &str,
         caller: &Caller,
     ) -> Result<ChangeResult, Failure> {
+        let slot = self.slot(caller)?;
         let (this, tenant, login, caller) = (
             self.clone(),
             tenant.to_owned(),
             login.to_owned(),
             caller.clone(),
         );
-        detached(async move { this.rotate_inner(&tenant, &login, &caller).await }).await
+        detached(async move {
+            let _slot = slot;
+            this.rotate_inner(&tenant, &login, &caller).await
+        })
+        .await
     }
 
     async fn rotate_inner(
@@ -1000,6 +1129,7 @@ impl Tenants {
             },
             password: Some(Password::Generate(login.to_owned())),
             shared: false,
+            stranger: false,
         };
         let (credentials, verifiers) = generate(vec![login.to_owned()]).await?;
         execute(&mut admin, std::slice::from_ref(&statement), &verifiers, 0).await?;
@@ -1024,8 +1154,13 @@ impl Tenants {
         drop: bool,
         caller: &Caller,
     ) -> Result<ChangeResult, Failure> {
+        let slot = self.slot(caller)?;
         let (this, tenant, caller) = (self.clone(), tenant.to_owned(), caller.clone());
-        detached(async move { this.delete_inner(&tenant, drop, &caller).await }).await
+        detached(async move {
+            let _slot = slot;
+            this.delete_inner(&tenant, drop, &caller).await
+        })
+        .await
     }
 
     async fn delete_inner(
@@ -1055,6 +1190,27 @@ impl Tenants {
         let record = Store::tenant(&mut admin, tenant)
             .await
             .map_err(Failure::database)?;
+        if let Some(pending) = record.as_ref().filter(|r| r.status == "pending" && drop) {
+            // A first PUT that created a database and failed after: the database is all
+            // there is of the tenant.
+            let databases: Vec<String> = pending
+                .owned
+                .iter()
+                .filter(|o| o.kind == Kind::Database)
+                .map(|o| o.name.clone())
+                .collect();
+            admin.rollback().await.map_err(Failure::database)?;
+            let mut steps = Vec::new();
+            for database in databases {
+                steps.push(self.drop_database(tenant, &database, caller).await?);
+            }
+            return Ok(ChangeResult {
+                tenant: tenant.to_owned(),
+                plan: steps,
+                credentials: Vec::new(),
+                terminated_sessions: Some(0),
+            });
+        }
         let (mut record, r) = self.resolve_record(tenant, record, true)?;
         if record.status == "dropped" && !drop {
             return Err(Failure::Conflict(format!("tenant {tenant} was dropped")));
@@ -1094,12 +1250,22 @@ impl Tenants {
             Self::no_other_tenants(&mut admin, &r.database, tenant).await?;
         }
         let mut terminated = 0;
+        let mut elsewhere = Vec::new();
         if drop {
             // Open transactions of the logins would hold locks DROP OWNED waits for.
             terminated += self
                 .terminate(&login_oids)
                 .await
                 .map_err(Failure::database)?;
+            // What other databases hold of the roles (another tenant's grants to them,
+            // default privileges naming them): their DROP ROLE waits for it to go.
+            let role_oids: Vec<u32> = owned_roles
+                .iter()
+                .filter_map(|n| global.roles.get(n).map(|role| role.oid))
+                .collect();
+            elsewhere = self
+                .drop_owned_elsewhere(&mut admin, &owned_roles, &role_oids, &r)
+                .await?;
         }
         let mut tenant_conn = None;
         let mut work = self
@@ -1122,11 +1288,35 @@ impl Tenants {
                     let schema = schema_ours.then_some(r.schema.as_str());
                     plan::drop(&owned_roles, &owner, schema, true)
                 } else {
-                    let state = State {
-                        local: Some(local),
+                    // Only the tenant's own roles are looked at, and strangers lose what
+                    // they were given on its objects before its own grants are taken back.
+                    let mut state = State {
+                        local: schema_ours.then_some(local),
                         ..global.clone()
                     };
-                    plan::revoke(&r, &owned_logins, &state)
+                    state.roles.retain(|name, _| owned_roles.contains(name));
+                    state.memberships.retain(|m| {
+                        owned_roles.contains(&m.role) || owned_roles.contains(&m.member)
+                    });
+                    let owns_database = record.created_database() == Some(database.oid);
+                    let tenant_roles = if owns_database {
+                        Store::tenant_role_oids(&mut admin)
+                            .await
+                            .map_err(Failure::database)?
+                            .into_iter()
+                            .collect()
+                    } else {
+                        BTreeSet::new()
+                    };
+                    let context = plan::Context {
+                        recorded: record.verifiers.clone(),
+                        removed_logins: removed_logins(&r, &record, &state),
+                        owns_database,
+                        tenant_roles,
+                    };
+                    let mut statements = plan::strangers(&r, &state, &context);
+                    statements.extend(plan::revoke(&r, &owned_logins, &state));
+                    statements
                 }
             }
             // No database: only the roles are left.
@@ -1134,7 +1324,8 @@ impl Tenants {
             None => plan::revoke(&r, &owned_logins, &global),
         };
         execute(on(&mut admin, &mut work), &statements, &BTreeMap::new(), 0).await?;
-        let mut steps: Vec<Step> = statements.into_iter().map(|s| s.step).collect();
+        let mut steps: Vec<Step> = elsewhere;
+        steps.extend(statements.into_iter().map(|s| s.step));
         record.status = action_status(drop).into();
         if drop {
             // What is left of it: the database it created, until that is dropped below.
@@ -1191,6 +1382,7 @@ impl Tenants {
             },
             password: None,
             shared: false,
+            stranger: false,
         };
         // Under the tenant's and the database's locks, checked again: no tenant moved in
         // since the drop committed (one that tries now waits for the database's lock).
@@ -1199,20 +1391,20 @@ impl Tenants {
         Self::lock(&mut admin, &lock_key("tenant", tenant)).await?;
         Self::lock(&mut admin, &lock_key("database", database)).await?;
         Self::no_other_tenants(&mut admin, database, tenant).await?;
-        self.store.forget(database).await;
-        sqlx::query(&sql)
-            .execute(self.store.admin())
-            .await
-            .map_err(|e| statement_failure(0, &statement, e))?;
         if let Some(mut record) = Store::tenant(&mut admin, tenant)
             .await
             .map_err(Failure::database)?
         {
             record.owned.retain(|o| o.kind != Kind::Database);
+            if record.status == "pending" {
+                record.status = "dropped".into();
+            }
             Store::save_tenant(&mut admin, &record)
                 .await
                 .map_err(Failure::database)?;
         }
+        // Audited in the transaction that commits right after the drop: a drop that fails
+        // rolls its record and audit entry back.
         Self::audit(
             &mut admin,
             caller,
@@ -1224,8 +1416,53 @@ impl Tenants {
             None,
         )
         .await?;
+        self.store.forget(database).await;
+        sqlx::query(&sql)
+            .execute(self.store.admin())
+            .await
+            .map_err(|e| statement_failure(0, &statement, e))?;
         admin.commit().await.map_err(Failure::database)?;
         Ok(statement.step)
+    }
+
+    /// `DROP OWNED BY` the tenant's roles in every other database where something depends
+    /// on them, each in a transaction of its own, committed before the drop itself.
+    async fn drop_owned_elsewhere(
+        &self,
+        admin: &mut PgConnection,
+        roles: &[String],
+        oids: &[u32],
+        r: &Resolved,
+    ) -> Result<Vec<Step>, Failure> {
+        if oids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let databases = catalog::databases_depending_on(admin, oids, &r.database)
+            .await
+            .map_err(Failure::database)?;
+        let mut steps = Vec::new();
+        for database in databases {
+            let statements: Vec<Statement> = plan::drop(roles, &r.group(Group::Owner), None, true)
+                .into_iter()
+                .filter(|s| s.step.action == "drop owned")
+                .map(|mut s| {
+                    s.step.object = format!("{} in database {database}", s.step.object);
+                    s
+                })
+                .collect();
+            let mut conn = None;
+            let mut work = self.work(&database, true, &mut conn).await?;
+            execute(
+                on(admin, &mut work),
+                &statements,
+                &BTreeMap::new(),
+                steps.len(),
+            )
+            .await?;
+            work.commit().await?;
+            steps.extend(statements.into_iter().map(|s| s.step));
+        }
+        Ok(steps)
     }
 
     /// 409 when another live tenant has its schema in `database`.
@@ -1456,5 +1693,6 @@ fn statement_failure(index: usize, statement: &Statement, err: sqlx::Error) -> F
 fn plan_failure(err: plan::PlanError) -> Failure {
     match err {
         plan::PlanError::NoDatabase(_) => Failure::Invalid(vec![err.to_string()]),
+        plan::PlanError::ExtensionElsewhere(_) => Failure::Conflict(err.to_string()),
     }
 }

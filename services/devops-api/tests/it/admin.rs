@@ -102,7 +102,7 @@ async fn a_createrole_admin_that_is_not_a_superuser_runs_a_tenant_s_whole_life()
     assert_eq!(
         repaired.sql(),
         [format!(
-            "GRANT SELECT ON TABLE \"{tenant}\".\"orders\" TO \"{tenant}_reader\""
+            "GRANT SELECT ON TABLE {tenant}.orders TO \"{tenant}_reader\""
         )],
         "{repaired:?}"
     );
