@@ -51,6 +51,10 @@ auth:
   identity_header: {{ .Values.auth.identityHeader | quote }}
   trusted_proxies: {{ .Values.auth.trustedProxies | default list | toJson }}
   identity_scopes: {{ .Values.auth.identityScopes | default dict | toJson }}
+tenants:
+  allowed_extensions: {{ .Values.tenants.allowedExtensions | toJson }}
+  max_logins: {{ .Values.tenants.maxLogins | int64 }}
+  max_changes_per_caller: {{ .Values.tenants.maxChangesPerCaller | int64 }}
 http:
   header_read_timeout_secs: {{ .Values.http.headerReadTimeoutSecs | int64 }}
   max_connections: {{ .Values.http.maxConnections | int64 }}

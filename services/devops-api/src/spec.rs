@@ -326,8 +326,13 @@ pub fn resolve(
         }
     }
     let encoding = spec.database.as_ref().and_then(|d| d.encoding.clone());
+    // PostgreSQL reads encoding names ignoring case and anything but letters and digits.
     if let Some(encoding) = &encoding
-        && encoding.eq_ignore_ascii_case("SQL_ASCII")
+        && encoding
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect::<String>()
+            .eq_ignore_ascii_case("sqlascii")
     {
         problems.push(
             "database.encoding SQL_ASCII is refused: names in such a database need not be \
