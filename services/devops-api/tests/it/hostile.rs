@@ -934,9 +934,10 @@ async fn a_tenant_is_refused_when_an_existing_tenant_s_name_extends_its_own() {
         "{long}_owner was made a login"
     );
     assert!(is_problem(&put, 409), "{put:?}");
+    // A 409 does not tell a caller which other tenants exist (F13 of the second review).
     assert!(
-        names(detail(&put), &long),
-        "the 409 names tenant {long}: {put:?}"
+        !names(detail(&put), &long),
+        "the 409 names the other tenant {long}: {put:?}"
     );
 }
 
@@ -960,9 +961,10 @@ async fn a_tenant_is_refused_when_its_name_extends_an_existing_tenant_s() {
         "{long}_owner was made a login"
     );
     assert!(is_problem(&put, 409), "{put:?}");
+    // A 409 does not tell a caller which other tenants exist (F13 of the second review).
     assert!(
-        names(detail(&put), &short),
-        "the 409 names tenant {short}: {put:?}"
+        !names(detail(&put), &short),
+        "the 409 names the other tenant {short}: {put:?}"
     );
     assert!(
         !role_exists(&mut admin, &format!("{long}_owner")).await,
