@@ -5,6 +5,7 @@ mod helpers;
 
 mod access;
 mod admin;
+mod attacks;
 mod hostile;
 mod lifecycle;
 mod safety;
