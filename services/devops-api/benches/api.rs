@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use devops_api::{
     App, catalog,
-    config::{AuthConfig, Config, DatabaseConfig},
+    config::{AuthConfig, Config, DatabaseConfig, TenantsConfig},
 };
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
@@ -61,6 +61,11 @@ async fn main() {
         auth: AuthConfig {
             tokens_file: Some(tokens),
             ..AuthConfig::default()
+        },
+        // The 16 clients share one token: one caller with 16 changes under way.
+        tenants: TenantsConfig {
+            max_changes_per_caller: CLIENTS,
+            ..TenantsConfig::default()
         },
         ..Config::default()
     };
