@@ -9,84 +9,13 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::{Connection as _, PgConnection};
 
-use crate::helpers::{Answer, Api, TOKEN, admin_url, answer, role_exists, unique, with_database};
+use crate::helpers::{
+    Answer, Api, TOKEN, admin_of, admin_url, answer, ask, database_exists, delete, detail,
+    is_problem, is_refusal, is_retryable, names, role_exists, run, unique,
+};
 
 // ---------------------------------------------------------------------------------------
 // Requests and catalog questions the attacks share.
-
-async fn delete(api: &Api, tenant: &str, mode: &str) -> Answer {
-    api.call(
-        Method::DELETE,
-        &format!("/v1/tenants/{tenant}?mode={mode}"),
-        None,
-    )
-    .await
-}
-
-fn detail(answer: &Answer) -> &str {
-    answer.body["detail"].as_str().unwrap_or_default()
-}
-
-fn is_problem(answer: &Answer, status: u16) -> bool {
-    answer.status == status
-        && answer
-            .headers
-            .get("content-type")
-            .is_some_and(|v| v.as_bytes() == b"application/problem+json")
-}
-
-/// A 422 problem listing what is wrong (a refusal before any SQL).
-fn is_refusal(answer: &Answer) -> bool {
-    is_problem(answer, 422)
-        && answer.body["errors"]
-            .as_array()
-            .is_some_and(|e| !e.is_empty())
-}
-
-/// Busy (409) or unavailable (503), with when to try again.
-fn is_retryable(answer: &Answer) -> bool {
-    (answer.status == 409 || answer.status == 503) && answer.headers.contains_key("retry-after")
-}
-
-fn is_identifier_char(c: Option<char>) -> bool {
-    c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// Whether `text` names `name` as a whole word (`x_1` is not named by `x_1_b`).
-fn names(text: &str, name: &str) -> bool {
-    text.match_indices(name).any(|(at, _)| {
-        !is_identifier_char(text[..at].chars().next_back())
-            && !is_identifier_char(text[at + name.len()..].chars().next())
-    })
-}
-
-/// A yes/no question to the catalogs, with text parameters.
-async fn ask(conn: &mut PgConnection, sql: &str, binds: &[&str]) -> bool {
-    let mut query = sqlx::query_scalar::<_, bool>(sql);
-    for bind in binds {
-        query = query.bind(*bind);
-    }
-    query
-        .fetch_one(conn)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-async fn run(conn: &mut PgConnection, sql: &str) {
-    sqlx::raw_sql(sql)
-        .execute(conn)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-async fn database_exists(conn: &mut PgConnection, database: &str) -> bool {
-    ask(
-        conn,
-        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
-        &[database],
-    )
-    .await
-}
 
 async fn schema_exists(conn: &mut PgConnection, schema: &str) -> bool {
     ask(
@@ -95,13 +24,6 @@ async fn schema_exists(conn: &mut PgConnection, schema: &str) -> bool {
         &[schema],
     )
     .await
-}
-
-/// A superuser connection to `database`.
-async fn admin_of(database: &str) -> PgConnection {
-    PgConnection::connect(&with_database(&admin_url(), database))
-        .await
-        .expect("admin")
 }
 
 /// A new database, made by hand (not by the API), with `options` (`ENCODING ...`).

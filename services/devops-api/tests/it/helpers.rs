@@ -8,6 +8,7 @@ use devops_api::{
     App,
     config::{AuthConfig, Config, DatabaseConfig},
 };
+use reqwest::Method;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
 use tempfile::TempDir;
@@ -155,6 +156,24 @@ impl Api {
             request = request.json(&body);
         }
         answer(request.send().await.expect("sent")).await
+    }
+
+    /// `tenant` made with one owner login, `<tenant>_app`, and that login's session (over
+    /// the Unix socket, with its generated password).
+    pub async fn owner_session(&self, tenant: &str) -> (String, PgConnection) {
+        let login = format!("{tenant}_app");
+        let made = self
+            .put(
+                tenant,
+                serde_json::json!({"logins": [{"name": login, "memberOf": "owner"}]}),
+            )
+            .await;
+        assert_eq!(made.status, 201, "{made:?}");
+        let session = self
+            .login(&login, &made.password(&login), None)
+            .await
+            .expect("login");
+        (login, session)
     }
 
     /// The tokens file the API reads.
@@ -306,4 +325,154 @@ pub fn socket_url(role: &str, password: &str, database: &str) -> String {
         env("TEST_DATABASE_SOCKET_DIR"),
         env("TEST_DATABASE_PORT")
     )
+}
+
+// What the attack suites (hostile.rs, attacks.rs) ask of answers and of the catalog.
+
+pub async fn delete(api: &Api, tenant: &str, mode: &str) -> Answer {
+    api.call(
+        Method::DELETE,
+        &format!("/v1/tenants/{tenant}?mode={mode}"),
+        None,
+    )
+    .await
+}
+
+pub async fn rotate(api: &Api, tenant: &str, login: &str) -> Answer {
+    api.call(
+        Method::POST,
+        &format!("/v1/tenants/{tenant}/logins/{login}/rotate"),
+        None,
+    )
+    .await
+}
+
+pub fn detail(answer: &Answer) -> &str {
+    answer.body["detail"].as_str().unwrap_or_default()
+}
+
+pub fn is_problem(answer: &Answer, status: u16) -> bool {
+    answer.status == status
+        && answer
+            .headers
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes() == b"application/problem+json")
+}
+
+/// A 422 problem listing what is wrong (a refusal before any SQL).
+pub fn is_refusal(answer: &Answer) -> bool {
+    is_problem(answer, 422)
+        && answer.body["errors"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+}
+
+/// A non-2xx answer a client can act on: busy (409) or unavailable (503), and when to
+/// try again.
+pub fn is_retryable(answer: &Answer) -> bool {
+    (answer.status == 409 || answer.status == 503) && answer.headers.contains_key("retry-after")
+}
+
+fn is_identifier_char(c: Option<char>) -> bool {
+    c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Whether `text` names `name` as a whole word (`x_1` is not named by `x_1_b`).
+pub fn names(text: &str, name: &str) -> bool {
+    text.match_indices(name).any(|(at, _)| {
+        !is_identifier_char(text[..at].chars().next_back())
+            && !is_identifier_char(text[at + name.len()..].chars().next())
+    })
+}
+
+/// Whether `text` names the object `kind name` (`schema acme` or `schema "acme"`).
+pub fn names_object(text: &str, kind: &str, name: &str) -> bool {
+    names(text, &format!("{kind} {name}")) || text.contains(&format!("{kind} \"{name}\""))
+}
+
+/// A yes/no question to the catalogs, with text parameters.
+pub async fn ask(conn: &mut PgConnection, sql: &str, binds: &[&str]) -> bool {
+    let mut query = sqlx::query_scalar::<_, bool>(sql);
+    for bind in binds {
+        query = query.bind(*bind);
+    }
+    query
+        .fetch_one(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+pub async fn database_exists(conn: &mut PgConnection, database: &str) -> bool {
+    ask(
+        conn,
+        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+        &[database],
+    )
+    .await
+}
+
+/// A superuser connection to `database`.
+pub async fn admin_of(database: &str) -> PgConnection {
+    PgConnection::connect(&with_database(&admin_url(), database))
+        .await
+        .expect("admin")
+}
+
+pub async fn run(conn: &mut PgConnection, sql: &str) {
+    sqlx::raw_sql(sql)
+        .execute(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+pub async fn is_superuser(conn: &mut PgConnection, role: &str) -> bool {
+    ask(
+        conn,
+        "SELECT COALESCE((SELECT rolsuper FROM pg_roles WHERE rolname = $1), false)",
+        &[role],
+    )
+    .await
+}
+
+pub async fn can_login(conn: &mut PgConnection, role: &str) -> bool {
+    ask(
+        conn,
+        "SELECT COALESCE((SELECT rolcanlogin FROM pg_roles WHERE rolname = $1), false)",
+        &[role],
+    )
+    .await
+}
+
+pub async fn schema_owner(conn: &mut PgConnection, schema: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1")
+        .bind(schema)
+        .fetch_optional(conn)
+        .await
+        .expect("schema owner")
+}
+
+pub async fn relation_exists(conn: &mut PgConnection, relation: &str) -> bool {
+    ask(conn, "SELECT to_regclass($1) IS NOT NULL", &[relation]).await
+}
+
+/// The groups `role` is a member of.
+pub async fn groups_of(conn: &mut PgConnection, role: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT g.rolname::text FROM pg_auth_members m
+         JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles r ON r.oid = m.member
+         WHERE r.rolname = $1 ORDER BY 1",
+    )
+    .bind(role)
+    .fetch_all(conn)
+    .await
+    .expect("groups")
+}
+
+/// `rolpassword` (the stored verifier), from `pg_authid` (superuser only).
+pub async fn stored_password(conn: &mut PgConnection, role: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = $1")
+        .bind(role)
+        .fetch_one(conn)
+        .await
+        .expect("rolpassword")
 }

@@ -10,142 +10,17 @@
 //! schema it then plants a function in), the test goes on only when the API accepted it,
 //! and asserts the harm first, the refusal after.
 
-use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::{Connection as _, PgConnection};
 
-use crate::helpers::{Answer, Api, admin_url, role_exists, socket_url, unique, with_database};
+use crate::helpers::{
+    Answer, Api, admin_of, admin_url, ask, can_login, database_exists, delete, detail, groups_of,
+    is_problem, is_refusal, is_retryable, is_superuser, names, names_object, relation_exists,
+    role_exists, rotate, run, schema_owner, socket_url, stored_password, unique,
+};
 
 // ---------------------------------------------------------------------------------------
 // Requests and catalog questions the attacks share.
-
-async fn delete(api: &Api, tenant: &str, mode: &str) -> Answer {
-    api.call(
-        Method::DELETE,
-        &format!("/v1/tenants/{tenant}?mode={mode}"),
-        None,
-    )
-    .await
-}
-
-async fn rotate(api: &Api, tenant: &str, login: &str) -> Answer {
-    api.call(
-        Method::POST,
-        &format!("/v1/tenants/{tenant}/logins/{login}/rotate"),
-        None,
-    )
-    .await
-}
-
-fn detail(answer: &Answer) -> &str {
-    answer.body["detail"].as_str().unwrap_or_default()
-}
-
-fn is_problem(answer: &Answer, status: u16) -> bool {
-    answer.status == status
-        && answer
-            .headers
-            .get("content-type")
-            .is_some_and(|v| v.as_bytes() == b"application/problem+json")
-}
-
-/// A 422 problem listing what is wrong (a refusal before any SQL).
-fn is_refusal(answer: &Answer) -> bool {
-    is_problem(answer, 422)
-        && answer.body["errors"]
-            .as_array()
-            .is_some_and(|e| !e.is_empty())
-}
-
-fn is_identifier_char(c: Option<char>) -> bool {
-    c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// Whether `text` names `name` as a whole word (`x_1` is not named by `x_1_b`).
-fn names(text: &str, name: &str) -> bool {
-    text.match_indices(name).any(|(at, _)| {
-        !is_identifier_char(text[..at].chars().next_back())
-            && !is_identifier_char(text[at + name.len()..].chars().next())
-    })
-}
-
-/// Whether `text` names the object `kind name` (`schema acme` or `schema "acme"`).
-fn names_object(text: &str, kind: &str, name: &str) -> bool {
-    names(text, &format!("{kind} {name}")) || text.contains(&format!("{kind} \"{name}\""))
-}
-
-/// A yes/no question to the catalogs, with text parameters.
-async fn ask(conn: &mut PgConnection, sql: &str, binds: &[&str]) -> bool {
-    let mut query = sqlx::query_scalar::<_, bool>(sql);
-    for bind in binds {
-        query = query.bind(*bind);
-    }
-    query
-        .fetch_one(conn)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-async fn is_superuser(conn: &mut PgConnection, role: &str) -> bool {
-    ask(
-        conn,
-        "SELECT COALESCE((SELECT rolsuper FROM pg_roles WHERE rolname = $1), false)",
-        &[role],
-    )
-    .await
-}
-
-async fn can_login(conn: &mut PgConnection, role: &str) -> bool {
-    ask(
-        conn,
-        "SELECT COALESCE((SELECT rolcanlogin FROM pg_roles WHERE rolname = $1), false)",
-        &[role],
-    )
-    .await
-}
-
-async fn schema_owner(conn: &mut PgConnection, schema: &str) -> Option<String> {
-    sqlx::query_scalar("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1")
-        .bind(schema)
-        .fetch_optional(conn)
-        .await
-        .expect("schema owner")
-}
-
-async fn relation_exists(conn: &mut PgConnection, relation: &str) -> bool {
-    ask(conn, "SELECT to_regclass($1) IS NOT NULL", &[relation]).await
-}
-
-async fn database_exists(conn: &mut PgConnection, database: &str) -> bool {
-    ask(
-        conn,
-        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
-        &[database],
-    )
-    .await
-}
-
-/// The groups `role` is a member of.
-async fn groups_of(conn: &mut PgConnection, role: &str) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT g.rolname::text FROM pg_auth_members m
-         JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles r ON r.oid = m.member
-         WHERE r.rolname = $1 ORDER BY 1",
-    )
-    .bind(role)
-    .fetch_all(conn)
-    .await
-    .expect("groups")
-}
-
-/// `rolpassword` (the stored verifier), from `pg_authid` (superuser only).
-async fn stored_password(conn: &mut PgConnection, role: &str) -> Option<String> {
-    sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = $1")
-        .bind(role)
-        .fetch_one(conn)
-        .await
-        .expect("rolpassword")
-}
 
 /// A new database, made by hand (not by the API).
 async fn hand_made_database() -> String {
@@ -156,20 +31,6 @@ async fn hand_made_database() -> String {
         .await
         .expect("create database");
     database
-}
-
-/// A superuser connection to `database`.
-async fn admin_of(database: &str) -> PgConnection {
-    PgConnection::connect(&with_database(&admin_url(), database))
-        .await
-        .expect("admin")
-}
-
-async fn run(conn: &mut PgConnection, sql: &str) {
-    sqlx::raw_sql(sql)
-        .execute(conn)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -555,18 +416,7 @@ async fn a_tenant_cannot_take_the_api_s_own_schema_and_drop_the_audit_log() {
 async fn another_tenant_s_schema_is_not_taken_over() {
     let api = Api::start().await.ready().await;
     let victim = unique("v");
-    let victim_login = format!("{victim}_app");
-    let made = api
-        .put(
-            &victim,
-            json!({"logins": [{"name": victim_login, "memberOf": "owner"}]}),
-        )
-        .await;
-    assert_eq!(made.status, 201, "{made:?}");
-    let mut owner = api
-        .login(&victim_login, &made.password(&victim_login), None)
-        .await
-        .expect("login");
+    let (_, mut owner) = api.owner_session(&victim).await;
     run(
         &mut owner,
         &format!(
@@ -696,18 +546,7 @@ async fn a_first_put_that_fails_leaves_no_record() {
 async fn a_tenant_whose_first_put_failed_cannot_drop_the_schema_it_named() {
     let api = Api::start().await.ready().await;
     let victim = unique("v");
-    let login = format!("{victim}_app");
-    let made = api
-        .put(
-            &victim,
-            json!({"logins": [{"name": login, "memberOf": "owner"}]}),
-        )
-        .await;
-    assert_eq!(made.status, 201, "{made:?}");
-    let mut owner = api
-        .login(&login, &made.password(&login), None)
-        .await
-        .expect("login");
+    let (_, mut owner) = api.owner_session(&victim).await;
     run(
         &mut owner,
         &format!("CREATE TABLE {victim}.orders (id int); INSERT INTO {victim}.orders VALUES (1)"),
@@ -1060,12 +899,6 @@ async fn a_login_dropped_and_made_again_by_hand_is_neither_rotated_nor_dropped_b
 // ---------------------------------------------------------------------------------------
 // Finding 6: races.
 
-/// A non-2xx answer a client can act on: busy (409) or unavailable (503), and when to
-/// try again.
-fn is_retryable(answer: &Answer) -> bool {
-    (answer.status == 409 || answer.status == 503) && answer.headers.contains_key("retry-after")
-}
-
 #[tokio::test]
 async fn concurrent_puts_and_drops_of_one_tenant_leave_its_record_and_the_catalog_in_agreement() {
     // Many changes of one caller at once: the per-caller bound is lifted, the locks are
@@ -1221,18 +1054,7 @@ async fn a_login_removed_from_the_spec_can_no_longer_log_in_and_goes_with_the_te
 /// A tenant with an owner login, connected, which has written to a table of its own.
 async fn connected_owner(api: &Api) -> (String, PgConnection) {
     let tenant = unique("t");
-    let login = format!("{tenant}_app");
-    let made = api
-        .put(
-            &tenant,
-            json!({"logins": [{"name": login, "memberOf": "owner"}]}),
-        )
-        .await;
-    assert_eq!(made.status, 201, "{made:?}");
-    let mut session = api
-        .login(&login, &made.password(&login), None)
-        .await
-        .expect("login");
+    let (_, mut session) = api.owner_session(&tenant).await;
     run(
         &mut session,
         &format!(
