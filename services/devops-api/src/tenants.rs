@@ -684,14 +684,24 @@ impl Tenants {
             return Ok(());
         }
         tracing::info!(tenant = %r.tenant, database = %r.database, "database created by an earlier PUT adopted");
+        self.own_database(r, record, database.oid).await
+    }
+
+    /// Records (committed at once) that the tenant created its database, by OID.
+    async fn own_database(
+        &self,
+        r: &Resolved,
+        record: &mut TenantRecord,
+        oid: u32,
+    ) -> Result<(), Failure> {
         self.store
-            .record_created_database(&r.tenant, &r.database, database.oid)
+            .record_created_database(&r.tenant, &r.database, oid)
             .await
             .map_err(Failure::database)?;
         record.owned.push(Owned {
             kind: Kind::Database,
             scope: 0,
-            oid: database.oid,
+            oid,
             name: r.database.clone(),
             role_kind: None,
         });
@@ -803,17 +813,7 @@ impl Tenants {
             .map_err(Failure::database)?
             .database
             .ok_or_else(|| Failure::Internal("the database just created is missing".into()))?;
-        self.store
-            .record_created_database(&r.tenant, &r.database, database.oid)
-            .await
-            .map_err(Failure::database)?;
-        record.owned.push(Owned {
-            kind: Kind::Database,
-            scope: 0,
-            oid: database.oid,
-            name: r.database.clone(),
-            role_kind: None,
-        });
+        self.own_database(r, record, database.oid).await?;
         Ok(create.step)
     }
 
