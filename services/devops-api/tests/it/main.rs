@@ -9,3 +9,4 @@ mod attacks;
 mod hostile;
 mod lifecycle;
 mod safety;
+mod upgrade;
