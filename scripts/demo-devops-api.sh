@@ -80,10 +80,12 @@ curl -sS -X PUT "$API/v1/tenants/acme" -H "$AUTH" -H 'Content-Type: application/
 step "a hostile name: 422, no SQL"
 curl -sS -X PUT "$API/v1/tenants/acme%22%3B%20DROP%20ROLE%20postgres" -H "$AUTH" -H 'Content-Type: application/json' -d '{}' | pretty
 
-step "names that are not a tenant's: a reserved schema (422), a role someone else holds (409), another team's tenant (403)"
-curl -sS -X PUT "$API/v1/tenants/mallory" -H "$AUTH" -H 'Content-Type: application/json' -d '{"schema": "pg_catalog"}' \
-    | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["status"], d["errors"])'
+step "names that are not a tenant's: another tenant's schema (422), a role made by hand (409), another team's tenant (403)"
 curl -sS -X PUT "$API/v1/tenants/mallory" -H "$AUTH" -H 'Content-Type: application/json' -d '{"schema": "acme"}' \
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["status"], d["errors"])'
+psql -X -q -h 127.0.0.1 -p "$TEST_DATABASE_PORT" -U postgres -d postgres -c "CREATE ROLE mallory_app LOGIN"
+curl -sS -X PUT "$API/v1/tenants/mallory" -H "$AUTH" -H 'Content-Type: application/json' \
+    -d '{"logins": [{"name": "mallory_app", "memberOf": "owner"}]}' \
     | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["status"], d["detail"])'
 curl -sS -X PUT "$API/v1/tenants/acme" -H "Authorization: Bearer $TEAMB_TOKEN" -H 'Content-Type: application/json' -d @"$WORK/acme.json" \
     | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["status"], d["detail"])'
