@@ -51,12 +51,9 @@ UPDATE tenants SET spec = jsonb_set(spec, '{logins}', (
     FROM jsonb_array_elements(spec -> 'logins') l))
 WHERE spec ? 'logins' AND jsonb_typeof(spec -> 'logins') = 'array';
 
--- A database a PUT is about to create, recorded (and committed) before `CREATE DATABASE`
--- runs outside any transaction: if the API stops before it records the new database's
--- OID, the next PUT of the tenant finds the intent and adopts the database it made.
-CREATE TABLE database_intents (
-    tenant text NOT NULL,
-    database text NOT NULL,
-    at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (tenant, database)
+-- The locks changes take (FOR UPDATE on a key's row): a tenant, new tenant names, a
+-- database. Rows, not advisory locks: those any login connected to this database could
+-- take, and hold every change of a tenant.
+CREATE TABLE locks (
+    key text PRIMARY KEY
 );

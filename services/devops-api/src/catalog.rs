@@ -87,7 +87,9 @@ pub struct RoleState {
 /// A table, view, sequence or function in the tenant's schema, with its ACL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
-    /// `TABLE`, `SEQUENCE`, `FUNCTION` (functions, procedures, aggregates) or `TYPE`.
+    /// `TABLE`, `SEQUENCE`, `FUNCTION` (functions, aggregates, window functions),
+    /// `PROCEDURE` or `TYPE`: the word GRANT takes (`ROUTINE` would be ambiguous between
+    /// a procedure and a function whose arguments read alike).
     pub kind: &'static str,
     /// The object as a statement names it: `"schema"."table"`, for a routine its
     /// `regprocedure` text and for a type its `regtype` text (PostgreSQL's own quoting).
@@ -424,10 +426,18 @@ pub async fn read_local(conn: &mut PgConnection, schema: &str) -> Result<Local, 
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
              WHERE c.relnamespace = $1::oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
              UNION ALL
-             SELECT 'FUNCTION', p.oid::pg_catalog.regprocedure::text, p.proowner,
+             SELECT CASE WHEN p.prokind = 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END,
+                    p.oid::pg_catalog.regprocedure::text, p.proowner,
                     COALESCE(p.proacl, pg_catalog.acldefault('f'::\"char\", p.proowner))
              FROM pg_catalog.pg_proc p
              WHERE p.pronamespace = $1::oid AND p.prokind IN ('f', 'p', 'a', 'w')
+               -- A routine over a session's temporary type goes with that session, and
+               -- only that session can name it.
+               AND NOT EXISTS (
+                   SELECT 1 FROM pg_catalog.unnest(p.proargtypes::pg_catalog.oid[]) AS a(typ)
+                   JOIN pg_catalog.pg_type y ON y.oid = a.typ
+                   JOIN pg_catalog.pg_namespace yn ON yn.oid = y.typnamespace
+                   WHERE yn.nspname LIKE 'pg\\_temp\\_%')
              UNION ALL
              SELECT 'TYPE', t.oid::pg_catalog.regtype::text, t.typowner,
                     COALESCE(t.typacl, pg_catalog.acldefault('T'::\"char\", t.typowner))
@@ -447,6 +457,7 @@ pub async fn read_local(conn: &mut PgConnection, schema: &str) -> Result<Local, 
         let kind = match kind.as_str() {
             "SEQUENCE" => "SEQUENCE",
             "FUNCTION" => "FUNCTION",
+            "PROCEDURE" => "PROCEDURE",
             "TYPE" => "TYPE",
             _ => "TABLE",
         };

@@ -358,12 +358,12 @@ pub fn put(r: &Resolved, state: &State, context: &Context) -> Result<Plan, PlanE
         if !r.create_database {
             return Err(PlanError::NoDatabase(r.database.clone()));
         }
-        let mut sql = format!("CREATE DATABASE {}", ident(&r.database));
+        // Always from template0: template1 is open to every login (PUBLIC may connect),
+        // so a tenant could plant what every database created later would copy, or keep
+        // a session there and make every CREATE DATABASE fail.
+        let mut sql = format!("CREATE DATABASE {} TEMPLATE template0", ident(&r.database));
         if let Some(encoding) = &r.encoding {
-            sql.push_str(&format!(
-                " ENCODING {} TEMPLATE template0",
-                literal(encoding)
-            ));
+            sql.push_str(&format!(" ENCODING {}", literal(encoding)));
         }
         plan.create_database = Some(statement(
             "create database",
@@ -935,9 +935,10 @@ fn objects(roles: &Roles<'_>, local: &Local, out: &mut Vec<Statement>) {
                 ],
             ),
             "TYPE" => ("TYPE", Vec::new()),
-            _ => ("ROUTINE", Vec::new()),
+            "PROCEDURE" => ("PROCEDURE", Vec::new()),
+            _ => ("FUNCTION", Vec::new()),
         };
-        let public_by_default = matches!(keyword, "ROUTINE" | "TYPE");
+        let public_by_default = matches!(keyword, "FUNCTION" | "PROCEDURE" | "TYPE");
         let converge = Acl {
             target: format!("{keyword} {}", item.target),
             object: format!("{} {}", item.kind.to_lowercase(), item.target),
@@ -1332,7 +1333,7 @@ mod tests {
         let plan = put(&r, &State::default(), &context).expect("plan");
         assert_eq!(
             plan.create_database.as_ref().map(|s| s.step.sql.as_str()),
-            Some("CREATE DATABASE \"postgres\" ENCODING 'UTF8' TEMPLATE template0")
+            Some("CREATE DATABASE \"postgres\" TEMPLATE template0 ENCODING 'UTF8'")
         );
         assert!(sql(&plan.statements).contains(&"REVOKE ALL ON DATABASE \"postgres\" FROM PUBLIC"));
     }

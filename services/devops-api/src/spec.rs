@@ -223,7 +223,8 @@ pub fn resolve(
     }
     // The tenant's namespace, which no other tenant's names can enter (overlapping tenant
     // names are refused): a schema elsewhere could be another tenant's login's "$user".
-    if schema != tenant && !schema.starts_with(&format!("{tenant}_")) {
+    // (A recorded spec is what exists: the limits of today do not make it unreadable.)
+    if !recorded && schema != tenant && !schema.starts_with(&format!("{tenant}_")) {
         problems.push(format!(
             "schema {schema:?} is outside the tenant's namespace: name it {tenant:?} or \
              \"{tenant}_...\""
@@ -244,7 +245,7 @@ pub fn resolve(
     for extension in &spec.extensions {
         if let Err(why) = names::check_extension(extension) {
             problems.push(why);
-        } else if !limits.allowed_extensions.contains(extension) {
+        } else if !recorded && !limits.allowed_extensions.contains(extension) {
             problems.push(format!(
                 "extension {extension:?} is not allowed: tenants may ask for {} \
                  (an operator adds others to the config key tenants.allowed_extensions)",
@@ -252,7 +253,7 @@ pub fn resolve(
             ));
         }
     }
-    if spec.logins.len() > limits.max_logins {
+    if !recorded && spec.logins.len() > limits.max_logins {
         problems.push(format!(
             "{} logins declared: a tenant has at most {} (config key tenants.max_logins)",
             spec.logins.len(),

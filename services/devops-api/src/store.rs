@@ -375,55 +375,6 @@ impl Store {
         Ok(())
     }
 
-    /// Records that `tenant` is about to create `database` (committed before `CREATE
-    /// DATABASE` runs): if the API stops in between, the next PUT adopts what it made.
-    pub async fn record_database_intent(
-        &self,
-        tenant: &str,
-        database: &str,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO devops_api.database_intents (tenant, database) VALUES ($1, $2)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(tenant)
-        .bind(database)
-        .execute(&self.admin)
-        .await
-        .map(drop)
-    }
-
-    /// Forgets an intent whose `CREATE DATABASE` did not make the database (someone else
-    /// had made it): what exists under that name is not the tenant's.
-    pub async fn forget_database_intent(
-        &self,
-        tenant: &str,
-        database: &str,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM devops_api.database_intents WHERE tenant = $1 AND database = $2")
-            .bind(tenant)
-            .bind(database)
-            .execute(&self.admin)
-            .await
-            .map(drop)
-    }
-
-    /// Whether `tenant` meant to create `database` and never recorded it.
-    pub async fn database_intended(
-        conn: &mut PgConnection,
-        tenant: &str,
-        database: &str,
-    ) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM devops_api.database_intents
-                            WHERE tenant = $1 AND database = $2)",
-        )
-        .bind(tenant)
-        .bind(database)
-        .fetch_one(&mut *conn)
-        .await
-    }
-
     /// Records that `tenant` created the database `oid`, committed at once: `CREATE
     /// DATABASE` runs outside any transaction, so what it made is known to be the
     /// tenant's even if the rest of the PUT fails. A tenant with no record yet gets a
@@ -452,11 +403,6 @@ impl Store {
         .bind(database)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM devops_api.database_intents WHERE tenant = $1 AND database = $2")
-            .bind(tenant)
-            .bind(database)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await
     }
 

@@ -101,7 +101,7 @@ impl Failure {
                     Self::Unavailable(
                         "the admin connection failed or timed out; try again later".into(),
                     )
-                } else if matches!(code.as_str(), "3D000" | "55000" | "42P04") {
+                } else if matches!(code.as_str(), "3D000" | "55000" | "42P04" | "42501") {
                     Self::Invalid(vec![format!("{} (SQLSTATE {code})", db.message())])
                 } else {
                     Self::Internal(format!("database error {code}: {}", db.message()))
@@ -331,18 +331,23 @@ impl Tenants {
         Ok(Work::Other(self.begin(conn.insert(acquired)).await?))
     }
 
-    /// Takes an advisory lock until the end of the transaction (its wait measured,
-    /// bounded by `lock_timeout`). Schema-qualified, with exact argument types: nothing
-    /// a tenant creates can stand in for these functions.
+    /// Takes a lock until the end of the transaction (its wait measured, bounded by
+    /// `lock_timeout`): the row of `key` in `devops_api.locks`, locked FOR UPDATE. Not an
+    /// advisory lock: any login that can connect to the API's database could take one of
+    /// those (their keys are no secret) and hold every change of a tenant, or its
+    /// revocation; the API's schema is the admin's alone.
     async fn lock(conn: &mut PgConnection, key: &str) -> Result<(), Failure> {
         let waited = Instant::now();
-        sqlx::query(
-            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended($1::text, 0::bigint))",
-        )
-        .bind(key)
-        .execute(&mut *conn)
-        .await
-        .map_err(Failure::database)?;
+        sqlx::query("INSERT INTO devops_api.locks (key) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(key)
+            .execute(&mut *conn)
+            .await
+            .map_err(Failure::database)?;
+        sqlx::query("SELECT 1 FROM devops_api.locks WHERE key = $1 FOR UPDATE")
+            .bind(key)
+            .execute(&mut *conn)
+            .await
+            .map_err(Failure::database)?;
         metrics::histogram!("devops_api_lock_wait_seconds").record(waited.elapsed().as_secs_f64());
         Ok(())
     }
@@ -496,8 +501,6 @@ impl Tenants {
         let mut state = catalog::read_global(&mut admin, &names, &r.database)
             .await
             .map_err(Failure::database)?;
-        self.adopt_intended_database(&mut admin, r, &mut record, &state)
-            .await?;
         self.check_names(&mut admin, r, &record, &state).await?;
         let mut steps = Vec::new();
         if state.database.is_none() && r.create_database && !dry_run {
@@ -658,35 +661,6 @@ impl Tenants {
         names
     }
 
-    /// A database this tenant's earlier PUT created and could not record (the API stopped
-    /// right after `CREATE DATABASE`): its intent is on record, the admin owns it, no
-    /// tenant has it. It is the tenant's.
-    async fn adopt_intended_database(
-        &self,
-        admin: &mut PgConnection,
-        r: &Resolved,
-        record: &mut TenantRecord,
-        state: &State,
-    ) -> Result<(), Failure> {
-        let Some(database) = &state.database else {
-            return Ok(());
-        };
-        if record.created_database() == Some(database.oid)
-            || database.owner != state.server.admin
-            || !Store::database_intended(admin, &r.tenant, &r.database)
-                .await
-                .map_err(Failure::database)?
-            || Store::owner_of(admin, Kind::Database, 0, database.oid)
-                .await
-                .map_err(Failure::database)?
-                .is_some()
-        {
-            return Ok(());
-        }
-        tracing::info!(tenant = %r.tenant, database = %r.database, "database created by an earlier PUT adopted");
-        self.own_database(r, record, database.oid).await
-    }
-
     /// Records (committed at once) that the tenant created its database, by OID.
     async fn own_database(
         &self,
@@ -753,6 +727,18 @@ impl Tenants {
         if !invalid.is_empty() {
             return Err(Failure::Invalid(invalid));
         }
+        if let Some(database) = &state.database
+            && record.created_database() != Some(database.oid)
+            && Store::owner_of(admin, Kind::Database, 0, database.oid)
+                .await
+                .map_err(Failure::database)?
+                .is_some()
+        {
+            return Err(Failure::Conflict(format!(
+                "database {} was created by another tenant: it is that tenant's",
+                r.database
+            )));
+        }
         for name in r.roles() {
             if let Some(role) = state.roles.get(&name)
                 && !record.owns_role(role.oid)
@@ -783,10 +769,6 @@ impl Tenants {
         let Some(create) = plan.create_database else {
             return Err(Failure::Internal("no CREATE DATABASE planned".into()));
         };
-        self.store
-            .record_database_intent(&r.tenant, &r.database)
-            .await
-            .map_err(Failure::database)?;
         let started = Instant::now();
         match sqlx::query(&create.step.sql)
             .execute(self.store.admin())
@@ -795,10 +777,6 @@ impl Tenants {
             Ok(_) => {}
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {
                 // Made meanwhile by someone else: it is not this tenant's.
-                self.store
-                    .forget_database_intent(&r.tenant, &r.database)
-                    .await
-                    .map_err(Failure::database)?;
                 return Err(Failure::Busy(format!(
                     "database {} was created meanwhile by someone else; try again",
                     r.database
@@ -919,17 +897,21 @@ impl Tenants {
             .await
             .map_err(Failure::database)?;
         if state.database.is_some() {
-            let mut conn = self
-                .store
-                .pool(&r.database)
-                .acquire()
-                .await
-                .map_err(Failure::database)?;
-            state.local = Some(
-                catalog::read_local(&mut conn, &r.schema)
+            // The admin connection itself when the tenant lives in the API's database: a
+            // second one from the same pool, while holding the first, is how a flood of
+            // GETs would empty the pool and wait on itself.
+            let local = if r.database == self.store.admin_database() {
+                catalog::read_local(&mut admin, &r.schema).await
+            } else {
+                let mut conn = self
+                    .store
+                    .pool(&r.database)
+                    .acquire()
                     .await
-                    .map_err(Failure::database)?,
-            );
+                    .map_err(Failure::database)?;
+                catalog::read_local(&mut conn, &r.schema).await
+            };
+            state.local = Some(local.map_err(Failure::database)?);
         }
         let mut problems = Vec::new();
         // Only the tenant's own roles are shown and planned for.

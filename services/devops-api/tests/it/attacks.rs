@@ -581,8 +581,8 @@ async fn until_a_lock_is_awaited(conn: &mut PgConnection) {
     loop {
         let waiting = ask(
             conn,
-            "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database
-             WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database())",
+            "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE NOT l.granted AND a.datname = current_database())",
             &[],
         )
         .await;
@@ -615,10 +615,12 @@ async fn a_caller_with_a_change_in_flight_beyond_its_bound_gets_429_and_other_ca
     .await;
     let blocked = unique("t");
     let mut holder = api.admin().await;
+    // The API's lock of the tenant: its row in devops_api.locks, held FOR UPDATE.
     run(
         &mut holder,
         &format!(
-            "SELECT pg_advisory_lock(hashtextextended('devops-api/tenant/' || '{blocked}', 0))"
+            "BEGIN; INSERT INTO devops_api.locks VALUES ('devops-api/tenant/{blocked}');
+             SELECT 1 FROM devops_api.locks WHERE key = 'devops-api/tenant/{blocked}' FOR UPDATE"
         ),
     )
     .await;
@@ -630,13 +632,7 @@ async fn a_caller_with_a_change_in_flight_beyond_its_bound_gets_429_and_other_ca
     // Another caller is not held back by ops.
     let theirs = unique("teamb");
     let other = within(spawn_put(&api, TEAMB_TOKEN, &theirs, json!({}))).await;
-    run(
-        &mut holder,
-        &format!(
-            "SELECT pg_advisory_unlock(hashtextextended('devops-api/tenant/' || '{blocked}', 0))"
-        ),
-    )
-    .await;
+    run(&mut holder, "COMMIT").await;
     let first = first.await.expect("first PUT");
     let mut admin = api.admin().await;
     let again = again.expect("ops's second change was neither answered nor refused within 15 s");
@@ -1076,4 +1072,115 @@ async fn two_identity_headers_in_one_request_are_refused_in_either_order() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------
+// The second review of the release binary.
+
+#[tokio::test]
+async fn a_tenant_login_holding_advisory_locks_on_the_api_s_own_keys_holds_back_nothing() {
+    let api = Api::start_with(|c| c.database.lock_timeout_ms = 1_000)
+        .await
+        .ready()
+        .await;
+    let squatter = unique("t");
+    let (_, mut session) = api.owner_session(&squatter).await;
+    let victim = unique("t");
+    // The keys the API's locks had (the README named the function): the victim's, the one
+    // new tenant names take, and the squatter's own, so that its revoke would wait.
+    for key in [
+        format!("devops-api/tenant/{victim}"),
+        "devops-api/names/".to_owned(),
+        format!("devops-api/tenant/{squatter}"),
+    ] {
+        run(
+            &mut session,
+            &format!("SELECT pg_advisory_lock(pg_catalog.hashtextextended('{key}', 0))"),
+        )
+        .await;
+    }
+    let created = api.put(&victim, json!({})).await;
+    assert_eq!(
+        created.status, 201,
+        "held back by a tenant's lock: {created:?}"
+    );
+    let revoked = delete(&api, &squatter, "revoke").await;
+    assert_eq!(
+        revoked.status, 200,
+        "the squatter escaped its revoke: {revoked:?}"
+    );
+    sqlx::query("SELECT 1")
+        .execute(&mut session)
+        .await
+        .expect_err("the revoke ended the squatter's session");
+}
+
+#[tokio::test]
+async fn a_procedure_and_a_function_whose_arguments_read_alike_do_not_stop_a_put_or_a_revoke() {
+    let api = Api::start().await.ready().await;
+    let tenant = unique("t");
+    let (_, mut owner) = api.owner_session(&tenant).await;
+    run(
+        &mut owner,
+        &format!(
+            "CREATE PROCEDURE {tenant}.p(IN a int, OUT b int) LANGUAGE sql AS 'SELECT 1';
+             CREATE FUNCTION {tenant}.p(int, int) RETURNS int LANGUAGE sql AS 'SELECT 1';
+             GRANT EXECUTE ON FUNCTION {tenant}.p(int, int) TO {tenant}_reader"
+        ),
+    )
+    .await;
+    let spec = json!({"logins": [{"name": format!("{tenant}_app"), "memberOf": "owner"}]});
+    let put = api.put(&tenant, spec).await;
+    assert_eq!(put.status, 200, "{put:?}");
+    let granted = ask(
+        &mut api.admin().await,
+        "SELECT has_function_privilege($1, $2, 'EXECUTE')
+                AND (SELECT proacl FROM pg_proc WHERE oid = $2::regprocedure)::text LIKE '%' || $1 || '%'",
+        &[&format!("{tenant}_reader"), &format!("{tenant}.p(int, int)")],
+    )
+    .await;
+    assert!(
+        !granted,
+        "the reader's grant on the function was not taken back"
+    );
+    let revoked = delete(&api, &tenant, "revoke").await;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+}
+
+#[tokio::test]
+async fn a_failed_create_does_not_let_the_tenant_claim_a_database_made_later_by_hand() {
+    let api = Api::start().await.ready().await;
+    let tenant = unique("t");
+    let database = format!("{tenant}_billing");
+    let failed = api
+        .put(
+            &tenant,
+            json!({"database": {"name": database, "create": true, "encoding": "FOO"}}),
+        )
+        .await;
+    assert!((400..500).contains(&failed.status), "{failed:?}");
+    // Later, by hand, unrelated to the tenant: an operator's database with data in it.
+    let mut server = sqlx::PgConnection::connect(&admin_url())
+        .await
+        .expect("connect");
+    run(&mut server, &format!("CREATE DATABASE {database}")).await;
+    run(
+        &mut admin_of(&database).await,
+        "CREATE TABLE invoices (id int); INSERT INTO invoices VALUES (1)",
+    )
+    .await;
+    let moved_in = api
+        .put(&tenant, json!({"database": {"name": database}}))
+        .await;
+    assert_eq!(moved_in.status, 201, "{moved_in:?}");
+    assert!(
+        !moved_in.sql().iter().any(|s| s.contains("FROM PUBLIC")),
+        "the tenant treats the operator's database as its own: {moved_in:?}"
+    );
+    let dropped = delete(&api, &tenant, "drop").await;
+    assert_eq!(dropped.status, 200, "{dropped:?}");
+    assert!(
+        database_exists(&mut server, &database).await,
+        "the operator's database was dropped with the tenant: {dropped:?}"
+    );
 }

@@ -628,12 +628,26 @@ async fn a_database_other_tenants_live_in_is_not_dropped_with_the_tenant_that_cr
     assert_eq!(created.status, 201, "{created:?}");
     let lodger = unique("l");
     let login = format!("{lodger}_app");
-    let moved_in = api
-        .put(
-            &lodger,
-            json!({"database": {"name": database}, "logins": [{"name": login, "memberOf": "owner"}]}),
-        )
-        .await;
+    let lodging =
+        json!({"database": {"name": database}, "logins": [{"name": login, "memberOf": "owner"}]});
+    // A database a tenant created is that tenant's: no other tenant moves in.
+    let refused = api.put(&lodger, lodging.clone()).await;
+    assert!(is_problem(&refused, 409), "{refused:?}");
+    // One that moved in before that rule (the previous version let it): the creator's
+    // record of its database is set aside while the lodger moves in, then put back.
+    let mut store = api.admin().await;
+    run(
+        &mut store,
+        &format!("CREATE TABLE kept_owned AS SELECT * FROM devops_api.owned WHERE tenant = '{creator}' AND kind = 'database';
+                  DELETE FROM devops_api.owned WHERE tenant = '{creator}' AND kind = 'database'"),
+    )
+    .await;
+    let moved_in = api.put(&lodger, lodging).await;
+    run(
+        &mut store,
+        "INSERT INTO devops_api.owned SELECT * FROM kept_owned; DROP TABLE kept_owned",
+    )
+    .await;
     assert_eq!(moved_in.status, 201, "{moved_in:?}");
     let mut app = api
         .login(&login, &moved_in.password(&login), Some(&database))

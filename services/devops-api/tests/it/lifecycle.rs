@@ -337,7 +337,10 @@ async fn a_database_the_api_creates_is_dropped_with_the_tenant() {
     let body = json!({"database": {"name": database, "create": true}, "logins": [{"name": format!("{tenant}_app"), "memberOf": "writer"}]});
     let created = api.put(&tenant, body.clone()).await;
     assert_eq!(created.status, 201, "{created:?}");
-    assert_eq!(created.sql()[0], format!("CREATE DATABASE \"{database}\""));
+    assert_eq!(
+        created.sql()[0],
+        format!("CREATE DATABASE \"{database}\" TEMPLATE template0")
+    );
     assert!(created.sql().contains(&format!(
         "REVOKE ALL ON DATABASE \"{database}\" FROM PUBLIC"
     )));
