@@ -338,16 +338,26 @@ impl Tenants {
     /// revocation; the API's schema is the admin's alone.
     async fn lock(conn: &mut PgConnection, key: &str) -> Result<(), Failure> {
         let waited = Instant::now();
-        sqlx::query("INSERT INTO devops_api.locks (key) VALUES ($1) ON CONFLICT DO NOTHING")
+        let select = "SELECT 1 FROM devops_api.locks WHERE key = $1 FOR UPDATE";
+        let locked = sqlx::query(select)
             .bind(key)
             .execute(&mut *conn)
             .await
-            .map_err(Failure::database)?;
-        sqlx::query("SELECT 1 FROM devops_api.locks WHERE key = $1 FOR UPDATE")
-            .bind(key)
-            .execute(&mut *conn)
-            .await
-            .map_err(Failure::database)?;
+            .map_err(Failure::database)?
+            .rows_affected();
+        if locked == 0 {
+            // The key's first use: its row, then its lock (one round trip after that).
+            sqlx::query("INSERT INTO devops_api.locks (key) VALUES ($1) ON CONFLICT DO NOTHING")
+                .bind(key)
+                .execute(&mut *conn)
+                .await
+                .map_err(Failure::database)?;
+            sqlx::query(select)
+                .bind(key)
+                .execute(&mut *conn)
+                .await
+                .map_err(Failure::database)?;
+        }
         metrics::histogram!("devops_api_lock_wait_seconds").record(waited.elapsed().as_secs_f64());
         Ok(())
     }
@@ -848,21 +858,7 @@ impl Tenants {
             Some(d) => record.created_database() == Some(d.oid),
             None => r.create_database,
         };
-        let tenant_roles = if owns_database {
-            Store::tenant_role_oids(admin)
-                .await
-                .map_err(Failure::database)?
-                .into_iter()
-                .collect()
-        } else {
-            BTreeSet::new()
-        };
-        let context = plan::Context {
-            recorded: record.verifiers.clone(),
-            removed_logins: removed_logins(r, record, state),
-            owns_database,
-            tenant_roles,
-        };
+        let context = plan_context(admin, r, record, state, owns_database).await?;
         plan::put(r, state, &context).map_err(plan_failure)
     }
 
@@ -890,9 +886,13 @@ impl Tenants {
     /// `GET /v1/tenants/{tenant}`.
     pub async fn get(&self, tenant: &str) -> Result<TenantView, Failure> {
         crate::names::check("tenant", tenant).map_err(|e| Failure::Invalid(vec![e]))?;
-        let (record, r) = self.known(tenant, true).await?;
-        let names = self.role_names(&r, &record);
+        // One admin connection for the whole read (outside the tenant's lock: a GET).
         let mut admin = self.acquire_admin().await?;
+        let record = Store::tenant(&mut admin, tenant)
+            .await
+            .map_err(Failure::database)?;
+        let (record, r) = self.resolve_record(tenant, record, true)?;
+        let names = self.role_names(&r, &record);
         let mut state = catalog::read_global(&mut admin, &names, &r.database)
             .await
             .map_err(Failure::database)?;
@@ -934,26 +934,12 @@ impl Tenants {
                 r.schema
             ));
         }
-        let owns_database = match &state.database {
-            Some(d) => record.created_database() == Some(d.oid),
-            None => false,
-        };
-        let tenant_roles = if owns_database {
-            Store::tenant_role_oids(&mut admin)
-                .await
-                .map_err(Failure::database)?
-                .into_iter()
-                .collect()
-        } else {
-            BTreeSet::new()
-        };
         let drift = if record.status == "active" && problems.is_empty() {
-            let context = plan::Context {
-                recorded: record.verifiers.clone(),
-                removed_logins: removed_logins(&r, &record, &state),
-                owns_database,
-                tenant_roles,
-            };
+            let owns_database = state
+                .database
+                .as_ref()
+                .is_some_and(|d| record.created_database() == Some(d.oid));
+            let context = plan_context(&mut admin, &r, &record, &state, owns_database).await?;
             match plan::put(&r, &state, &context) {
                 Ok(plan) => plan.steps(),
                 Err(plan::PlanError::NoDatabase(database)) => {
@@ -1005,20 +991,8 @@ impl Tenants {
             .collect())
     }
 
-    /// The recorded tenant, resolved (404 when it is not known, or was dropped and
-    /// `dropped_ok` is false). Read outside the tenant's lock: for GET.
-    async fn known(
-        &self,
-        tenant: &str,
-        dropped_ok: bool,
-    ) -> Result<(TenantRecord, Resolved), Failure> {
-        let mut admin = self.acquire_admin().await?;
-        let record = Store::tenant(&mut admin, tenant)
-            .await
-            .map_err(Failure::database)?;
-        self.resolve_record(tenant, record, dropped_ok)
-    }
-
+    /// The recorded tenant, resolved: 404 when it is not known, or was dropped and
+    /// `dropped_ok` is false.
     fn resolve_record(
         &self,
         tenant: &str,
@@ -1281,21 +1255,8 @@ impl Tenants {
                         owned_roles.contains(&m.role) || owned_roles.contains(&m.member)
                     });
                     let owns_database = record.created_database() == Some(database.oid);
-                    let tenant_roles = if owns_database {
-                        Store::tenant_role_oids(&mut admin)
-                            .await
-                            .map_err(Failure::database)?
-                            .into_iter()
-                            .collect()
-                    } else {
-                        BTreeSet::new()
-                    };
-                    let context = plan::Context {
-                        recorded: record.verifiers.clone(),
-                        removed_logins: removed_logins(&r, &record, &state),
-                        owns_database,
-                        tenant_roles,
-                    };
+                    let context =
+                        plan_context(&mut admin, &r, &record, &state, owns_database).await?;
                     let mut statements = plan::strangers(&r, &state, &context);
                     statements.extend(plan::revoke(&r, &owned_logins, &state));
                     statements
@@ -1576,6 +1537,32 @@ fn role_kind(r: &Resolved, name: &str) -> &'static str {
         .iter()
         .find(|g| r.group(**g) == name)
         .map_or("login", |g| g.suffix())
+}
+
+/// What a plan of the tenant needs besides the catalogs; on a database the tenant
+/// created, every tenant's roles (their grants there are not strangers').
+async fn plan_context(
+    admin: &mut PgConnection,
+    r: &Resolved,
+    record: &TenantRecord,
+    state: &State,
+    owns_database: bool,
+) -> Result<plan::Context, Failure> {
+    let tenant_roles = if owns_database {
+        Store::tenant_role_oids(admin)
+            .await
+            .map_err(Failure::database)?
+            .into_iter()
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
+    Ok(plan::Context {
+        recorded: record.verifiers.clone(),
+        removed_logins: removed_logins(r, record, state),
+        owns_database,
+        tenant_roles,
+    })
 }
 
 /// Logins the tenant created (recorded by OID, still there) that its spec no longer

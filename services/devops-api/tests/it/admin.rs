@@ -6,14 +6,7 @@ use reqwest::Method;
 use serde_json::json;
 use sqlx::{Connection as _, PgConnection};
 
-use crate::helpers::{Api, admin_url, role_exists, unique, with_database};
-
-async fn run(conn: &mut PgConnection, sql: &str) {
-    sqlx::raw_sql(sql)
-        .execute(conn)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
+use crate::helpers::{Api, admin_url, role_exists, run, unique, with_database};
 
 #[tokio::test]
 async fn a_createrole_admin_that_is_not_a_superuser_runs_a_tenant_s_whole_life() {

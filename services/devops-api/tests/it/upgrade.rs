@@ -7,17 +7,10 @@ use serde_json::json;
 use sha2::{Digest as _, Sha384};
 use sqlx::{Connection as _, PgConnection};
 
-use crate::helpers::{Api, admin_url, unique, with_database};
+use crate::helpers::{Api, admin_url, run, unique, with_database};
 
 /// The previous version's only migration, as sqlx recorded it.
 const FIRST: &str = include_str!("../../migrations/0001_tenants_and_audit.sql");
-
-async fn run(conn: &mut PgConnection, sql: &str) {
-    sqlx::raw_sql(sql)
-        .execute(conn)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 #[tokio::test]
 async fn tenants_recorded_by_the_previous_version_are_adopted_by_oid_and_lose_their_verifier() {
